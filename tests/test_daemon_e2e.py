@@ -1,0 +1,103 @@
+"""End to end: tracemirrord as a subprocess, a writer process appending, the bucket read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon import Daemon, daemon_env, read_back, wait_for
+from sessions import SessionFile, complete_lines, make_session, record
+from tracemirrord.model import SessionKey
+from tracemirrord.redact import Redactor
+
+HARNESSES = ("claude-code", "codex", "pi")
+APPENDER = Path(__file__).parent / "appender.py"
+
+
+def expected(path: Path) -> bytes:
+    return Redactor().redact(complete_lines(path)).data if complete_lines(path) else b""
+
+
+def mirrored(bucket: str, s: SessionFile, s3_env: dict[str, str] | None = None) -> bytes:
+    try:
+        got = read_back(bucket, SessionKey(s.harness, s.session_id), s3_env=s3_env)
+    except Exception:
+        return b"<unreadable>"
+    return b"".join(got.generations[g] for g in sorted(got.generations))
+
+
+def run_appender(files: list[SessionFile], lines: int, rate: float, seed: int, first: int = 0) -> subprocess.Popen[bytes]:
+    spec = {
+        "files": [[s.harness, s.session_id, str(s.path), first] for s in files],
+        "lines": lines,
+        "rate": rate,
+        "seed": seed,
+        "partial": True,
+    }
+    return subprocess.Popen([sys.executable, str(APPENDER), json.dumps(spec)])
+
+
+def converged(bucket: str, files: list[SessionFile], s3_env: dict[str, str] | None = None) -> bool:
+    return all(mirrored(bucket, s, s3_env) == expected(s.path) for s in files)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_live_sessions_mirror_exactly(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Sessions of every harness, appended while the daemon runs, reassemble to their source."""
+    s3_env: dict[str, str] | None = None
+    if backend == "s3":
+        bucket_name = request.getfixturevalue("s3_bucket")
+        s3_env = request.getfixturevalue("s3_env")
+        bucket = f"s3://{bucket_name}/mirror"
+    else:
+        bucket = f"file://{tmp_path / 'bucket'}"
+    env = daemon_env(tmp_path, bucket, s3_env)
+    home = Path(env["HOME"])
+    files = [make_session(home, h) for h in HARNESSES]
+    # history written before the daemon starts
+    for s in files:
+        with s.path.open("ab") as f:
+            for i in range(20):
+                f.write(record(s.harness, s.session_id, i, __import__("random").Random(i)))
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        writer = run_appender(files, lines=40, rate=40, seed=1, first=20)
+        assert writer.wait(60) == 0
+        wait_for(lambda: converged(bucket, files, s3_env), 30, "the bucket to match the sources")
+        assert daemon.stop() == 0, daemon.log()
+    for s in files:
+        meta = _meta(bucket, s, s3_env)
+        assert meta["harness"] == s.harness and meta["session_id"] == s.session_id
+        assert meta["cwd"] == "/home/dev/proj"
+        assert meta["total_source_bytes"] == len(complete_lines(s.path))
+        assert meta["writer"] is None, "a clean stop releases the lease"
+
+
+def _meta(bucket: str, s: SessionFile, s3_env: dict[str, str] | None) -> dict:
+    import asyncio
+
+    from tracemirrord import layout
+    from tracemirrord.store import S3Options, open_store
+
+    async def go() -> dict:
+        options = None
+        if s3_env:
+            options = S3Options(
+                endpoint_url=s3_env["TRACEMIRROR_S3__ENDPOINT_URL"],
+                region="us-east-1",
+                access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+            )
+        store = open_store(bucket, options)
+        try:
+            obj = await store.get(layout.meta_key("default", SessionKey(s.harness, s.session_id)))
+            return json.loads(obj.body)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())

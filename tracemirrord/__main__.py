@@ -1,0 +1,146 @@
+"""``tracemirrord``: the command line, wiring settings, logging and the daemon together.
+
+Exit codes: 0 success (or a clean stop on SIGTERM/SIGINT); 1 a runtime failure (``--once`` could
+not mirror everything, ``--check`` could not reach the bucket, another daemon holds the state dir);
+2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+from tracemirrord import __version__
+from tracemirrord.config import ConfigError, Settings, default_config_file, load_settings
+from tracemirrord.harnesses import REGISTRY
+from tracemirrord.logs import configure_logging
+from tracemirrord.store.base import StoreError
+from tracemirrord.supervisor import Daemon, DaemonError, harness_roots
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+_EPILOG = """\
+configuration (environment over TOML file over defaults; see docs/configuration.md):
+  TRACEMIRROR_BUCKET          s3://NAME[/PREFIX] or file:///DIR (default: the embedded bucket,
+                              $XDG_DATA_HOME/tracemirror/bucket)
+  TRACEMIRROR_PROJECT         top-level prefix in the bucket (default: default)
+  TRACEMIRROR_HARNESSES       comma list (default: all of claude-code,codex,pi)
+  TRACEMIRROR_REDACT          redact secrets before upload (default: true)
+  TRACEMIRROR_BACKFILL        all | none | an age such as 7d (default: all)
+  TRACEMIRROR_STATE_DIR       local checkpoint (default: $XDG_STATE_HOME/tracemirror)
+  TRACEMIRROR_S3__ENDPOINT_URL and AWS_* variables for S3-compatible stores
+
+examples:
+  tracemirrord                                 mirror into the embedded local bucket
+  TRACEMIRROR_BUCKET=s3://my-bucket/traces tracemirrord
+  tracemirrord --check                         show what would be mirrored where, then exit
+  tracemirrord --once                          mirror everything pending, then exit
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tracemirrord",
+        description=(
+            "Mirror AI coding-agent session transcripts (Claude Code, Codex, pi), with secrets "
+            "redacted, into S3-compatible storage you own. Runs in the foreground until SIGTERM or "
+            "SIGINT, then flushes what it holds and exits 0."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML config file (default: {default_config_file()} if it exists)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="mirror everything pending, then exit (0: all landed)")
+    mode.add_argument(
+        "--check", action="store_true", help="validate the config, show what would be followed and where, exit"
+    )
+    parser.add_argument("--version", action="version", version=f"tracemirrord {__version__}")
+    return parser.parse_args(argv)
+
+
+def print_check(settings: Settings, daemon: Daemon) -> None:
+    out = sys.stdout
+    print(f"tracemirrord {__version__}", file=out)
+    print(f"bucket:      {daemon.store.url}", file=out)
+    print(f"project:     {settings.project}", file=out)
+    print(f"agent id:    {settings.agent_id}", file=out)
+    print(f"state dir:   {settings.state_dir}", file=out)
+    print(f"redaction:   {'on' if settings.redact else 'OFF'}", file=out)
+    print(f"backfill:    {settings.backfill}", file=out)
+    print(f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes", file=out)
+    print("harnesses:", file=out)
+    for name in settings.harnesses:
+        if name not in REGISTRY:
+            print(f"  {name:<12} not supported yet in this version", file=out)
+            continue
+        roots = harness_roots(name, settings, os.environ)
+        found = [r for r in roots if r.is_dir()]
+        sessions = len(REGISTRY[name]().discover(found)[0]) if found else 0
+        where = ", ".join(str(r) for r in roots)
+        state = f"{sessions} sessions" if found else "missing (will be picked up when it appears)"
+        print(f"  {name:<12} {state:<44} {where}", file=out)
+
+
+async def _check(settings: Settings) -> int:
+    daemon = Daemon(settings)
+    try:
+        print_check(settings, daemon)
+        try:
+            await daemon.store.check()
+        except StoreError as exc:
+            print(f"store:       UNREACHABLE: {exc}", file=sys.stdout)
+            return EXIT_FAILURE
+        print("store:       ok", file=sys.stdout)
+        return EXIT_OK
+    finally:
+        await daemon.store.close()
+
+
+async def _run(settings: Settings, once: bool) -> int:
+    daemon = Daemon(settings)
+    try:
+        await daemon.open()
+        return await (daemon.run_once() if once else daemon.run_forever())
+    finally:
+        await daemon.close()
+
+
+def _backend_options() -> dict[str, bool]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"tracemirrord: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if args.check:
+            return anyio.run(_check, settings, backend_options=_backend_options())
+        return anyio.run(_run, settings, args.once, backend_options=_backend_options())
+    except DaemonError as exc:
+        print(f"tracemirrord: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

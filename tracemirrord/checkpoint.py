@@ -1,0 +1,113 @@
+"""The local checkpoint: a cache of each session's state, keyed by bucket, project and session.
+
+It is only ever a cache of what the bucket says (design.md section 5): it is written after a part
+is durably in the bucket, and on start every session rolls forward from the bucket past it. If the
+file is deleted or corrupt, tracemirrord starts with an empty cache and loses nothing.
+A write failure (disk full, read-only state dir) is reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from tracemirrord.layout import LayoutError, parse_meta, render_meta
+from tracemirrord.model import SessionKey, SessionState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS session_state (
+    bucket TEXT NOT NULL,
+    project TEXT NOT NULL,
+    harness TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (bucket, project, harness, session_id)
+)
+"""
+
+
+class Checkpointer:
+    """Reads and writes cached SessionStates in ``<state dir>/checkpoint.sqlite3``."""
+
+    def __init__(self, path: Path, *, bucket: str, project: str) -> None:
+        self.path = path
+        self._bucket = bucket
+        self._project = project
+        self._db: aiosqlite.Connection | None = None
+        self.last_error: str | None = None
+
+    async def open(self) -> None:
+        """Open (or create) the database; a corrupt file is moved aside and started afresh."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._db = await self._connect()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_suffix(".corrupt")
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            self.last_error = f"checkpoint {self.path} was unreadable ({exc}); moved to {aside}"
+            self._db = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(_SCHEMA)
+            await db.commit()
+            await db.execute("SELECT count(*) FROM session_state")
+        except BaseException:
+            await db.close()
+            raise
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+        return db
+
+    async def load(self, key: SessionKey) -> SessionState | None:
+        """The cached state of a session, or None (absent, unreadable or from another layout)."""
+        if self._db is None:
+            return None
+        try:
+            async with self._db.execute(
+                "SELECT state FROM session_state WHERE bucket=? AND project=? AND harness=? AND session_id=?",
+                (self._bucket, self._project, key.harness, key.session_id),
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint read failed: {exc}"
+            return None
+        if row is None:
+            return None
+        try:
+            return parse_meta(row[0].encode(), key)
+        except LayoutError:
+            return None
+
+    async def save(self, state: SessionState) -> bool:
+        """Cache a state; False (and ``last_error``) when the write failed."""
+        if self._db is None:
+            return False
+        body = render_meta(state, agent_id="", host="").decode()
+        try:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO session_state VALUES (?, ?, ?, ?, ?)",
+                (self._bucket, self._project, state.key.harness, state.key.session_id, body),
+            )
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint write failed: {exc}"
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            return False
+        self.last_error = None
+        return True
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()

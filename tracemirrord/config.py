@@ -1,0 +1,262 @@
+"""Every setting of tracemirrord, its default, and where it comes from (design.md section 3).
+
+Precedence: environment (``TRACEMIRROR_*``, nested with ``__``) over the TOML file (``--config PATH``,
+else ``$XDG_CONFIG_HOME/tracemirror/config.toml`` when it exists) over the defaults below. A bad
+value stops the start with a message that names the setting and its environment variable.
+Numeric settings carry their unit: seconds accept ``500ms``/``2s``/``1m``, sizes accept
+``512KiB``/``4MiB``/``1GB``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from tracemirrord.model import is_safe_segment
+
+ENV_PREFIX = "TRACEMIRROR_"
+KNOWN_HARNESSES = ("claude-code", "codex", "pi", "openclaw", "hermes", "opencode", "gemini-cli")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+class ConfigError(Exception):
+    """A setting has a value tracemirrord cannot run with; the message names the setting."""
+
+
+def parse_duration_s(value: Any) -> float:
+    """Seconds from a number or a string such as ``1.5``, ``500ms``, ``7d``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (examples: 1.5, 500ms, 30s, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size_bytes(value: Any) -> int:
+    """Bytes from a number or a string such as ``4MiB`` or ``512KB``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (examples: 4194304, 512KiB, 4MiB)")
+    unit = (match.group(2) or "b").lower()
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_bucket_url() -> str:
+    return f"file://{_xdg('XDG_DATA_HOME', '.local/share') / 'tracemirror' / 'bucket'}"
+
+
+def default_state_dir() -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state") / "tracemirror"
+
+
+def default_agent_id() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return re.sub(r"[^A-Za-z0-9._@+-]", "-", f"{user}@{host}")
+
+
+class S3Settings(BaseModel):
+    """Overrides for the standard AWS chain; anything unset comes from AWS_* variables or ~/.aws."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    profile: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration; see docs/configuration.md for each setting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    bucket: str = Field(default_factory=default_bucket_url)
+    project: str = "default"
+    agent_id: str = Field(default_factory=default_agent_id)
+    harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_HARNESSES))
+    roots: dict[str, Path] = Field(default_factory=dict)
+    redact: bool = True
+    backfill: str = "all"
+    state_dir: Path = Field(default_factory=default_state_dir)
+    socket: Path | None = None
+    flush_interval: float = 1.0
+    part_max_bytes: int = 4 * 2**20
+    meta_interval: float = 30.0
+    max_line_bytes: int = 64 * 2**20
+    upload_concurrency: int = 4
+    scan_interval: float = 2.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        if value.startswith(("s3://", "file://")) or value.startswith("/"):
+            if value.startswith("s3://") and not value[5:].split("/")[0]:
+                raise ValueError("s3:// needs a bucket name, as in s3://my-bucket/optional/prefix")
+            return value
+        raise ValueError(f"{value!r} is not a bucket URL (use s3://NAME[/PREFIX] or file:///abs/path)")
+
+    @field_validator("project", "agent_id")
+    @classmethod
+    def _check_segment(cls, value: str) -> str:
+        if not is_safe_segment(value):
+            raise ValueError(f"{value!r} must be one safe key segment (no '/', '..' or control characters)")
+        return value
+
+    @field_validator("harnesses", mode="before")
+    @classmethod
+    def _split_harnesses(cls, value: Any) -> list[str]:
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+        names = [n for n in names if n]
+        unknown = sorted(set(names) - set(KNOWN_HARNESSES))
+        if unknown:
+            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(KNOWN_HARNESSES)})")
+        return names
+
+    @field_validator("roots")
+    @classmethod
+    def _check_roots(cls, value: dict[str, Path]) -> dict[str, Path]:
+        unknown = sorted(set(value) - set(KNOWN_HARNESSES))
+        if unknown:
+            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(KNOWN_HARNESSES)})")
+        return value
+
+    @field_validator("backfill")
+    @classmethod
+    def _check_backfill(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("all", "none"):
+            return value
+        if parse_duration_s(value) <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("flush_interval", "meta_interval", "scan_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration_s(value)
+        if not 0 < seconds <= 3600:
+            raise ValueError("must be more than 0 and at most 1h")
+        return seconds
+
+    @field_validator("part_max_bytes", "max_line_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        size = parse_size_bytes(value)
+        if not 1024 <= size <= 2**30:
+            raise ValueError("must be between 1KiB and 1GiB")
+        return size
+
+    @field_validator("upload_concurrency")
+    @classmethod
+    def _concurrency(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64")
+        return value
+
+    @property
+    def backfill_max_age_s(self) -> float | None:
+        """Sessions untouched for longer than this are not mirrored (None: no limit; 0: since start)."""
+        if self.backfill == "all":
+            return None
+        if self.backfill == "none":
+            return 0.0
+        return parse_duration_s(self.backfill)
+
+    @property
+    def socket_path(self) -> Path:
+        if self.socket is not None:
+            return self.socket
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        return Path(runtime) / "tracemirror" / "ctl.sock" if runtime else self.state_dir / "ctl.sock"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _CONFIG_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+# The TOML path for the next Settings() construction; set only by load_settings.
+_CONFIG_FILE: dict[str, Path | None] = {"path": None}
+
+
+def default_config_file() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "tracemirror" / "config.toml"
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Build Settings from env, TOML and defaults, or raise ConfigError naming the bad setting."""
+    path = config_path
+    if path is None and default_config_file().is_file():
+        path = default_config_file()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    _CONFIG_FILE["path"] = path
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if not isinstance(p, int))
+            name = ".".join(str(p) for p in loc) or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "is not a known setting"
+            problems.append(f"setting {name} ({_env_name(loc)}): {message}")
+        where = f" (config file {path})" if path else ""
+        raise ConfigError("invalid configuration" + where + ":\n  " + "\n  ".join(problems)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    finally:
+        _CONFIG_FILE["path"] = None

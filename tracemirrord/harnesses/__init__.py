@@ -1,0 +1,15 @@
+"""The harness registry: every agent tracemirrord can follow, by name.
+
+Harnesses named in config.KNOWN_HARNESSES but absent here are reported as not yet supported.
+"""
+
+from __future__ import annotations
+
+from tracemirrord.harnesses.base import JsonlHarness, SessionInfo, SessionRef, UnsafeSessionId
+from tracemirrord.harnesses.claude_code import ClaudeCode
+from tracemirrord.harnesses.codex import Codex
+from tracemirrord.harnesses.pi import Pi
+
+REGISTRY: dict[str, type[JsonlHarness]] = {h.name: h for h in (ClaudeCode, Codex, Pi)}
+
+__all__ = ["REGISTRY", "JsonlHarness", "SessionInfo", "SessionRef", "UnsafeSessionId"]

@@ -1,0 +1,141 @@
+"""What a harness is: where an agent keeps its sessions, how to find them and name them.
+
+A harness is stateless: it turns a root directory into ``SessionRef``s (session id + path) and a
+session's first records into ``SessionInfo``. The mechanics of following a source live by kind:
+
+- ``jsonl``: append-only JSONL files, byte-offset cursor (harnesses/jsonl.py, mirror.py).
+- ``sqlite``: append-only rows, rowid cursor (hermes; a later source kind).
+- ``document``: records rewritten in place, change cursor (opencode, old gemini-cli; later).
+
+Adding a JSONL agent means one small module with a ``JsonlHarness`` subclass, registered in
+``REGISTRY`` (harnesses/__init__.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from tracemirrord.model import is_safe_segment
+
+SourceKind = Literal["jsonl", "sqlite", "document"]
+_DESCRIBE_LINE_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A session found on disk: its id (a safe key segment) and where its source is."""
+
+    session_id: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a session's own records say about it (either may be unknown)."""
+
+    cwd: str | None = None
+    started_at: str | None = None
+
+
+class JsonlHarness:
+    """An agent whose sessions are append-only ``*.jsonl`` files below one or more roots."""
+
+    name: ClassVar[str]
+    kind: ClassVar[SourceKind] = "jsonl"
+    max_depth: ClassVar[int] = 4  # directory levels below a root that may hold session files
+
+    def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
+        """Where this agent keeps sessions, from its own environment variables, else under home."""
+        raise NotImplementedError
+
+    def session_id(self, root: Path, path: Path) -> str | None:
+        """The session id for a file below ``root`` (None: not a session file)."""
+        raise NotImplementedError
+
+    def discover(self, roots: list[Path]) -> tuple[list[SessionRef], list[UnsafeSessionId]]:
+        """Every session file below the roots, and the files refused for an unsafe id.
+
+        Never follows a symlink; a session id found at two paths (an archive move caught between
+        two listings) is reported once, at its larger file.
+        """
+        found: dict[str, SessionRef] = {}
+        refused: list[UnsafeSessionId] = []
+        for root in roots:
+            for path in _walk_jsonl(root, self.max_depth):
+                session_id = self.session_id(root, path)
+                if session_id is None:
+                    continue
+                if not is_safe_segment(session_id):
+                    refused.append(UnsafeSessionId(path, session_id))
+                    continue
+                if session_id not in found or _size(path) > _size(found[session_id].path):
+                    found[session_id] = SessionRef(session_id, path)
+        return list(found.values()), refused
+
+    def describe(self, lines: list[bytes]) -> SessionInfo:
+        """cwd and start time from a session's first records (top level or a ``payload``)."""
+        cwd = started = None
+        for line in lines:
+            if len(line) > _DESCRIBE_LINE_LIMIT:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            payload = record.get("payload")
+            for source in (record, payload if isinstance(payload, dict) else {}):
+                if cwd is None and isinstance(source.get("cwd"), str):
+                    cwd = source["cwd"]
+                if started is None and isinstance(source.get("timestamp"), str):
+                    started = source["timestamp"]
+            if cwd is not None and started is not None:
+                break
+        return SessionInfo(cwd, started)
+
+
+class UnsafeSessionId(ValueError):
+    """A file whose session id cannot be one key segment: refused, logged, never written."""
+
+    def __init__(self, path: Path, session_id: str) -> None:
+        super().__init__(f"session id {session_id!r} of {path} is not a safe key segment")
+        self.path = path
+        self.session_id = session_id
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return -1
+
+
+def _walk_jsonl(root: Path, max_depth: int) -> Iterator[Path]:
+    """``*.jsonl`` regular files below root, depth-bounded, never through a symlink."""
+    stack = [(root, 0)]
+    while stack:
+        directory, depth = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if depth < max_depth:
+                        stack.append((Path(entry.path), depth + 1))
+                elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path)
+            except OSError:
+                continue
+
+
+def env_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name)
+    return Path(value).expanduser() if value else None

@@ -1,0 +1,173 @@
+"""Tail mechanics for append-only JSONL sources (claude-code, codex, pi, ...).
+
+The cursor is a byte offset at a line boundary. Every read first checks that the file still starts
+and, just before the cursor, still reads as it did when those bytes were mirrored (the
+Fingerprint); a file that is shorter than the cursor or fails that check was truncated, replaced or
+rewritten, and the caller starts a new generation. Reads are bounded: at most ``max_bytes`` per
+read, and a single line is held whole only up to ``max_line_bytes``; beyond that it is streamed past
+and replaced by a placeholder line (frame.py).
+
+All functions here block; callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracemirrord.frame import complete_len, oversize_placeholder
+from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
+
+_SCAN_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What a cheap poll of a source file says."""
+
+    size: int
+    dev: int
+    ino: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The file no longer holds what was mirrored up to the cursor; ``reason`` says why."""
+
+    reason: str
+
+
+def stat_file(path: Path) -> FileStat | None:
+    """Size and identity of a regular file, or None when it is gone (or no longer a regular file)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return FileStat(st.st_size, st.st_dev, st.st_ino, st.st_mtime)
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    out = bytearray()
+    while len(out) < length:
+        block = os.pread(fd, length - len(out), offset + len(out))
+        if not block:
+            break
+        out += block
+    return bytes(out)
+
+
+def _verify(fd: int, start: int, expected: Fingerprint | None) -> Mismatch | None:
+    if start == 0:
+        return None
+    if expected is None:
+        return Mismatch("no fingerprint for a non-zero cursor")
+    if short_hash(_pread(fd, expected.head_len, 0)) != expected.head:
+        return Mismatch("the start of the file changed")
+    lookbehind = min(start, FINGERPRINT_BYTES)
+    if short_hash(_pread(fd, lookbehind, start - lookbehind)) != expected.tail:
+        return Mismatch("the bytes before the cursor changed")
+    return None
+
+
+def _fingerprint(fd: int, start: int, end: int, data: bytes, raw: bool, prev: Fingerprint | None) -> Fingerprint:
+    """Fingerprint as of ``end``, taken from the bytes just read where possible (no second read race)."""
+    if start == 0 and raw and len(data) >= min(end, FINGERPRINT_BYTES):
+        head = data[:FINGERPRINT_BYTES]
+    elif prev is not None and prev.head_len == FINGERPRINT_BYTES:
+        head = b""
+    else:
+        head = _pread(fd, min(end, FINGERPRINT_BYTES), 0)
+    if raw and len(data) >= FINGERPRINT_BYTES:
+        tail = data[-FINGERPRINT_BYTES:]
+    else:
+        lookbehind = min(end, FINGERPRINT_BYTES)
+        tail = _pread(fd, lookbehind, end - lookbehind)
+    if not head and prev is not None:
+        return Fingerprint(prev.head_len, prev.head, short_hash(tail))
+    return Fingerprint.of(head, tail)
+
+
+def read_chunk(
+    path: Path,
+    *,
+    generation: int,
+    start: int,
+    expected: Fingerprint | None,
+    max_bytes: int,
+    max_line_bytes: int,
+) -> Chunk | Mismatch | None:
+    """Complete lines after ``start`` (an empty Chunk when only a partial line is there).
+
+    Returns None when the file is gone, a Mismatch when it no longer continues what was mirrored.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the path became a symlink: never followed
+            return None
+        raise
+    try:
+        size = os.fstat(fd).st_size
+        if size < start:
+            return Mismatch(f"file is shorter ({size} bytes) than the cursor ({start})")
+        mismatch = _verify(fd, start, expected)
+        if mismatch is not None:
+            return mismatch
+        data = _pread(fd, min(max_bytes, size - start), start)
+        dropped = 0
+        raw = True
+        n = complete_len(data)
+        if n:
+            data = data[:n]
+        elif len(data) < max_bytes:
+            data = b""  # a partial line: it waits for its newline
+        else:
+            data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)
+            n = line_end - start
+            raw = not dropped
+        end = start + n
+        if end == start:
+            fp = expected if expected is not None else Fingerprint.of(b"", b"")
+            return Chunk(generation, start, start, b"", fp)
+        fp = _fingerprint(fd, start, end, data, raw, expected)
+        return Chunk(generation, start, end, data, fp, dropped)
+    finally:
+        os.close(fd)
+
+
+def _read_long_line(fd: int, start: int, first: bytes, max_line_bytes: int) -> tuple[bytes, int, int]:
+    """One line longer than a read: held whole up to the limit, else streamed past (placeholder).
+
+    Returns (data, end offset, dropped count); (b"", start, 0) while its newline has not arrived.
+    """
+    blocks = [first]
+    held = len(first)
+    digest = hashlib.sha256(first)
+    offset = start + len(first)
+    while True:
+        block = os.pread(fd, _SCAN_BLOCK, offset)
+        if not block:
+            return b"", start, 0
+        newline = block.find(b"\n")
+        piece = block if newline < 0 else block[: newline + 1]
+        digest.update(piece)
+        offset += len(piece)
+        if blocks is not None:
+            if held + len(piece) <= max_line_bytes:
+                blocks.append(piece)
+                held += len(piece)
+            else:
+                blocks = None  # too long to hold: keep hashing, stop keeping
+        if newline >= 0:
+            if blocks is not None:
+                return b"".join(blocks), offset, 0
+            return oversize_placeholder(offset - start, digest.hexdigest()), offset, 1

@@ -1,0 +1,56 @@
+"""structlog set-up: readable on a terminal, JSON lines otherwise, and never a secret in either.
+
+Log calls never pass transcript content, but an error message can quote a URL or an exception
+text; as a last net, every rendered line goes through the same Redactor that guards the uploads,
+and the userinfo of any URL is masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from tracemirrord.redact import Redactor
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
+
+
+class _SecretFreeRenderer:
+    """Wraps the final renderer: masks URL credentials and redacts what looks like a secret."""
+
+    def __init__(self, render: Any) -> None:
+        self._render = render
+        self._redactor = Redactor()
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
+        line = self._render(logger, name, event)
+        line = _URL_USERINFO.sub(r"\g<scheme>***@", line)
+        cleaned = self._redactor.redact(line.encode("utf-8", "replace").replace(b"\n", b"\r") + b"\n")
+        return cleaned.data[:-1].replace(b"\r", b"\n").decode("utf-8", "replace")
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Route structlog to ``stream`` (stderr) as console text on a TTY, JSON lines otherwise."""
+    stream = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if not use_console else structlog.processors.StackInfoRenderer(),
+            _SecretFreeRenderer(renderer),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )

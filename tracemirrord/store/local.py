@@ -1,0 +1,444 @@
+"""The embedded default bucket: a local directory with the same key layout as the S3 bucket.
+
+Owns the on-disk format of that directory:
+
+- key ``a/b/c.jsonl`` is the file ``<root>/a/b/c.jsonl``, holding the object bytes as they are (so a
+  person can ``cat`` it);
+- user metadata and the ETag live in a hidden sidecar ``<root>/.tracemirror/meta/<key>.json``;
+- writers hold an ``fcntl.flock`` on ``<root>/.tracemirror/meta/<dir>/.tracemirror.lock`` (one lock per
+  object directory) around check-and-write, so conditional writes are atomic across processes;
+- temporary files are named ``.tracemirror-tmp-*``, next to their final name.
+
+Invariants: a write is temp file -> fsync -> sidecar (temp, fsync, rename, fsync dir) -> rename (or
+``os.link`` for create-only) -> fsync dir. The sidecar keeps the description of both the current and the
+incoming version, each pinned to its file by (inode, size, mtime), so after a crash at any point a reader
+finds the description matching whatever file is in place. A file without a matching description (copied
+in or edited by hand) is still an object: its ETag is computed from its bytes and its metadata is empty.
+Keys that could escape the root or reach the hidden tree are refused with ValueError.
+
+The ETag is the hex MD5 of the content, as S3 gives for a single-part upload.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
+
+from tracemirrord.store.base import (
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoredObject,
+    StoreRejected,
+    StoreUnavailable,
+)
+
+HIDDEN_DIR = ".tracemirror"
+"""Top-level directory of the bucket that holds sidecars and locks; never listed, never a key."""
+TEMP_PREFIX = ".tracemirror-tmp-"
+"""Name prefix of in-flight temporary files; never listed."""
+_LOCK_NAME = ".tracemirror.lock"
+_RESERVED_SEGMENT = ".tracemirror"
+_SIDECAR_SUFFIX = ".json"
+_SIDECAR_VERSION = 1
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_READ_RETRIES = 3
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+_REJECT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+T = TypeVar("T")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative ``/``-separated path, else raise ValueError."""
+    _check_path_text(key, what="key")
+    if not key:
+        raise ValueError("object key is empty")
+    for segment in key.split("/"):
+        _check_segment(segment, key)
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe listing prefix (a key, or a key start ending in ``/``)."""
+    _check_path_text(prefix, what="prefix")
+    segments = prefix.split("/")
+    for segment in segments[:-1]:
+        _check_segment(segment, prefix)
+    return prefix
+
+
+def _check_path_text(text: str, *, what: str) -> None:
+    if text.startswith("/"):
+        raise ValueError(f"object {what} must be relative, got {text!r}")
+    if ".." in text:
+        raise ValueError(f"object {what} must not contain '..': {text!r}")
+    if _FORBIDDEN_CHARS.search(text):
+        raise ValueError(f"object {what} must not contain backslashes or control characters: {text!r}")
+
+
+def _check_segment(segment: str, key: str) -> None:
+    if segment in ("", "."):
+        raise ValueError(f"object key has an empty or '.' segment: {key!r}")
+    if segment.startswith(_RESERVED_SEGMENT):
+        raise ValueError(f"object key uses the reserved name {_RESERVED_SEGMENT!r}: {key!r}")
+
+
+def normalize_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Lower-case the metadata keys and refuse what S3 could not carry in a header (ValueError)."""
+    result: dict[str, str] = {}
+    for name, value in (metadata or {}).items():
+        if not name or not name.isascii() or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"metadata name must be ASCII letters, digits, '-', '_' or '.': {name!r}")
+        if not isinstance(value, str) or not value.isascii() or _FORBIDDEN_CHARS.search(value):
+            raise ValueError(f"metadata value for {name!r} must be printable ASCII text")
+        result[name.lower()] = value
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """One object version as the sidecar describes it, pinned to its file by inode, size and mtime."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    etag: str
+    metadata: Mapping[str, str]
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.ino, self.size, self.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ino": self.ino,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "etag": self.etag,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> _Version:
+        return cls(
+            ino=int(raw["ino"]),
+            size=int(raw["size"]),
+            mtime_ns=int(raw["mtime_ns"]),
+            etag=str(raw["etag"]),
+            metadata={str(k): str(v) for k, v in dict(raw.get("metadata", {})).items()},
+        )
+
+
+class LocalStore:
+    """An ObjectStore over a local directory (the embedded default bucket)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(os.path.abspath(root))
+        self._meta_root = self._root / HIDDEN_DIR / "meta"
+
+    @property
+    def root(self) -> Path:
+        """The directory that holds the objects."""
+        return self._root
+
+    @property
+    def url(self) -> str:
+        """``file://`` URL of the root directory."""
+        return self._root.as_uri()
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """Write ``body`` atomically at ``key`` and return its ETag (see ObjectStore.put)."""
+        validate_key(key)
+        meta = normalize_metadata(metadata)
+        expected = if_match.strip('"') if if_match is not None else None
+        write = functools.partial(self._put_sync, key, bytes(body), meta, if_none_match, expected)
+        return await self._run(write)
+
+    async def get(self, key: str) -> StoredObject:
+        """Read a whole object (NotFound if absent)."""
+        validate_key(key)
+        body, info = await self._run(functools.partial(self._read_sync, key, with_body=True))
+        return StoredObject(body=body or b"", info=info)
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Describe an object, metadata included (NotFound if absent)."""
+        validate_key(key)
+        _, info = await self._run(functools.partial(self._read_sync, key, with_body=False))
+        return info
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> list[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, ascending, after ``start_after`` if given."""
+        validate_prefix(prefix)
+        return await self._run(functools.partial(self._list_sync, prefix, start_after))
+
+    async def check(self) -> None:
+        """Create the root if needed and prove it is writable (StoreRejected naming the path if not)."""
+        await anyio.to_thread.run_sync(self._check_sync)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def _run(self, func: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(func)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: OSError) -> Exception:
+        where = f"local bucket {self._root}"
+        if exc.errno in _REJECT_ERRNOS:
+            return StoreRejected(f"{where}: {exc.strerror} ({exc.filename})")
+        if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG):
+            return ValueError(
+                f"{where}: key does not fit the directory tree: {exc.strerror} ({exc.filename})"
+            )
+        return StoreUnavailable(f"{where}: {exc.strerror or exc} ({exc.filename})")
+
+    # -- paths ---------------------------------------------------------------------------------------
+
+    def _data_path(self, key: str) -> Path:
+        return self._root.joinpath(*key.split("/"))
+
+    def _sidecar_path(self, key: str) -> Path:
+        *dirs, name = key.split("/")
+        return self._meta_root.joinpath(*dirs, name + _SIDECAR_SUFFIX)
+
+    # -- write ---------------------------------------------------------------------------------------
+
+    def _put_sync(
+        self, key: str, body: bytes, metadata: dict[str, str], if_none_match: bool, if_match: str | None
+    ) -> str:
+        path, sidecar = self._data_path(key), self._sidecar_path(key)
+        _makedirs(path.parent)
+        _makedirs(sidecar.parent)
+        etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        with _exclusive_lock(sidecar.parent / _LOCK_NAME):
+            current = self._current_version(path, sidecar)
+            if if_none_match and current is not None:
+                raise PreconditionFailed(f"{key}: already exists")
+            if if_match is not None and (current is None or current.etag != if_match):
+                raise PreconditionFailed(f"{key}: ETag is not {if_match!r}")
+            tmp = _write_temp(path.parent, body)
+            try:
+                st = tmp.stat()
+                new = _Version(st.st_ino, st.st_size, st.st_mtime_ns, etag, metadata)
+                self._write_sidecar(sidecar, [new, *([current] if current else [])])
+                _publish(tmp, path, create_only=if_none_match, key=key)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+        return etag
+
+    def _current_version(self, path: Path, sidecar: Path) -> _Version | None:
+        """Describe the file now at ``path`` (None if absent); the caller holds the directory lock."""
+        try:
+            f = open(path, "rb")  # closed by the with below
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a directory in the local bucket, not an object") from None
+        with f:
+            st = os.fstat(f.fileno())
+            return _described(sidecar, st) or _computed(f, st)
+
+    def _write_sidecar(self, sidecar: Path, versions: list[_Version]) -> None:
+        doc = {"v": _SIDECAR_VERSION, "versions": [v.to_json() for v in versions]}
+        tmp = _write_temp(sidecar.parent, json.dumps(doc, separators=(",", ":")).encode())
+        try:
+            os.replace(tmp, sidecar)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(sidecar.parent)
+
+    # -- read ----------------------------------------------------------------------------------------
+
+    def _read_sync(self, key: str, *, with_body: bool) -> tuple[bytes | None, ObjectInfo]:
+        path, sidecar = self._data_path(key), self._sidecar_path(key)
+        for _ in range(_READ_RETRIES):
+            try:
+                f = open(path, "rb")  # closed by the with below
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFound(key) from None
+            with f:  # the open descriptor pins the version we describe and read
+                st = os.fstat(f.fileno())
+                version = _described(sidecar, st)
+                if version is None and not _still_at(path, st):
+                    continue  # replaced (and its sidecar rewritten) since we opened it: look again
+                version = version or _computed(f, st)
+                body = _read_all(f) if with_body else None
+            return body, _info(key, version, st)
+        raise StoreUnavailable(f"{key}: object keeps changing while being read")
+
+    # -- list ----------------------------------------------------------------------------------------
+
+    def _list_sync(self, prefix: str, start_after: str | None) -> list[ObjectInfo]:
+        dir_part, _, name_start = prefix.rpartition("/")
+        base = self._root.joinpath(*dir_part.split("/")) if dir_part else self._root
+        keys = sorted(_walk(base, dir_part, name_start))
+        if start_after is not None:
+            keys = [k for k in keys if k > start_after]
+        infos: list[ObjectInfo] = []
+        for key in keys:
+            try:
+                _, info = self._read_sync(key, with_body=False)
+            except NotFound:
+                continue  # removed by hand while listing
+            infos.append(info)
+        return infos
+
+    # -- check ---------------------------------------------------------------------------------------
+
+    def _check_sync(self) -> None:
+        try:
+            _makedirs(self._root)
+            _makedirs(self._meta_root)
+            probe = _write_temp(self._root / HIDDEN_DIR, b"check")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreRejected(
+                f"local bucket {self._root} is not a writable directory: {exc.strerror or exc}"
+            ) from exc
+
+
+# -- file helpers (blocking; called from worker threads) ---------------------------------------------
+
+
+def _makedirs(path: Path) -> None:
+    os.makedirs(path, mode=_DIR_MODE, exist_ok=True)
+
+
+def _write_temp(directory: Path, data: bytes) -> Path:
+    """Write ``data`` to a fresh fsynced temp file in ``directory`` and return its path."""
+    tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _publish(tmp: Path, path: Path, *, create_only: bool, key: str) -> None:
+    """Give ``tmp`` its final name; create-only uses link(), which fails if the name exists."""
+    if not create_only:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise PreconditionFailed(f"{key}: already exists") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _described(sidecar: Path, st: os.stat_result) -> _Version | None:
+    """The sidecar's description of the file with status ``st``, if it has one."""
+    return next((v for v in _read_sidecar(sidecar) if v.matches(st)), None)
+
+
+def _computed(f: Any, st: os.stat_result) -> _Version:
+    """A description computed from the bytes of the open file ``f``: its MD5, no metadata."""
+    f.seek(0)
+    digest = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False))
+    return _Version(st.st_ino, st.st_size, st.st_mtime_ns, digest.hexdigest(), {})
+
+
+def _read_sidecar(sidecar: Path) -> list[_Version]:
+    try:
+        doc = json.loads(sidecar.read_bytes())
+        return [_Version.from_json(v) for v in doc["versions"]]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except (ValueError, KeyError, TypeError):
+        return []  # a damaged sidecar describes nothing; the bytes still speak for themselves
+
+
+def _still_at(path: Path, st: os.stat_result) -> bool:
+    try:
+        return os.stat(path).st_ino == st.st_ino
+    except OSError:
+        return False
+
+
+def _read_all(f: Any) -> bytes:
+    f.seek(0)
+    return f.read()
+
+
+def _info(key: str, version: _Version, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=st.st_size,
+        etag=version.etag,
+        metadata=dict(version.metadata),
+        last_modified=st.st_mtime,
+    )
+
+
+def _walk(directory: Path, key_dir: str, name_start: str = "") -> Iterator[str]:
+    """Object keys under ``directory`` (key path ``key_dir``) whose first name starts with ``name_start``.
+
+    Hidden entries (the sidecar tree, temp files, locks) and symlinked directories are skipped.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.startswith(_RESERVED_SEGMENT) or not entry.name.startswith(name_start):
+            continue
+        key = f"{key_dir}/{entry.name}" if key_dir else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), key)
+        elif entry.is_file():
+            yield key
+
+
+if TYPE_CHECKING:
+    _PROOF: ObjectStore = LocalStore(Path())

@@ -1,0 +1,431 @@
+"""The S3 backend of the ObjectStore protocol, on aiobotocore (for AWS, MinIO, R2; tested on moto).
+
+Owns: how a bucket URL's parts (bucket, key prefix, endpoint, credentials) become one lazily created
+client; how S3 answers map onto the store errors of ``base.py``; and the retry policy. Two retry layers
+run, both bounded: botocore's own (standard mode, ``max_attempts`` tries per call) and, around it, ours
+(``retry_attempts`` tries with capped exponential backoff and full jitter, never starting a new try after
+``retry_budget_s``). Only StoreUnavailable causes are retried; an answer (412, 404, 403) never is.
+
+Requests are kept small, since per-request overhead is part of the cost goal: no optional checksums, a
+short User-Agent, and the unsigned informational headers (``amz-sdk-invocation-id``, ``amz-sdk-request``,
+``Expect: 100-continue``) are dropped before sending.
+
+ETags are returned without quotes everywhere; ``if_match`` accepts either form.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from tracemirrord import __version__
+from tracemirrord.store.base import (
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoredObject,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
+from tracemirrord.store.local import normalize_metadata, validate_key, validate_prefix
+
+T = TypeVar("T")
+
+USER_AGENT = f"tracemirror/{__version__}"
+_DROPPED_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request", "Expect")
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "InternalError",
+    }
+)
+_CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, NoRegionError)
+_TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError)
+_LIST_PAGE_KEYS = 1000
+_URL_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """Explicit S3 settings; each one left as None falls back to the standard AWS chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    profile: str | None = None
+    addressing_style: str | None = None  # "path", "virtual" or "auto"
+
+
+class S3Store:
+    """An ObjectStore over one S3 bucket, optionally under a key prefix (``s3://NAME/PREFIX``).
+
+    A note on retried create-only writes: if a ``put(..., if_none_match=True)`` attempt lands but its
+    answer is lost (connection reset, timeout), the retry finds the key present and S3 answers 412. This
+    store does not hide that: it raises PreconditionFailed, exactly as for a genuine conflict. The caller
+    tells the two apart by heading the key and comparing the sha256 it put in the metadata. The same holds
+    for ``if_match``: a landed first attempt changes the ETag, so the retry fails its precondition.
+
+    HEAD answers carry no error code, so ``head`` in a missing bucket raises NotFound; ``check`` (and
+    every other call) reports a missing bucket as StoreRejected.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        profile: str | None = None,
+        addressing_style: str | None = None,
+        max_attempts: int = 3,  # botocore's tries per call, the first included
+        retry_attempts: int = 3,
+        retry_budget_s: float = 10.0,
+        retry_base_s: float = 0.25,
+        retry_cap_s: float = 4.0,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        if self._prefix:
+            validate_key(self._prefix)
+        self._endpoint_url = endpoint_url or _endpoint_from_env()
+        self._region = region
+        self._credentials = (access_key_id, secret_access_key, session_token)
+        self._profile = profile
+        self._addressing_style = addressing_style or ("path" if self._endpoint_url else None)
+        self._max_attempts = max_attempts
+        self._retry_attempts = max(1, retry_attempts)
+        self._retry_budget_s = retry_budget_s
+        self._retry_base_s = retry_base_s
+        self._retry_cap_s = retry_cap_s
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._client: Any = None
+        self._stack: AsyncExitStack | None = None
+        self._client_lock = anyio.Lock()
+
+    @classmethod
+    def from_options(cls, bucket: str, prefix: str = "", options: S3Options | None = None) -> S3Store:
+        """Build a store from S3Options (None: everything from the standard AWS chain)."""
+        o = options or S3Options()
+        return cls(
+            bucket,
+            prefix,
+            endpoint_url=o.endpoint_url,
+            region=o.region,
+            access_key_id=o.access_key_id,
+            secret_access_key=o.secret_access_key,
+            session_token=o.session_token,
+            profile=o.profile,
+            addressing_style=o.addressing_style,
+        )
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix every key is stored under ("" for none), without slashes at either end."""
+        return self._prefix
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/prefix``, followed by the endpoint (without any userinfo) when custom."""
+        base = f"s3://{self._bucket}/{self._prefix}" if self._prefix else f"s3://{self._bucket}"
+        if not self._endpoint_url:
+            return base
+        parts = urlsplit(self._endpoint_url)
+        return f"{base} (endpoint {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''})"
+
+    # -- the protocol --------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """PutObject, conditional on If-None-Match: * or If-Match; returns the new ETag unquoted."""
+        params: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Key": self._full_key(validate_key(key)),
+            "Body": bytes(body),
+            "ContentType": content_type,
+        }
+        meta = normalize_metadata(metadata)
+        if meta:
+            params["Metadata"] = meta
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = f'"{_unquote(if_match)}"'
+
+        async def attempt() -> str:
+            client = await self._get_client()
+            response = await client.put_object(**params)
+            return _unquote(response["ETag"])
+
+        try:
+            return await self._call("put", key, attempt)
+        except NotFound as exc:  # If-Match on a missing key: S3 answers 404; the contract says 412
+            raise PreconditionFailed(f"{self.url}: put {key}: no object to match {if_match!r}") from exc
+
+    async def get(self, key: str) -> StoredObject:
+        """GetObject: the whole body and what HEAD would say (NotFound if absent)."""
+        full = self._full_key(validate_key(key))
+
+        async def attempt() -> StoredObject:
+            client = await self._get_client()
+            response = await client.get_object(Bucket=self._bucket, Key=full)
+            async with response["Body"] as stream:
+                body = await stream.read()
+            return StoredObject(body=body, info=_info(key, response, size=len(body)))
+
+        return await self._call("get", key, attempt)
+
+    async def head(self, key: str) -> ObjectInfo:
+        """HeadObject, user metadata included (NotFound if absent)."""
+        full = self._full_key(validate_key(key))
+
+        async def attempt() -> ObjectInfo:
+            client = await self._get_client()
+            response = await client.head_object(Bucket=self._bucket, Key=full)
+            return _info(key, response, size=int(response["ContentLength"]))
+
+        return await self._call("head", key, attempt)
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> list[ObjectInfo]:
+        """ListObjectsV2 over every page, keys returned without the store prefix."""
+        params: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Prefix": self._full_prefix(validate_prefix(prefix)),
+        }
+        if start_after is not None:
+            params["StartAfter"] = self._full_key(start_after)
+        infos: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            page = await self._list_page(prefix, params, token)
+            infos.extend(self._listed(item) for item in page.get("Contents", ()))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if token is None:
+                return infos
+
+    async def check(self) -> None:
+        """List at most one key under the prefix: proves the bucket exists and may be read."""
+        params = {"Bucket": self._bucket, "Prefix": self._full_prefix(""), "MaxKeys": 1}
+
+        async def attempt() -> None:
+            client = await self._get_client()
+            await client.list_objects_v2(**params)
+
+        try:
+            await self._call("check", "", attempt)
+        except NotFound as exc:
+            raise StoreRejected(f"{self.url}: bucket {self._bucket!r} does not exist") from exc
+
+    async def close(self) -> None:
+        """Close the client and its connections; a later call opens a new one."""
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- keys ----------------------------------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _full_prefix(self, prefix: str) -> str:
+        return f"{self._prefix}/{prefix}" if self._prefix else prefix
+
+    def _listed(self, item: Mapping[str, Any]) -> ObjectInfo:
+        key = item["Key"]
+        if self._prefix:
+            key = key.removeprefix(f"{self._prefix}/")
+        return ObjectInfo(
+            key=key,
+            size=int(item["Size"]),
+            etag=_unquote(item.get("ETag", "")),
+            last_modified=_timestamp(item.get("LastModified")),
+        )
+
+    async def _list_page(self, prefix: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
+        page_params = {**params, "MaxKeys": _LIST_PAGE_KEYS}
+        if token is not None:
+            page_params["ContinuationToken"] = token
+
+        async def attempt() -> dict[str, Any]:
+            client = await self._get_client()
+            return await client.list_objects_v2(**page_params)
+
+        return await self._call("list", prefix, attempt)
+
+    # -- client --------------------------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(self._create_client())
+                self._client.meta.events.register("before-send.s3", _drop_optional_headers)
+                self._stack = stack
+        return self._client
+
+    def _create_client(self) -> Any:
+        session = AioSession(profile=self._profile) if self._profile else AioSession()
+        session.user_agent_extra = ""  # else "botocore/<version>" is appended to our User-Agent
+        access_key_id, secret_access_key, session_token = self._credentials
+        return session.create_client(
+            "s3",
+            region_name=self._region,
+            endpoint_url=self._endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+            config=self._config(),
+        )
+
+    def _config(self) -> AioConfig:
+        s3_config = {"addressing_style": self._addressing_style} if self._addressing_style else None
+        return AioConfig(
+            retries={"mode": "standard", "total_max_attempts": self._max_attempts},
+            connect_timeout=self._connect_timeout_s,
+            read_timeout=self._read_timeout_s,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent=USER_AGENT,
+            s3=s3_config,
+        )
+
+    # -- retries and errors --------------------------------------------------------------------------
+
+    async def _call(self, op: str, key: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt``, translating errors and retrying StoreUnavailable within the budget."""
+        deadline = time.monotonic() + self._retry_budget_s
+        for n in range(self._retry_attempts):
+            try:
+                return await attempt()
+            except (ClientError, *_TRANSPORT_ERRORS) as exc:
+                error = self._translate(op, key, exc)
+                if not isinstance(error, StoreUnavailable) or n + 1 >= self._retry_attempts:
+                    raise error from exc
+                delay = random.uniform(0.0, min(self._retry_cap_s, self._retry_base_s * 2**n))
+                if time.monotonic() + delay >= deadline:
+                    raise error from exc
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _translate(self, op: str, key: str, exc: Exception) -> StoreError:
+        what = f"{self.url}: {op} {key}".rstrip()
+        if isinstance(exc, ClientError):
+            return self._translate_client_error(what, exc)
+        if isinstance(exc, _CREDENTIAL_ERRORS):
+            return StoreRejected(f"{what}: AWS credentials or configuration unusable: {exc}")
+        return StoreUnavailable(f"{what}: {type(exc).__name__}: {_safe_text(exc)}")
+
+    def _translate_client_error(self, what: str, exc: ClientError) -> StoreError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")) or code
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        detail = f"{code} ({message})" if code and message != code else code or f"HTTP {status}"
+        if code in _MISSING_BUCKET_CODES:
+            return StoreRejected(f"{what}: bucket {self._bucket!r} does not exist: {detail}")
+        if status == 412 or code in _PRECONDITION_CODES:
+            return PreconditionFailed(f"{what}: precondition failed: {detail}")
+        if status == 404 or code in _NOT_FOUND_CODES:
+            return NotFound(f"{what}: not found")
+        if status >= 500 or status == 429 or code in _UNAVAILABLE_CODES:
+            return StoreUnavailable(f"{what}: S3 error {detail}")
+        return StoreRejected(f"{what}: refused by bucket {self._bucket!r}: {detail}")
+
+
+def _drop_optional_headers(request: Any, **_: Any) -> None:
+    """Remove unsigned headers S3 does not need; they are a sizeable share of a small PUT."""
+    for name in _DROPPED_HEADERS:
+        if name in request.headers:
+            del request.headers[name]
+
+
+def _endpoint_from_env() -> str | None:
+    """The endpoint botocore would take from the environment, so addressing and ``url`` can use it."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _info(key: str, response: Mapping[str, Any], *, size: int) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=_unquote(response.get("ETag", "")),
+        metadata={k.lower(): v for k, v in response.get("Metadata", {}).items()},
+        last_modified=_timestamp(response.get("LastModified")),
+    )
+
+
+def _safe_text(exc: Exception) -> str:
+    """The exception's text with any ``user:password@`` of a URL removed."""
+    return _URL_USERINFO.sub("//", str(exc))
+
+
+if TYPE_CHECKING:
+    _PROOF: ObjectStore = S3Store("bucket")

@@ -1,0 +1,296 @@
+"""The task tree of a running daemon, and its start and stop order.
+
+Start: open the store and the checkpoint, take the state-dir lock, then one HarnessTask per enabled
+harness plus the heartbeat. A HarnessTask discovers its sessions every ``scan_interval`` and runs
+one SessionMirror per session; a harness task that fails is restarted with backoff and never
+takes the others down (a session follower that fails backs off on its own, see mirror.py).
+Stop (SIGTERM/SIGINT): stop reading, let every follower flush what it holds and write meta.json
+(bounded time), write the last heartbeat, close; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from tracemirrord import __version__, layout
+from tracemirrord.checkpoint import Checkpointer
+from tracemirrord.config import Settings
+from tracemirrord.harnesses import REGISTRY, JsonlHarness
+from tracemirrord.mirror import Backoff, MirrorContext, SessionMirror
+from tracemirrord.model import SessionKey, utc_now_iso
+from tracemirrord.redact import Redactor
+from tracemirrord.store import ObjectStore, S3Options, open_store
+from tracemirrord.store.base import StoreError
+
+log = structlog.get_logger("tracemirrord")
+
+HEARTBEAT_INTERVAL_S = 60.0
+STABLE_RUN_S = 60.0
+
+
+class DaemonError(Exception):
+    """A condition that stops the daemon from starting; the message says what to do."""
+
+
+class HarnessTask:
+    """Discovers one harness's sessions and runs a follower for each."""
+
+    def __init__(self, harness: JsonlHarness, roots: list[Path], ctx: MirrorContext, scan_interval_s: float):
+        self.harness = harness
+        self.roots = roots
+        self.ctx = ctx
+        self.scan_interval_s = scan_interval_s
+        self.followers: dict[str, SessionMirror] = {}
+        self.state = "idle"
+        self.error: str | None = None
+        self._refused: set[Path] = set()
+
+    @property
+    def name(self) -> str:
+        return self.harness.name
+
+    async def discover(self) -> list[SessionMirror]:
+        """Scan the roots; create followers for new sessions, move followers of moved ones."""
+        if not any(root.is_dir() for root in self.roots):
+            self.state = "missing"
+            return []
+        refs, refused = await anyio.to_thread.run_sync(self.harness.discover, self.roots)
+        for problem in refused:
+            if problem.path not in self._refused:
+                self._refused.add(problem.path)
+                log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
+        new = []
+        for ref in refs:
+            follower = self.followers.get(ref.session_id)
+            if follower is None or follower.finished:
+                follower = SessionMirror(SessionKey(self.name, ref.session_id), ref.path, self.harness, self.ctx)
+                self.followers[ref.session_id] = follower
+                new.append(follower)
+            else:
+                follower.relocate(ref.path)
+        self.state = "running" if self.followers else "idle"
+        return new
+
+    async def run(self, stopping: anyio.Event) -> None:
+        """Follow every session until ``stopping``; followers drain before this returns."""
+        log.info("harness started", harness=self.name, roots=[str(r) for r in self.roots])
+        async with anyio.create_task_group() as followers:
+            while not stopping.is_set():
+                for follower in await self.discover():
+                    followers.start_soon(follower.run, stopping)
+                with anyio.move_on_after(self.scan_interval_s):
+                    await stopping.wait()
+
+    async def sync_once(self) -> list[str]:
+        """Mirror everything pending in every session once; returns one message per failure."""
+        failures: list[str] = []
+
+        async def sync(follower: SessionMirror) -> None:
+            try:
+                await follower.sync_once()
+            except Exception as exc:
+                failures.append(f"{follower.key}: {type(exc).__name__}: {exc}")
+                log.error("session not mirrored", session=str(follower.key), error=str(exc))
+
+        async with anyio.create_task_group() as tg:
+            for follower in await self.discover():
+                tg.start_soon(sync, follower)
+        return failures
+
+
+def harness_roots(name: str, settings: Settings, env: Mapping[str, str]) -> list[Path]:
+    harness = REGISTRY[name]()
+    if name in settings.roots:
+        return [settings.roots[name]]
+    return harness.default_roots(env, Path(env.get("HOME") or Path.home()))
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    s3 = settings.s3
+    options = S3Options(
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+        session_token=s3.session_token.get_secret_value() if s3.session_token else None,
+        profile=s3.profile,
+        addressing_style=s3.addressing_style,
+    )
+    return open_store(settings.bucket, options)
+
+
+class Daemon:
+    """One running tracemirrord: the shared context, the harness tasks, the heartbeat."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.started_at = utc_now_iso()
+        self.started_monotonic = time.monotonic()
+        self.store = build_store(settings)
+        self.checkpoint = Checkpointer(
+            settings.state_dir / "checkpoint.sqlite3", bucket=self.store.url, project=settings.project
+        )
+        max_age = settings.backfill_max_age_s
+        self.ctx = MirrorContext(
+            store=self.store,
+            checkpoint=self.checkpoint,
+            redactor=Redactor(enabled=settings.redact),
+            project=settings.project,
+            agent_id=settings.agent_id,
+            instance=uuid.uuid4().hex[:12],
+            host=socket.gethostname(),
+            flush_interval_s=settings.flush_interval,
+            part_max_bytes=settings.part_max_bytes,
+            meta_interval_s=settings.meta_interval,
+            max_line_bytes=settings.max_line_bytes,
+            limiter=anyio.CapacityLimiter(settings.upload_concurrency),
+            backfill_cutoff=None if max_age is None else time.time() - max_age,
+        )
+        self.tasks = [
+            HarnessTask(REGISTRY[name](), harness_roots(name, settings, self.env), self.ctx, settings.scan_interval)
+            for name in settings.harnesses
+            if name in REGISTRY
+        ]
+        self.unsupported = [name for name in settings.harnesses if name not in REGISTRY]
+        self._lock_fd: int | None = None
+
+    # ---------- start and stop ----------
+
+    def _lock_state_dir(self) -> None:
+        state_dir = self.settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(state_dir, 0o700)
+        fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonError(
+                f"another tracemirrord (pid {holder}) is running with state dir {state_dir}; "
+                "stop it first or give this one its own TRACEMIRROR_STATE_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    async def open(self) -> None:
+        self._lock_state_dir()
+        await self.checkpoint.open()
+        if self.checkpoint.last_error:
+            log.warning("checkpoint reset", error=self.checkpoint.last_error)
+        for name in self.unsupported:
+            log.info("harness not supported yet in this version; skipped", harness=name)
+        try:
+            await self.store.check()
+            self.ctx.health.ok()
+        except StoreError as exc:
+            self.ctx.health.failed(exc)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.checkpoint.close()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def run_forever(self) -> int:
+        """Run until SIGTERM/SIGINT; drain; exit code 0."""
+        stopping = anyio.Event()
+        log.info(
+            "tracemirrord started",
+            version=__version__,
+            bucket=self.store.url,
+            project=self.settings.project,
+            agent_id=self.settings.agent_id,
+            harnesses=[t.name for t in self.tasks],
+            redact=self.settings.redact,
+        )
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._watch_signals, stopping, outer.cancel_scope)
+            async with anyio.create_task_group() as work:
+                for task in self.tasks:
+                    work.start_soon(self._supervise, task, stopping)
+                work.start_soon(self._heartbeat, stopping)
+            outer.cancel_scope.cancel()
+        log.info("tracemirrord stopped")
+        return 0
+
+    async def run_once(self) -> int:
+        """Mirror everything pending once; 0 when all of it landed, 1 otherwise."""
+        failures: list[str] = []
+        for task in self.tasks:
+            failures += await task.sync_once()
+        sessions = sum(len(t.followers) for t in self.tasks)
+        if failures:
+            log.error("mirroring incomplete", failed=len(failures), sessions=sessions)
+            return 1
+        log.info("everything pending is mirrored", sessions=sessions, bucket=self.store.url)
+        return 0
+
+    async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not stopping.is_set():
+                    log.info("stopping: flushing what is held", signal=signal.Signals(signum).name)
+                    stopping.set()
+                else:
+                    log.warning("second signal: exiting without waiting for the flush")
+                    scope.cancel()
+                    return
+
+    async def _supervise(self, task: HarnessTask, stopping: anyio.Event) -> None:
+        backoff = Backoff(base_s=1.0, cap_s=60.0)
+        while not stopping.is_set():
+            started = time.monotonic()
+            try:
+                await task.run(stopping)
+                return
+            except Exception as exc:
+                if time.monotonic() - started > STABLE_RUN_S:
+                    backoff.reset()
+                delay = backoff.next()
+                task.state, task.error = "error", f"{type(exc).__name__}: {exc}"
+                log.exception("harness task failed; restarting", harness=task.name, retry_in_s=round(delay, 1))
+                with anyio.move_on_after(delay):
+                    await stopping.wait()
+
+    async def _heartbeat(self, stopping: anyio.Event) -> None:
+        key = layout.agent_key(self.settings.project, self.settings.agent_id)
+        while True:
+            status = "stopped" if stopping.is_set() else "running"
+            sessions = sum(len(t.followers) for t in self.tasks)
+            body = layout.render_heartbeat(
+                self.settings.agent_id,
+                status=status,
+                started_at=self.started_at,
+                heartbeat=utc_now_iso(),
+                summary=f"tracemirrord {__version__}: mirroring {sessions} sessions",
+            )
+            try:
+                await self.store.put(key, body, content_type="application/json")
+            except StoreError as exc:
+                log.debug("heartbeat not written", error=str(exc))
+            if status == "stopped":
+                return
+            with anyio.move_on_after(HEARTBEAT_INTERVAL_S):
+                await stopping.wait()
+            if stopping.is_set():
+                # let the followers drain first, so "stopped" is the last word
+                await anyio.sleep(0)
