@@ -33,8 +33,10 @@ WORDS = (
     "server client request response token user session cache index query result data path "
     "because which there their about after before when where while since until then also only "
     "let me look at the failing test and see what is going on here I think the issue is that "
-    "we need to handle the case where task-runner disk-usage hf_hub_download sk-learn ask-user"
+    "we need to handle the case where"
 ).split()
+# Keyword look-alikes (the engine must check and reject them): about one per 500 words of prose.
+LOOKALIKES = "task-runner disk-usage hf_hub_download scikit sk-learn ask-user Bearer bearer-token".split()
 
 PY_SNIPPET = '''import os
 import json
@@ -86,7 +88,7 @@ BASH_COMMANDS = [
 
 
 def _words(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
+    return " ".join(rng.choice(LOOKALIKES if rng.random() < 0.002 else WORDS) for _ in range(n))
 
 
 def _prose(rng: random.Random, sentences: int) -> str:

@@ -229,7 +229,8 @@ class SessionMirror:
                 return poll_interval_s(st.mtime, now)
             self._eligible = True
         changed = st != self._last_stat
-        if changed or self._more_to_read or (flush_all and self._pending):
+        flush_now = bool(self._pending) and (flush_all or self._flush_due())
+        if changed or self._more_to_read or flush_now:
             async with self.ctx.limiter:
                 if changed or self._more_to_read:
                     await self._read()

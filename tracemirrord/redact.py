@@ -91,7 +91,15 @@ class _UnsafeSpan(Exception):
 
 
 class _KeywordIndex:
-    """Finds every occurrence of a fixed set of case-sensitive keywords in a few passes."""
+    """Finds every occurrence of a fixed set of case-sensitive keywords in a few passes.
+
+    Keywords holding a pivot byte share one regex per pivot. The regex stops on the pivot (sre
+    scans for a literal first byte in C), then tries one branch per keyword: the bytes after the
+    pivot as a literal (a cheap first-byte test) followed by a lookbehind over the whole keyword;
+    keywords that end at the pivot sit behind a one-byte lookbehind gate. Every search restarts
+    one byte after the previous stop, so overlapping occurrences are all found. Keywords without a
+    pivot byte (and pivots with a single keyword) are found with ``bytes.find``.
+    """
 
     __slots__ = ("_literals", "_pivoted")
 
@@ -106,41 +114,64 @@ class _KeywordIndex:
                     break
             else:
                 literals.append(kw)
-        pivoted: list[tuple[re.Pattern[bytes], tuple[tuple[bytes, int], ...]]] = []
+        pivoted = []
         for pivot, members in groups.items():
             if len(members) == 1:
                 literals.append(members[0][0])
                 continue
-            # Stop on the pivot byte (sre scans for a literal first byte quickly), then check the
-            # bytes before and after it without consuming them, so no occurrence is skipped.
-            alts = []
-            for kw, at in members:
-                alt = b"(?<=" + re.escape(kw[: at + 1]) + b")"
-                if kw[at + 1 :]:
-                    alt += b"(?=" + re.escape(kw[at + 1 :]) + b")"
-                alts.append(alt)
-            regex = re.compile(re.escape(pivot) + b"(?:" + b"|".join(alts) + b")")
-            pivoted.append((regex, tuple(members)))
-        self._pivoted = tuple(pivoted)
+            # Branches with bytes after the pivot first (their first byte is tested quickly).
+            members.sort(key=lambda member: (member[1] == len(member[0]) - 1, member))
+            branches = [
+                re.escape(kw[at + 1 :]) + b"(?<=" + re.escape(kw) + b")()"
+                for kw, at in members
+                if at < len(kw) - 1
+            ]
+            enders = [(kw, at) for kw, at in members if at == len(kw) - 1]
+            if enders:
+                gate = b"".join(re.escape(bytes((b,))) for b in sorted({kw[at - 1] for kw, at in enders}))
+                ends = b"|".join(b"(?<=" + re.escape(kw) + b")()" for kw, _ in enders)
+                branches.append(b"(?<=[" + gate + b"]" + re.escape(pivot) + b")(?:" + ends + b")")
+            regex = re.compile(re.escape(pivot) + b"(?:" + b"|".join(branches) + b")")
+            # Members that may sit at the same pivot as member i (their aligned bytes agree): the
+            # alternation reports only the first branch that matches, so those are checked too.
+            siblings = tuple(
+                tuple((kw2, at2) for kw2, at2 in members if _aligned(kw, at, kw2, at2)) for kw, at in members
+            )
+            pivoted.append((regex, siblings))
+        self._pivoted: tuple[tuple[re.Pattern[bytes], tuple[tuple[tuple[bytes, int], ...], ...]], ...] = (
+            tuple(pivoted)
+        )
         self._literals = tuple(literals)
 
     def occurrences(self, data: bytes) -> list[tuple[int, bytes]]:
         """Every ``(start, keyword)`` in ``data``, overlapping ones included, in no fixed order."""
         found: list[tuple[int, bytes]] = []
-        for regex, members in self._pivoted:
-            for m in regex.finditer(data):
+        for regex, siblings in self._pivoted:
+            search = regex.search
+            m = search(data)
+            while m is not None:
                 at = m.start()
-                # The alternation reports one keyword per position; check every member there.
-                for kw, offset in members:
+                for kw, offset in siblings[m.lastindex - 1]:  # type: ignore[operator]
                     start = at - offset
                     if start >= 0 and data.startswith(kw, start):
                         found.append((start, kw))
+                m = search(data, at + 1)
         for kw in self._literals:
             start = data.find(kw)
             while start >= 0:
                 found.append((start, kw))
                 start = data.find(kw, start + 1)
         return found
+
+
+def _aligned(kw: bytes, at: int, other: bytes, other_at: int) -> bool:
+    """True if ``other`` (pivot at ``other_at``) can occur where ``kw`` (pivot at ``at``) does."""
+    shift = at - other_at  # position of other[0] relative to kw[0]
+    for i, byte in enumerate(other):
+        j = i + shift
+        if 0 <= j < len(kw) and kw[j] != byte:
+            return False
+    return True
 
 
 def _inside_escape(data: bytes, pos: int) -> bool:
