@@ -100,16 +100,20 @@ class MirrorContext:
     parts_window: int = layout.META_PARTS_WINDOW
 
 
+# A file untouched for this long is parked: no timer of its own; the harness's idle sweep stats it
+# with all the other parked files in one batch and wakes it when it changes.
+PARK_AFTER_S = 3600.0
+PARKED_POLL_S = 600.0
+
+
 def poll_interval_s(mtime: float, now: float) -> float:
     """How often to look at a file: often while it is being written, rarely once it is old."""
     age = now - mtime
     if age < 300:
         return 0.25
-    if age < 3600:
+    if age < PARK_AFTER_S:
         return 1.0
-    if age < 86400:
-        return 5.0
-    return 30.0
+    return PARKED_POLL_S
 
 
 @dataclass
@@ -156,6 +160,16 @@ class SessionMirror:
         self._meta_etag: str | None = None
         self._meta_written_at: float | None = None
         self._meta_seq = -1  # next_seq as of the last meta.json write
+        self._wake = anyio.Event()
+        self.parked = False
+
+    def nudge(self) -> None:
+        """Wake the follower now (its file changed, or the daemon is stopping)."""
+        self._wake.set()
+
+    def changed_since_last_look(self) -> bool:
+        """For the idle sweep (blocking stat): has the file changed since the follower last read it?"""
+        return stat_file(self.path) != self._last_stat
 
     # ---------- status ----------
 
@@ -200,9 +214,12 @@ class SessionMirror:
                     delay = backoff.next()
                 if delay is None:
                     break
-                if delay > 0:
+                if delay > 0 and not stopping.is_set():
+                    self.parked = delay >= PARKED_POLL_S
                     with anyio.move_on_after(delay):
-                        await stopping.wait()
+                        await self._wake.wait()
+                    self.parked = False
+                    self._wake = anyio.Event()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
@@ -226,6 +243,7 @@ class SessionMirror:
             cutoff = self.ctx.backfill_cutoff
             if cutoff is not None and st.mtime < cutoff and self.state is None:
                 self.status = "idle"
+                self._last_stat = st  # the idle sweep wakes us when it changes
                 return poll_interval_s(st.mtime, now)
             self._eligible = True
         changed = st != self._last_stat
@@ -456,6 +474,13 @@ class SessionMirror:
         except PreconditionFailed:
             await self._resolve_taken_seq(object_key, part)
         self.ctx.health.ok()
+        self.log.debug(
+            "part uploaded",
+            seq=part.seq,
+            generation=part.generation,
+            cursor_range=[part.start, part.end],
+            uploaded_bytes=part.uploaded_bytes,
+        )
         state.adopt(part, self.ctx.parts_window)
         state.source_path = str(self.path)
         if state.ended_at is not None:

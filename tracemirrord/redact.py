@@ -47,9 +47,6 @@ ERROR_RULE = "redaction_error"
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 _BACKSLASH = 0x5C
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-# A JSON escape letter: after a backslash run of any length (a nested string's escape), a match
-# starting at one of these starts inside an escape (\n, \t, \u, ...).
-_ESCAPE_LETTERS = frozenset(b'"\\/bfnrtu')
 # Bytes shared by many token prefixes (ghp_, sk-, AKIA): one scan per pivot byte finds them all.
 _PIVOTS = (b"_", b"-", b"A")
 
@@ -175,30 +172,42 @@ def _aligned(kw: bytes, at: int, other: bytes, other_at: int) -> bool:
 
 
 def _inside_escape(data: bytes, pos: int) -> bool:
-    """True if ``data[pos]`` continues an escape sequence (``\\n``, ``\\\\n``, ``\\u00e9``, ...)."""
-    run = 0
-    while pos - run > 0 and data[pos - run - 1] == _BACKSLASH:
-        run += 1
-    if run and (run % 2 == 1 or data[pos] in _ESCAPE_LETTERS):
+    """True if ``data[pos]`` continues an escape sequence (the ``n`` of ``\\n``, a hex digit of ``\\u00e9``).
+
+    Escapes are read at the outer level: after an even backslash run (an escaped backslash) a byte
+    starts a new character. Replacing there keeps the line valid JSON; inside a nested JSON string
+    it may leave ``\\`` before the replacement, which is the price of never skipping a secret.
+    """
+    if _odd_backslashes_before(data, pos):
         return True
-    # One of the four hex digits of \uXXXX (after a backslash run of any length).
-    for k in range(1, 5):
-        u = pos - k - 1
-        if u < 1 or data[pos - k] not in _HEX:
+    # One of the four hex digits of \uXXXX: a "u" opening an escape sits 1 to 4 bytes back, with
+    # only hex digits between it and pos.
+    for digits_before in range(4):
+        u = pos - digits_before - 1
+        if u < 1:
             return False
-        if data[u] == 0x75 and data[u - 1] == _BACKSLASH:  # "u" right after a backslash
+        if digits_before and data[u + 1] not in _HEX:
+            return False
+        if data[u] == 0x75 and _odd_backslashes_before(data, u):
             return True
     return False
 
 
+def _odd_backslashes_before(data: bytes, pos: int) -> bool:
+    """True if an odd number of backslashes ends right before ``data[pos]``."""
+    run = 0
+    while pos - run > 0 and data[pos - run - 1] == _BACKSLASH:
+        run += 1
+    return run % 2 == 1
+
+
 def _check_span(line: bytes, start: int, end: int) -> None:
     """Raise ``_UnsafeSpan`` unless replacing ``line[start:end]`` keeps quotes and escapes whole."""
-    if b'"' in line[start:end] or (end < len(line) and _inside_escape(line, end)):
-        raise _UnsafeSpan
-    run = 0
-    while end - run > start and line[end - run - 1] == _BACKSLASH:
-        run += 1
-    if run % 2:
+    if (
+        b'"' in line[start:end]
+        or _inside_escape(line, start)
+        or (end < len(line) and _inside_escape(line, end))
+    ):
         raise _UnsafeSpan
 
 
@@ -283,9 +292,9 @@ class Redactor:
 
     def redact(self, lines: bytes) -> Redaction:
         """Redact a buffer of complete lines; see the module docstring for the guarantees."""
-        if not self._enabled or not lines:
-            return Redaction(lines, {})
         data = lines if type(lines) is bytes else bytes(lines)
+        if not self._enabled or not data:
+            return Redaction(data, {})
         try:
             return self._redact_buffer(data)
         except Exception:

@@ -193,13 +193,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="private-key",
         pattern=(
             rf"-----BEGIN {_PEM_HEADER}"
-            rf"(?:{_PEM_BODY_UNIT}*?-----END {_PEM_HEADER}|(?:{_PEM_SEP}{_PEM_LINE})+)"
+            rf"(?:{_PEM_BODY_UNIT}{{0,16384}}?-----END {_PEM_HEADER}|(?:{_PEM_SEP}{_PEM_LINE})+)"
         ),
         keywords=("-----BEGIN",),
         description=(
             "PEM/OpenSSH/PGP private key block, with \\n escapes inside a JSON string or real "
-            "newlines in plain text; a block cut before its END line is redacted through its last "
-            "base64 line."
+            "newlines in plain text; a block cut before its END line (or longer than the bounded "
+            "search for it) is redacted through its last base64 line."
         ),
     ),
 )

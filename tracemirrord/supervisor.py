@@ -28,6 +28,7 @@ from tracemirrord import __version__, layout
 from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.config import Settings
 from tracemirrord.harnesses import REGISTRY, JsonlHarness
+from tracemirrord.harnesses.base import DirCache
 from tracemirrord.mirror import Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, utc_now_iso
 from tracemirrord.redact import Redactor
@@ -37,6 +38,7 @@ from tracemirrord.store.base import StoreError
 log = structlog.get_logger("tracemirrord")
 
 HEARTBEAT_INTERVAL_S = 60.0
+IDLE_SWEEP_EVERY = 5  # scans between two idle sweeps of the parked sessions
 STABLE_RUN_S = 60.0
 
 
@@ -56,6 +58,7 @@ class HarnessTask:
         self.state = "idle"
         self.error: str | None = None
         self._refused: set[Path] = set()
+        self._dirs = DirCache()
 
     @property
     def name(self) -> str:
@@ -66,7 +69,7 @@ class HarnessTask:
         if not any(root.is_dir() for root in self.roots):
             self.state = "missing"
             return []
-        refs, refused = await anyio.to_thread.run_sync(self.harness.discover, self.roots)
+        refs, refused = await anyio.to_thread.run_sync(self.harness.discover, self.roots, self._dirs)
         for problem in refused:
             if problem.path not in self._refused:
                 self._refused.add(problem.path)
@@ -86,12 +89,33 @@ class HarnessTask:
     async def run(self, stopping: anyio.Event) -> None:
         """Follow every session until ``stopping``; followers drain before this returns."""
         log.info("harness started", harness=self.name, roots=[str(r) for r in self.roots])
-        async with anyio.create_task_group() as followers:
-            while not stopping.is_set():
-                for follower in await self.discover():
-                    followers.start_soon(follower.run, stopping)
-                with anyio.move_on_after(self.scan_interval_s):
-                    await stopping.wait()
+        try:
+            async with anyio.create_task_group() as followers:
+                scans = 0
+                while not stopping.is_set():
+                    for follower in await self.discover():
+                        followers.start_soon(follower.run, stopping)
+                    if scans % IDLE_SWEEP_EVERY == 0:
+                        await self.sweep_parked()
+                    scans += 1
+                    with anyio.move_on_after(self.scan_interval_s):
+                        await stopping.wait()
+                self.nudge_all()
+        finally:
+            self.nudge_all()
+
+    def nudge_all(self) -> None:
+        for follower in self.followers.values():
+            follower.nudge()
+
+    async def sweep_parked(self) -> None:
+        """Stat every parked (long idle) session in one worker-thread batch; wake those that changed."""
+        parked = [f for f in self.followers.values() if f.parked]
+        if not parked:
+            return
+        changed = await anyio.to_thread.run_sync(lambda: [f for f in parked if f.changed_since_last_look()])
+        for follower in changed:
+            follower.nudge()
 
     async def sync_once(self) -> list[str]:
         """Mirror everything pending in every session once; returns one message per failure."""

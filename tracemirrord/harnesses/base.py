@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,16 +58,19 @@ class JsonlHarness:
         """The session id for a file below ``root`` (None: not a session file)."""
         raise NotImplementedError
 
-    def discover(self, roots: list[Path]) -> tuple[list[SessionRef], list[UnsafeSessionId]]:
+    def discover(
+        self, roots: list[Path], cache: DirCache | None = None
+    ) -> tuple[list[SessionRef], list[UnsafeSessionId]]:
         """Every session file below the roots, and the files refused for an unsafe id.
 
         Never follows a symlink; a session id found at two paths (an archive move caught between
         two listings) is reported once, at its larger file.
         """
+        cache = cache or DirCache()
         found: dict[str, SessionRef] = {}
         refused: list[UnsafeSessionId] = []
         for root in roots:
-            for path in _walk_jsonl(root, self.max_depth):
+            for path in _walk_jsonl(root, self.max_depth, cache):
                 session_id = self.session_id(root, path)
                 if session_id is None:
                     continue
@@ -116,24 +120,60 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _walk_jsonl(root: Path, max_depth: int) -> Iterator[Path]:
+class DirCache:
+    """Remembers each directory's listing and re-lists only directories whose mtime changed.
+
+    Creating, deleting or renaming an entry changes its directory's mtime, so a scan of an idle
+    tree costs one stat per directory, not one per file. A directory modified within the last
+    few seconds is always re-listed (coarse mtime clocks could hide a change in the same tick).
+    """
+
+    TRUST_AFTER_S = 2.0
+
+    def __init__(self) -> None:
+        self._listings: dict[str, tuple[int, list[str], list[str]]] = {}
+
+    def listing(self, directory: str) -> tuple[list[str], list[str]] | None:
+        """(subdirectories, *.jsonl files) of a directory; None when it is gone or unreadable."""
+        try:
+            st = os.stat(directory, follow_symlinks=False)
+        except OSError:
+            self._listings.pop(directory, None)
+            return None
+        cached = self._listings.get(directory)
+        if cached is not None and cached[0] == st.st_mtime_ns and time.time() - st.st_mtime > self.TRUST_AFTER_S:
+            return cached[1], cached[2]
+        subdirs: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.path)
+                        elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
+                            files.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            return None
+        self._listings[directory] = (st.st_mtime_ns, subdirs, files)
+        return subdirs, files
+
+
+def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> Iterator[Path]:
     """``*.jsonl`` regular files below root, depth-bounded, never through a symlink."""
-    stack = [(root, 0)]
+    stack = [(str(root), 0)]
     while stack:
         directory, depth = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        listing = cache.listing(directory)
+        if listing is None:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if depth < max_depth:
-                        stack.append((Path(entry.path), depth + 1))
-                elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
-                    yield Path(entry.path)
-            except OSError:
-                continue
+        subdirs, files = listing
+        if depth < max_depth:
+            stack.extend((sub, depth + 1) for sub in subdirs)
+        for path in files:
+            yield Path(path)
 
 
 def env_path(env: Mapping[str, str], name: str) -> Path | None:

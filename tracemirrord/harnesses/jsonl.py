@@ -122,13 +122,14 @@ def read_chunk(
         mismatch = _verify(fd, start, expected)
         if mismatch is not None:
             return mismatch
-        data = _pread(fd, min(max_bytes, size - start), start)
+        read_limit = min(max_bytes, max_line_bytes)  # a longer line always takes the long-line path
+        data = _pread(fd, min(read_limit, size - start), start)
         dropped = 0
         raw = True
         n = complete_len(data)
         if n:
             data = data[:n]
-        elif len(data) < max_bytes:
+        elif len(data) < read_limit:
             data = b""  # a partial line: it waits for its newline
         else:
             data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)

@@ -1,0 +1,606 @@
+"""Tests for tracemirrord.redact: each default rule on its own, the JSONL traps, the invariants.
+
+Secrets are assembled at run time from a prefix and a seeded random body, so no literal token
+sits in the source (secret scanners and push protection stay quiet) and every run is the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import string
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracemirrord import redact as redact_module
+from tracemirrord.redact import ERROR_RULE, Redaction, Redactor
+from tracemirrord.rules import DEFAULT_RULES, Rule
+
+REDACTOR = Redactor()
+ALNUM = string.ascii_letters + string.digits
+_RNG = random.Random(1234)
+
+
+def body(n: int, alphabet: str = ALNUM) -> str:
+    """A deterministic random token body."""
+    return "".join(_RNG.choice(alphabet) for _ in range(n))
+
+
+def jsonl(obj: Any, **dumps: Any) -> bytes:
+    """One JSONL line, compact like the agents write it."""
+    return json.dumps(obj, separators=(",", ":"), **dumps).encode() + b"\n"
+
+
+def envelope(text: str) -> dict[str, Any]:
+    """A Claude-Code-like tool_result line holding ``text``."""
+    return {
+        "parentUuid": "4f0c2a8e-9f61-4c4e-8a43-2f5d1d7f0b21",
+        "type": "user",
+        "message": {
+            "role": "user",
+            "content": [{"tool_use_id": "toolu_01ABC", "type": "tool_result", "content": text}],
+        },
+        "toolUseResult": {"stdout": text, "stderr": "", "interrupted": False},
+        "usage": {"input_tokens": 12, "cache": None, "ratio": 0.5, "ok": True},
+    }
+
+
+def shape(value: Any) -> Any:
+    """The structure of a JSON value: keys, nesting, types, non-string values; strings erased."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value]
+    if isinstance(value, str):
+        return str
+    return (type(value), value)
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a JSON value, nested JSON text decoded too."""
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in [key, *strings(item)]]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    if isinstance(value, str):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            return [value]
+        return [value, *strings(inner)] if isinstance(inner, dict | list) else [value]
+    return []
+
+
+def _pem() -> tuple[str, str]:
+    lines = [body(64, ALNUM + "+/") for _ in range(5)] + [body(20, ALNUM + "+/") + "=="]
+    block = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----"
+    return block, lines[2]
+
+
+_PEM_BLOCK, _PEM_LINE = _pem()
+_JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + body(60) + "." + body(43, ALNUM + "-_")
+_AWS_ID = "AKIA" + "IOSFODNN7EXAMPLE"
+_AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+_HOOK_PATH = "T0" + body(8, string.ascii_uppercase) + "/B0" + body(8, string.ascii_uppercase) + "/" + body(24)
+
+# (rule, text as it appears in a transcript, the secret that must disappear)
+SAMPLES: list[tuple[str, str, str]] = [
+    ("aws-access-key-id", f"export AWS_ACCESS_KEY_ID={_AWS_ID}\n", _AWS_ID),
+    ("aws-access-key-id", "Credential=ASIA" + "Y34FZKBOKMUTVV7A/20250101/us-east-1/s3", "ASIA" + "Y34FZKBOKMUTVV7A"),
+    ("aws-secret-access-key", f"[default]\naws_secret_access_key = {_AWS_SECRET}\n", _AWS_SECRET),
+    ("aws-secret-access-key", json.dumps({"Credentials": {"SecretAccessKey": _AWS_SECRET}}), _AWS_SECRET),
+    ("anthropic-api-key", "ANTHROPIC_API_KEY=" + (k := "sk-ant-api03-" + body(93, ALNUM + "-_") + "AA"), k),
+    ("anthropic-admin-key", "key: " + (k := "sk-ant-admin01-" + body(93, ALNUM + "-_") + "AA"), k),
+    ("openai-api-key", "OPENAI_API_KEY=" + (k := "sk-proj-" + body(156, ALNUM + "-_")), k),
+    ("openai-api-key", "openai.api_key = '" + (k := "sk-" + body(20) + "T3BlbkFJ" + body(20)) + "'", k),
+    ("openai-api-key", "service key " + (k := "sk-svcacct-" + body(100, ALNUM + "-_")), k),
+    ("openai-admin-key", "admin " + (k := "sk-admin-" + body(60, ALNUM + "-_")), k),
+    ("github-token", "GH_TOKEN=" + (k := "ghp_" + body(36)), k),
+    ("github-token", "git clone https://x-access-token:" + (k := "ghs_" + body(36)) + "@github.com/o/r", k),
+    ("github-pat", "token " + (k := "github_pat_11A" + body(21) + "_" + body(59)), k),
+    ("gitlab-pat", "PRIVATE-TOKEN: " + (k := "glpat-" + body(20, ALNUM + "-_")), k),
+    ("slack-token", "SLACK_BOT_TOKEN=" + (k := "xoxb-" + body(12, string.digits) + "-" + body(24)), k),
+    ("slack-token", "app token " + (k := "xapp-1-A0" + body(9) + "-" + body(13, string.digits) + "-" + body(64)), k),
+    ("slack-webhook", "curl -X POST https://hooks.slack.com/services/" + _HOOK_PATH, _HOOK_PATH),
+    ("huggingface-token", "HF_TOKEN=" + (k := "hf_" + body(34, string.ascii_letters)), k),
+    ("huggingface-org-token", "org " + (k := "api_org_" + body(34, string.ascii_letters)), k),
+    ("google-api-key", "maps/api/js?key=" + (k := "AIza" + body(35, ALNUM + "-_")) + "&callback=init", k),
+    ("stripe-api-key", "stripe.api_key = " + (k := "sk_live_" + body(24)), k),
+    ("stripe-api-key", "restricted " + (k := "rk_live_" + body(24)), k),
+    ("npm-token", "//registry.npmjs.org/:_authToken=" + (k := "npm_" + body(36)), k),
+    ("bearer-token", f'curl -H "Authorization: Bearer {_JWT}" https://api.example.com/v1', _JWT),
+    ("bearer-token", json.dumps({"headers": {"authorization": "bearer " + (k := body(40))}}), k),
+    ("private-key", "cat ~/.ssh/id_rsa\n" + _PEM_BLOCK + "\n", _PEM_LINE),
+]
+
+
+def redact_line(line: bytes) -> Redaction:
+    """Redact one line with the default rules and check the line count is kept."""
+    result = REDACTOR.redact(line)
+    assert result.data.count(b"\n") == line.count(b"\n")
+    return result
+
+
+def assert_same_json(before: bytes, after: bytes) -> Any:
+    """Assert ``after`` parses with the structure of ``before``; return it parsed."""
+    parsed = json.loads(after)
+    assert shape(parsed) == shape(json.loads(before))
+    return parsed
+
+
+@pytest.mark.parametrize(("rule", "text", "secret"), SAMPLES, ids=[f"{s[0]}-{i}" for i, s in enumerate(SAMPLES)])
+def test_rule_redacts_its_token_inside_a_json_line(rule: str, text: str, secret: str) -> None:
+    """Each rule replaces its secret in both string fields of a tool_result line and counts it."""
+    line = jsonl(envelope(text))
+    result = redact_line(line)
+    assert result.counts == {rule: 2}
+    assert secret.encode() not in result.data
+    assert result.data.count(f"[REDACTED:{rule}]".encode()) == 2
+    parsed = assert_same_json(line, result.data)
+    assert not any(secret in s for s in strings(parsed))
+
+
+def test_every_default_rule_has_a_sample() -> None:
+    """The sample table covers every default rule, so no rule ships untested."""
+    assert {rule.name for rule in DEFAULT_RULES} == {sample[0] for sample in SAMPLES}
+
+
+def test_secret_in_plain_text_line() -> None:
+    """A line that is not JSON still gets the byte rules."""
+    line = b"plain log: token=" + ("ghp_" + body(36)).encode() + b" done\n"
+    result = redact_line(line)
+    assert result.data == b"plain log: token=[REDACTED:github-token] done\n"
+    assert result.counts == {"github-token": 1}
+
+
+def test_secret_in_invalid_utf8_with_nul_bytes() -> None:
+    """Invalid UTF-8 and NUL bytes around a secret do not stop the byte rules."""
+    line = b"\xff\xfe\x00\x80" + _AWS_ID.encode() + b"\x00\xc3\n"
+    result = redact_line(line)
+    assert result.data == b"\xff\xfe\x00\x80[REDACTED:aws-access-key-id]\x00\xc3\n"
+
+
+NEGATIVES = [
+    "commit 3f786850e387550fdab836ed7e6dc881de23001b\nAuthor: Dev <dev@example.com>",
+    "\n".join(f"{random.Random(i).getrandbits(160):040x} fix the thing" for i in range(50)),
+    f"session {uuid.UUID(int=random.Random(2).getrandbits(128))} started",
+    "sha256:" + hashlib.sha256(b"layer").hexdigest(),
+    '"integrity": "sha512-' + base64.b64encode(hashlib.sha512(b"pkg").digest()).decode() + '"',
+    "Use the task-runner, then sk-learn; ask-user if the disk-usage grows; see sk-docs.",
+    "from huggingface_hub import hf_hub_download\nhf_token = os.environ['HF_TOKEN']",
+    "The API expects a Bearer token in the Authorization header: Bearer <token>",
+    'curl -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/user',
+    "Bearer token-based-authentication is described below",
+    'if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    return parse(line)',
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END PUBLIC KEY-----",
+    "export AWS_ACCESS_KEY_ID=AKIA...  # set yours; sk-ant-api03-... goes in ANTHROPIC_API_KEY",
+    '{"items": [{"note": "a \\u003c b \\u0026\\u0026 c"}]}',
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVES, ids=range(len(NEGATIVES)))
+def test_no_false_positive(text: str) -> None:
+    """SHAs, UUIDs, digests, integrity hashes, prose look-alikes and placeholders pass untouched."""
+    line = jsonl(envelope(text))
+    result = redact_line(line)
+    assert result.counts == {}
+    assert result.data is line
+
+
+def test_base64_image_passes_untouched() -> None:
+    """A large base64 PNG block (the alphabet of AKIA and AIza keys) is not redacted."""
+    data = base64.b64encode(b"\x89PNG\r\n\x1a\n" + random.Random(5).randbytes(3_000_000)).decode()
+    source = {"type": "base64", "media_type": "image/png", "data": data}
+    line = jsonl({"type": "user", "message": {"content": [{"type": "image", "source": source}]}})
+    result = redact_line(line)
+    assert result.counts == {}
+    assert result.data is line
+
+
+# --- The JSONL traps -------------------------------------------------------------------------------
+
+
+def test_secret_right_after_newline_escape() -> None:
+    """A secret right after a \\n escape is caught (no \\b anchoring at its start)."""
+    line = b'{"text":"keys:\\n' + _AWS_ID.encode() + b'\\n"}\n'
+    result = redact_line(line)
+    assert result.data == b'{"text":"keys:\\n[REDACTED:aws-access-key-id]\\n"}\n'
+
+
+def test_secret_right_after_ansi_color_escape() -> None:
+    """A secret right after an ANSI color code (\\u001b[32m) is caught."""
+    line = jsonl({"text": "\x1b[32m" + _AWS_ID + "\x1b[0m"})
+    result = redact_line(line)
+    assert result.counts == {"aws-access-key-id": 1}
+    assert json.loads(result.data) == {"text": "\x1b[32m[REDACTED:aws-access-key-id]\x1b[0m"}
+
+
+def test_secret_right_after_a_unicode_escape() -> None:
+    """A secret right after a complete \\u001b escape is caught; the escape stays whole."""
+    line = b'{"text":"\\u001b' + _AWS_ID.encode() + b'\\u001b"}\n'
+    result = redact_line(line)
+    assert result.data == b'{"text":"\\u001b[REDACTED:aws-access-key-id]\\u001b"}\n'
+
+
+def test_escaped_dashes_inside_a_secret_are_decoded() -> None:
+    """sk\\u002dant\\u002d... (escaped dashes) is scanned in decoded form and replaced whole."""
+    key = "sk-ant-api03-" + body(93, ALNUM + "_") + "AA"
+    escaped = key.replace("-", "\\u002d")
+    line = b'{"a":1,"text":"ANTHROPIC_API_KEY=' + escaped.encode() + b' ok"}\n'
+    result = redact_line(line)
+    assert result.counts == {"anthropic-api-key": 1}
+    assert json.loads(result.data) == {"a": 1, "text": "ANTHROPIC_API_KEY=[REDACTED:anthropic-api-key] ok"}
+
+
+def test_escaped_slashes_are_decoded() -> None:
+    """A webhook and an AWS secret written with \\/ escapes (PHP, some loggers) are caught."""
+    text = f"https://hooks.slack.com/services/{_HOOK_PATH} aws_secret_access_key={_AWS_SECRET}"
+    line = json.dumps({"text": text}).replace("/", "\\/").encode() + b"\n"
+    result = redact_line(line)
+    assert result.counts == {"slack-webhook": 1, "aws-secret-access-key": 1}
+    value = json.loads(result.data)["text"]
+    assert _HOOK_PATH not in value and _AWS_SECRET not in value
+    assert value.endswith("aws_secret_access_key=[REDACTED:aws-secret-access-key]")
+
+
+def test_escaped_first_character_of_a_secret() -> None:
+    """An escape that hides the keyword itself (\\u0041KIA...) is decoded and replaced whole."""
+    line = b'{"text":"id \\u0041' + _AWS_ID[1:].encode() + b'!"}\n'
+    result = redact_line(line)
+    assert result.data == b'{"text":"id [REDACTED:aws-access-key-id]!"}\n'
+
+
+def test_nested_json_string() -> None:
+    """A token in JSON inside a JSON string is replaced and the inner JSON still parses."""
+    token = "ghp_" + body(36)
+    line = jsonl({"content": json.dumps({"token": token, "n": 1})})
+    result = redact_line(line)
+    assert result.counts == {"github-token": 1}
+    inner = json.loads(assert_same_json(line, result.data)["content"])
+    assert inner == {"token": "[REDACTED:github-token]", "n": 1}
+
+
+def test_nested_json_twice() -> None:
+    """A token two JSON-string levels deep is replaced and both levels still parse."""
+    token = "xoxb-" + body(12, string.digits) + "-" + body(24)
+    line = jsonl({"content": json.dumps({"stdout": json.dumps({"auth": {"token": token}})})})
+    result = redact_line(line)
+    assert result.counts == {"slack-token": 1}
+    level1 = json.loads(assert_same_json(line, result.data)["content"])
+    assert json.loads(level1["stdout"]) == {"auth": {"token": "[REDACTED:slack-token]"}}
+
+
+def test_nested_json_with_escaped_secret_inside() -> None:
+    """An escape inside a secret one level down (\\\\u002d in the raw line) is decoded too."""
+    key = "sk-proj-" + body(80, ALNUM + "_")
+    inner = '{"key": "' + key.replace("-", "\\u002d") + '"}'
+    line = jsonl({"content": inner})
+    result = redact_line(line)
+    assert result.counts == {"openai-api-key": 1}
+    assert json.loads(json.loads(result.data)["content"]) == {"key": "[REDACTED:openai-api-key]"}
+
+
+def test_replacement_stops_at_escaped_quote_and_backslash() -> None:
+    """Token classes stop at \\" and \\\\, so the escapes around a secret survive intact."""
+    token = "npm_" + body(36)
+    text = f'say "{token}" and C:\\{token}\\x'
+    line = jsonl({"t": text})
+    result = redact_line(line)
+    assert result.counts == {"npm-token": 2}
+    assert json.loads(result.data) == {"t": 'say "[REDACTED:npm-token]" and C:\\[REDACTED:npm-token]\\x'}
+
+
+def test_match_starting_inside_an_escape_is_left_alone() -> None:
+    """A keyword that begins inside an escape (the "npm_" of "\\npm_...") is no secret and stays."""
+    line = b'{"t":"a\\npm_' + body(36).encode() + b'"}\n'
+    result = redact_line(line)
+    assert result.counts == {}
+    assert result.data is line
+
+
+def test_private_key_with_escaped_newlines() -> None:
+    """A PEM block inside a JSON string (\\n escapes) is replaced whole, text after it kept."""
+    line = jsonl({"content": "key:\n" + _PEM_BLOCK + "\nused for deploys"})
+    result = redact_line(line)
+    assert result.counts == {"private-key": 1}
+    assert json.loads(result.data) == {"content": "key:\n[REDACTED:private-key]\nused for deploys"}
+
+
+def test_private_key_nested_in_json_string() -> None:
+    """A PEM block one JSON level down (\\\\n escapes) is replaced; the inner JSON still parses."""
+    line = jsonl({"content": json.dumps({"private_key": _PEM_BLOCK, "type": "service_account"})})
+    result = redact_line(line)
+    assert result.counts == {"private-key": 1}
+    inner = json.loads(json.loads(result.data)["content"])
+    assert inner == {"private_key": "[REDACTED:private-key]", "type": "service_account"}
+
+
+def test_private_key_cut_before_its_end_line() -> None:
+    """A PEM block cut short (head -n 4 id_rsa) is redacted through its last base64 line."""
+    cut = "\n".join(_PEM_BLOCK.split("\n")[:4])
+    line = jsonl({"content": cut + "\n\nthat is all"})
+    result = redact_line(line)
+    assert result.counts == {"private-key": 1}
+    assert json.loads(result.data) == {"content": "[REDACTED:private-key]\n\nthat is all"}
+
+
+def test_private_key_with_real_newlines_in_plain_text() -> None:
+    """A PEM block over several plain-text lines is redacted on each line, keeping the count."""
+    buffer = b'{"before":1}\n' + _PEM_BLOCK.encode() + b'\n{"after":2}\n'
+    result = redact_line(buffer)
+    out = result.data.split(b"\n")
+    assert out[0] == b'{"before":1}' and out[-2] == b'{"after":2}'
+    assert all(piece == b"[REDACTED:private-key]" for piece in out[1:-2])
+    assert result.counts == {"private-key": 1}
+
+
+def test_private_key_flattened_on_one_line() -> None:
+    """A PEM block flattened with spaces (an env var) is replaced whole."""
+    flat = _PEM_BLOCK.replace("\n", " ")
+    result = redact_line(jsonl({"env": "KEY=" + flat}))
+    assert json.loads(result.data) == {"env": "KEY=[REDACTED:private-key]"}
+
+
+# --- Invariants ------------------------------------------------------------------------------------
+
+
+def test_lines_without_findings_stay_byte_identical() -> None:
+    """Only the line holding a secret changes; its neighbours are the very same bytes."""
+    lines = [
+        b'{"a": "b",   "c": [1, 2.50, 1e3]}\n',
+        jsonl(envelope("x ghp_" + body(36))),
+        b'{"weird":"\\u00e9\\ud83d\\ude00"}\n',
+        b"not json at all\n",
+    ]
+    result = REDACTOR.redact(b"".join(lines))
+    out = result.data.splitlines(keepends=True)
+    assert len(out) == 4
+    assert out[0] == lines[0] and out[2] == lines[2] and out[3] == lines[3]
+    assert out[1] != lines[1]
+
+
+def test_many_lines_one_buffer() -> None:
+    """Secrets on several lines of one buffer are each replaced on their own line."""
+    tokens = ["ghp_" + body(36) for _ in range(50)]
+    lines = [jsonl({"i": i, "t": f"line {i} {tok}"}) for i, tok in enumerate(tokens)]
+    result = REDACTOR.redact(b"".join(lines))
+    assert result.counts == {"github-token": 50}
+    for i, out in enumerate(result.data.splitlines()):
+        assert json.loads(out) == {"i": i, "t": f"line {i} [REDACTED:github-token]"}
+
+
+def test_disabled_redactor_passes_everything() -> None:
+    """With enabled=False the input comes back unchanged and nothing is counted."""
+    line = jsonl(envelope("ghp_" + body(36)))
+    result = Redactor(enabled=False).redact(line)
+    assert result == Redaction(line, {})
+
+
+def test_empty_buffer() -> None:
+    """An empty buffer is returned as is."""
+    assert REDACTOR.redact(b"") == Redaction(b"", {})
+
+
+def test_missing_final_newline_is_not_invented() -> None:
+    """An unterminated last line (a caller bug) is still redacted and gets no newline added."""
+    result = REDACTOR.redact(b'{"a":1}\n{"t":"' + _AWS_ID.encode() + b'"}')
+    assert result.data == b'{"a":1}\n{"t":"[REDACTED:aws-access-key-id]"}'
+
+
+def test_bytearray_and_memoryview_input() -> None:
+    """Buffer types other than bytes are accepted and bytes come back."""
+    line = jsonl({"t": _AWS_ID})
+    for buffer in (bytearray(line), memoryview(line)):
+        result = REDACTOR.redact(buffer)  # type: ignore[arg-type]
+        assert type(result.data) is bytes
+        assert result.counts == {"aws-access-key-id": 1}
+
+
+def test_twenty_megabyte_line() -> None:
+    """A 20 MB line (a big tool result) is scanned whole, secrets at both ends replaced."""
+    blob = base64.b64encode(random.Random(9).randbytes(15_000_000)).decode()
+    head, tail = "ghp_" + body(36), "sk-ant-api03-" + body(93, ALNUM + "-_") + "AA"
+    line = jsonl({"type": "tool_result", "content": f"{head}\n{blob}\n{tail}"})
+    assert len(line) > 20_000_000
+    small = jsonl({"ok": True})
+    result = REDACTOR.redact(small + line + small)
+    assert result.counts == {"github-token": 1, "anthropic-api-key": 1}
+    first, big, last, end = result.data.split(b"\n")
+    assert first == last == small.rstrip(b"\n") and end == b""
+    expected = {"type": "tool_result", "content": f"[REDACTED:github-token]\n{blob}\n[REDACTED:anthropic-api-key]"}
+    assert json.loads(big) == expected
+
+
+def test_fail_closed_when_a_line_cannot_be_rebuilt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If rebuilding a line raises, that line becomes a placeholder and is counted, never passed."""
+
+    def boom(line: bytes, pieces: object) -> bytes:
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(redact_module, "_apply", boom)
+    clean = b'{"ok":1}\n'
+    secret_line = jsonl({"t": "ghp_" + body(36)})
+    result = REDACTOR.redact(clean + secret_line + clean)
+    lines = result.data.split(b"\n")
+    assert lines[0] == lines[2] == clean.rstrip(b"\n")
+    assert json.loads(lines[1]) == {
+        "tracemirror": "line_dropped",
+        "reason": "redaction_error",
+        "bytes": len(secret_line) - 1,
+    }
+    assert result.counts == {ERROR_RULE: 1}
+
+
+def test_fail_closed_when_the_scan_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If scanning itself raises, every line is dropped to a placeholder: nothing unscanned leaves."""
+
+    def boom(self: Redactor, data: bytes) -> list[tuple[int, int, int]]:
+        raise MemoryError
+
+    monkeypatch.setattr(Redactor, "_find", boom)
+    buffer = b'{"a":1}\nplain\n{"b":2}\n'
+    result = REDACTOR.redact(buffer)
+    lines = result.data.split(b"\n")
+    assert len(lines) == 4 and lines[3] == b""
+    assert [json.loads(x)["reason"] for x in lines[:3]] == ["redaction_error"] * 3
+    assert result.counts == {ERROR_RULE: 3}
+
+
+def test_unsafe_span_drops_the_line() -> None:
+    """A custom rule whose span would swallow a quote makes the line drop, not break JSON."""
+    bad = Rule(name="greedy", pattern=r'secret[^}]*', keywords=("secret",))
+    line = b'{"a":"secret","b":"x"}\n'
+    result = Redactor([bad]).redact(line)
+    assert json.loads(result.data)["reason"] == "redaction_error"
+    assert result.counts == {ERROR_RULE: 1}
+
+
+def test_custom_rules_replace_the_defaults() -> None:
+    """Given rules are the only ones that run, and their name appears in the replacement."""
+    rule = Rule(name="internal-token", pattern=r"itk_[a-z0-9]{12}", keywords=("itk_",))
+    redactor = Redactor([rule])
+    result = redactor.redact(jsonl({"t": "itk_abcdef123456 and ghp_" + body(36)}))
+    assert result.counts == {"internal-token": 1}
+    assert b"[REDACTED:internal-token]" in result.data and b"ghp_" in result.data
+    assert redactor.rule_names == ("internal-token",)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule(name="Bad Name", pattern="x", keywords=("x",)),
+        Rule(name="redaction_error", pattern="x", keywords=("x",)),
+        Rule(name="no-keywords", pattern="x", keywords=()),
+        Rule(name="bad-pattern", pattern="(", keywords=("x",)),
+        Rule(name="bad-group", pattern="x", keywords=("x",), secret_group=1),
+        Rule(name="non-ascii", pattern="é", keywords=("é",)),
+    ],
+    ids=lambda rule: rule.name,
+)
+def test_bad_rules_are_rejected_at_construction(rule: Rule) -> None:
+    """An unusable rule raises ValueError when the Redactor is built, never during redact."""
+    with pytest.raises(ValueError):
+        Redactor([rule])
+
+
+def test_duplicate_rule_names_are_rejected() -> None:
+    """Two rules with one name would make counts ambiguous."""
+    rule = Rule(name="dup", pattern="x", keywords=("x",))
+    with pytest.raises(ValueError):
+        Redactor([rule, rule])
+
+
+def test_overlapping_keywords_are_all_found() -> None:
+    """Keywords sharing a pivot position (sk- and sk-ant-) each reach their own rules."""
+    rules = [
+        Rule(name="short", pattern=r"sk-[a-z]{3}\b", keywords=("sk-",)),
+        Rule(name="long", pattern=r"sk-ant-[0-9]{4}", keywords=("sk-ant-",)),
+        Rule(name="other", pattern=r"ask-[0-9]{4}", keywords=("ask-",)),
+    ]
+    result = Redactor(rules).redact(b"sk-ant-1234 sk-abc ask-9999\n")
+    assert result.data == b"[REDACTED:long] [REDACTED:short] [REDACTED:other]\n"
+
+
+# --- Properties ------------------------------------------------------------------------------------
+
+_SECRET_MAKERS = st.sampled_from(
+    [
+        lambda b: ("AKIA" + b[:16].upper().ljust(16, "Q"), None),
+        lambda b: ("ghp_" + b.ljust(36, "x")[:36], None),
+        lambda b: ("sk-ant-api03-" + b.ljust(40, "x"), None),
+        lambda b: ("sk-proj-" + b.ljust(40, "x"), None),
+        lambda b: ("xoxp-" + b.ljust(30, "1"), None),
+        lambda b: ("hf_" + "".join(c for c in b if c.isalpha()).ljust(34, "q"), None),
+        lambda b: ("glpat-" + b.ljust(20, "z"), None),
+        lambda b: ("npm_" + b.ljust(36, "n")[:36], None),
+        lambda b: ("AIza" + b.ljust(35, "Z")[:35], None),
+        lambda b: (b.ljust(20, "T")[:19] + "7" + "x" * 12, "Authorization: Bearer "),
+        lambda b: ((b + "/+" * 20)[:40], "aws_secret_access_key="),
+    ]
+)
+_BODIES = st.text(alphabet=ALNUM, min_size=12, max_size=60)
+_JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def lines_with_secrets(draw: st.DrawFn) -> tuple[bytes, bytes, list[str]]:
+    """A JSON line with secrets inserted into string values (maybe escaped, maybe nested)."""
+    doc = draw(_JSON)
+    secrets: list[str] = []
+
+    def plant(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plant(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plant(item) for item in value]
+        if isinstance(value, str) and draw(st.booleans()):
+            secret, context = draw(_SECRET_MAKERS)(draw(_BODIES))
+            secrets.append(secret)
+            sep = draw(st.sampled_from([" ", "\n", "\t", '"', "'", ",", ")", "\\"]))
+            cut = draw(st.integers(0, len(value)))
+            return value[:cut] + (context or "") + secret + sep + value[cut:]
+        return value
+
+    planted = plant({"type": "user", "doc": doc, "text": "see below"})
+    if draw(st.booleans()):  # a tool result that holds JSON text (once or twice nested)
+        planted = {"type": "tool_result", "content": json.dumps(planted)}
+        if draw(st.booleans()):
+            planted = {"content": json.dumps(planted)}
+    raw = json.dumps(planted, ensure_ascii=draw(st.booleans()), separators=(",", ":"))
+    if secrets and draw(st.booleans()):  # hide some secret characters behind \u00XX and \/ escapes
+        secret = draw(st.sampled_from(secrets))
+        at = raw.find(secret)
+        if at >= 0:
+            chars = [
+                ("\\/" if c == "/" else f"\\u{ord(c):04x}") if c in "-_/A" and draw(st.booleans()) else c
+                for c in secret
+            ]
+            raw = raw[:at] + "".join(chars) + raw[at + len(secret) :]
+    return raw.encode() + b"\n", json.dumps(planted).encode(), secrets
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines_with_secrets())
+def test_property_json_lines_keep_structure_and_lose_secrets(case: tuple[bytes, bytes, list[str]]) -> None:
+    """Any JSON line with planted secrets still parses with the same structure, secrets gone."""
+    line, plain, secrets = case
+    result = redact_line(line)
+    parsed = assert_same_json(plain, result.data)
+    found = strings(parsed)
+    for secret in secrets:
+        assert secret.encode() not in result.data
+        assert not any(secret in s for s in found)
+    assert sum(result.counts.values()) >= (1 if secrets else 0)
+    assert ERROR_RULE not in result.counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=200) | st.builds(lambda b, s: b + s.encode() + b, st.binary(max_size=40), st.sampled_from([_AWS_ID, "ghp_" + "a" * 36, "-----BEGIN PRIVATE KEY-----"])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_property_arbitrary_bytes_keep_line_count(chunks: list[bytes]) -> None:
+    """Arbitrary bytes never raise, keep the line count, and only change lines with findings."""
+    lines = [chunk.replace(b"\n", b" ") + b"\n" for chunk in chunks]
+    result = REDACTOR.redact(b"".join(lines))
+    out = result.data.split(b"\n")
+    assert out[-1] == b"" and len(out) == len(lines) + 1
+    for before, after in zip(lines, out, strict=False):
+        assert after == before[:-1] or b"[REDACTED:" in after
+    markers = result.data.count(b"[REDACTED:") - sum(line.count(b"[REDACTED:") for line in lines)
+    assert sum(result.counts.values()) <= markers
+    assert ERROR_RULE not in result.counts

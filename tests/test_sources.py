@@ -1,0 +1,204 @@
+"""Hostile and changing sources, end to end through a running daemon into the embedded bucket.
+
+Partial lines, truncation, replacement, a 20 MB line, invalid UTF-8 and non-JSON lines, deleted and
+moved files, the backfill window and a second daemon on the same sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon import Daemon, daemon_env, read_back, wait_for
+from sessions import SessionFile, complete_lines, make_session, record
+from tracemirrord.model import SessionKey
+from tracemirrord.reassemble import Reassembled
+from tracemirrord.redact import Redactor
+
+redactor = Redactor()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+
+
+@pytest.fixture
+def daemon(env: dict[str, str], tmp_path: Path) -> Iterator[Daemon]:
+    with Daemon(env, tmp_path / "daemon.log") as running:
+        yield running
+        if running.alive():
+            assert running.stop() == 0, running.log()
+
+
+def bucket_of(env: dict[str, str]) -> str:
+    return env["TRACEMIRROR_BUCKET"]
+
+
+def back(env: dict[str, str], s: SessionFile) -> Reassembled:
+    return read_back(bucket_of(env), SessionKey(s.harness, s.session_id))
+
+
+def generations(env: dict[str, str], s: SessionFile) -> dict[int, bytes]:
+    try:
+        return back(env, s).generations
+    except Exception:
+        return {}
+
+
+def meta(env: dict[str, str], s: SessionFile) -> dict:
+    path = Path(bucket_of(env).removeprefix("file://")) / "default/sessions" / s.harness / s.session_id / "meta.json"
+    return json.loads(path.read_bytes()) if path.exists() else {}
+
+
+def append(s: SessionFile, data: bytes) -> None:
+    with s.path.open("ab") as f:
+        f.write(data)
+
+
+def lines(s: SessionFile, start: int, count: int) -> bytes:
+    rng = random.Random(start)
+    return b"".join(record(s.harness, s.session_id, i, rng) for i in range(start, start + count))
+
+
+def test_partial_line_waits_for_its_newline(env: dict[str, str], daemon: Daemon) -> None:
+    """A half-written last line is not mirrored until its newline arrives, then it is, whole."""
+    s = make_session(Path(env["HOME"]), "claude-code")
+    first = lines(s, 0, 3)
+    append(s, first)
+    wait_for(lambda: generations(env, s).get(0) == first, 15, "the complete lines")
+    half = lines(s, 3, 1)
+    append(s, half[:25])
+    time.sleep(1.0)
+    assert generations(env, s)[0] == first, "a partial line must never be uploaded"
+    append(s, half[25:])
+    wait_for(lambda: generations(env, s).get(0) == first + half, 15, "the completed line")
+
+
+def test_truncated_file_starts_a_new_generation(env: dict[str, str], daemon: Daemon) -> None:
+    """A truncated and rewritten file is mirrored as generation 1; generation 0 stays as it was."""
+    s = make_session(Path(env["HOME"]), "codex")
+    old = lines(s, 0, 10)
+    append(s, old)
+    wait_for(lambda: generations(env, s).get(0) == old, 15, "generation 0")
+    new = lines(s, 100, 3)
+    with s.path.open("r+b") as f:
+        f.truncate(0)
+        f.write(new)
+    wait_for(lambda: generations(env, s) == {0: old, 1: new}, 15, "generation 1")
+    assert daemon.stop() == 0
+    assert meta(env, s)["generation"] == 1, "meta.json names the current generation after the drain"
+
+
+def test_replaced_file_starts_a_new_generation(env: dict[str, str], daemon: Daemon) -> None:
+    """A file replaced by rename with different content (even longer) is a new generation."""
+    s = make_session(Path(env["HOME"]), "pi")
+    old = lines(s, 0, 5)
+    append(s, old)
+    wait_for(lambda: generations(env, s).get(0) == old, 15, "generation 0")
+    new = lines(s, 50, 20)
+    tmp = s.path.with_suffix(".tmp")
+    tmp.write_bytes(new)
+    os.replace(tmp, s.path)
+    wait_for(lambda: generations(env, s) == {0: old, 1: new}, 15, "generation 1")
+
+
+def test_huge_line_invalid_utf8_and_non_json_are_kept_byte_exact(env: dict[str, str], daemon: Daemon) -> None:
+    """A 20 MB line, invalid UTF-8, NUL bytes and plain text lines all reassemble byte for byte."""
+    s = make_session(Path(env["HOME"]), "claude-code")
+    huge = json.dumps({"type": "tool_result", "content": "x" * (20 * 2**20)}).encode() + b"\n"
+    odd = b'{"bad utf8": "\xff\xfe\xc3"}\n' + b"not json at all\n" + b"\x00\x01 nul bytes\n" + b"{broken json\n"
+    body = lines(s, 0, 2) + huge + odd + lines(s, 2, 2)
+    append(s, body)
+    wait_for(lambda: generations(env, s).get(0) == body, 60, "the hostile lines")
+
+
+def test_line_over_the_limit_becomes_a_counted_placeholder(tmp_path: Path) -> None:
+    """A line longer than max_line_bytes is replaced by a placeholder that records its size and hash."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_MAX_LINE_BYTES": "1MiB"})
+    s = make_session(Path(env["HOME"]), "claude-code")
+    big = b'{"blob":"' + b"A" * (3 * 2**20) + b'"}\n'
+    append(s, lines(s, 0, 1) + big + lines(s, 1, 1))
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: len(generations(env, s).get(0, b"").splitlines()) == 3, 30, "three lines")
+        assert daemon.stop() == 0
+    placeholder = json.loads(generations(env, s)[0].splitlines()[1])
+    assert placeholder["reason"] == "line_too_long" and placeholder["bytes"] == len(big)
+    assert meta(env, s)["redaction_counts"]["oversize-line"] == 1
+
+
+def test_deleted_source_keeps_the_copy_and_marks_the_session_ended(env: dict[str, str], daemon: Daemon) -> None:
+    """Deleting a followed transcript deletes nothing in the bucket; meta.json gets ended_at."""
+    s = make_session(Path(env["HOME"]), "claude-code")
+    body = lines(s, 0, 8)
+    append(s, body)
+    wait_for(lambda: generations(env, s).get(0) == body, 15, "the copy")
+    s.path.unlink()
+    wait_for(lambda: meta(env, s).get("ended_at") is not None, 20, "ended_at in meta.json")
+    assert generations(env, s) == {0: body}
+
+
+def test_archived_codex_session_is_the_same_session(env: dict[str, str], daemon: Daemon) -> None:
+    """A Codex rollout moved to archived_sessions keeps its id and cursor: no new generation, no re-upload."""
+    s = make_session(Path(env["HOME"]), "codex")
+    body = lines(s, 0, 6)
+    append(s, body)
+    wait_for(lambda: generations(env, s).get(0) == body, 15, "the copy")
+    parts_before = len(back(env, s).parts)
+    archived = Path(env["HOME"]) / ".codex" / "archived_sessions" / s.path.name
+    archived.parent.mkdir(parents=True)
+    os.rename(s.path, archived)
+    more = lines(s, 6, 2)
+    with archived.open("ab") as f:
+        f.write(more)
+    wait_for(lambda: generations(env, s).get(0) == body + more, 20, "the appended lines after the move")
+    assert list(generations(env, s)) == [0]
+    assert len(back(env, s).parts) == parts_before + 1
+    wait_for(lambda: meta(env, s).get("source_path") == str(archived), 40, "meta.json to name the new path")
+    assert meta(env, s).get("ended_at") is None
+
+
+def test_backfill_window_skips_old_sessions_until_they_change(tmp_path: Path) -> None:
+    """With TRACEMIRROR_BACKFILL=7d an untouched month-old session is skipped; once appended, it is mirrored whole."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_BACKFILL": "7d"})
+    old = make_session(Path(env["HOME"]), "claude-code")
+    fresh = make_session(Path(env["HOME"]), "pi")
+    append(old, lines(old, 0, 4))
+    append(fresh, lines(fresh, 0, 4))
+    month_ago = time.time() - 30 * 86400
+    os.utime(old.path, (month_ago, month_ago))
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: generations(env, fresh).get(0) == complete_lines(fresh.path), 15, "the fresh session")
+        time.sleep(1.0)
+        assert generations(env, old) == {}
+        append(old, lines(old, 4, 1))
+        wait_for(lambda: generations(env, old).get(0) == complete_lines(old.path), 15, "the touched old session")
+        assert daemon.stop() == 0
+
+
+def test_second_agent_backs_off_while_the_first_holds_the_lease(tmp_path: Path) -> None:
+    """Two daemons (two agent ids, two state dirs) on one HOME and bucket: one writes, the other backs off."""
+    bucket = f"file://{tmp_path / 'bucket'}"
+    env_a = daemon_env(tmp_path, bucket)
+    env_b = dict(env_a, TRACEMIRROR_AGENT_ID="other@host", XDG_STATE_HOME=str(tmp_path / "state-b"))
+    s = make_session(Path(env_a["HOME"]), "claude-code")
+    append(s, lines(s, 0, 5))
+    with Daemon(env_a, tmp_path / "a.log") as a:
+        wait_for(lambda: generations(env_a, s).get(0) == complete_lines(s.path), 15, "daemon A's copy")
+        with Daemon(env_b, tmp_path / "b.log") as b:
+            for i in range(5, 25):
+                append(s, lines(s, i, 1))
+                time.sleep(0.05)
+            wait_for(lambda: generations(env_a, s).get(0) == complete_lines(s.path), 15, "the full copy")
+            wait_for(lambda: "backing off" in b.log(), 15, "daemon B to report the lease")
+            assert b.stop() == 0
+        assert a.stop() == 0
+    got = back(env_a, s)
+    assert got.generations[0] == complete_lines(s.path)
+    assert "other@host" not in json.dumps(meta(env_a, s)), "daemon B never wrote meta.json"
