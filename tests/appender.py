@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sessions import record  # noqa: E402
+from sessions import record
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     rng = random.Random(spec["seed"])
     interval = 1.0 / spec["rate"] if spec["rate"] else 0.0
     files = spec["files"]
-    handles = [open(path, "ab", buffering=0) for _, _, path, _ in files]  # noqa: SIM115
+    handles = [open(path, "ab", buffering=0) for _, _, path, _ in files]
     try:
         for n in range(spec["lines"]):
             for (harness, sid, _, first), handle in zip(files, handles, strict=True):

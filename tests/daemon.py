@@ -80,7 +80,9 @@ class Daemon:
             self.kill9()
 
 
-def read_back(bucket: str, key: SessionKey, project: str = "default", s3_env: dict[str, str] | None = None) -> Reassembled:
+def read_back(
+    bucket: str, key: SessionKey, project: str = "default", s3_env: dict[str, str] | None = None
+) -> Reassembled:
     """Reassemble one session from the bucket (a fresh store client each call)."""
 
     async def go() -> Reassembled:

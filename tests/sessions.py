@@ -26,7 +26,10 @@ def _ts(i: int) -> str:
 
 def record(harness: str, session_id: str, i: int, rng: random.Random, cwd: str = "/home/dev/proj") -> bytes:
     """One JSONL line (with newline) in the shape of ``harness``; i == 0 is the header where one exists."""
-    text = " ".join(rng.choice(["read", "the", "file", "fix", "test", "bug", "run", "pytest", "ok"]) for _ in range(rng.randint(5, 60)))
+    text = " ".join(
+        rng.choice(["read", "the", "file", "fix", "test", "bug", "run", "pytest", "ok"])
+        for _ in range(rng.randint(5, 60))
+    )
     if harness == "claude-code":
         doc = {
             "parentUuid": None if i == 0 else f"u-{i - 1}",
@@ -45,13 +48,22 @@ def record(harness: str, session_id: str, i: int, rng: random.Random, cwd: str =
             doc = {
                 "timestamp": _ts(i),
                 "type": "session_meta",
-                "payload": {"id": session_id, "cwd": cwd, "cli_version": "0.80.0", "model_provider": "openai"},
+                "payload": {
+                    "id": session_id,
+                    "cwd": cwd,
+                    "cli_version": "0.80.0",
+                    "model_provider": "openai",
+                },
             }
         else:
             doc = {
                 "timestamp": _ts(i),
                 "type": "response_item",
-                "payload": {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]},
+                "payload": {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text}],
+                },
             }
     elif harness == "pi":
         if i == 0:
@@ -75,9 +87,18 @@ def make_session(home: Path, harness: str, session_id: str | None = None) -> Ses
     if harness == "claude-code":
         path = home / ".claude" / "projects" / "-home-dev-proj" / f"{sid}.jsonl"
     elif harness == "codex":
-        path = home / ".codex" / "sessions" / "2026" / "11" / "23" / f"rollout-2026-11-23T10-00-00-{sid}.jsonl"
+        path = (
+            home / ".codex" / "sessions" / "2026" / "11" / "23" / f"rollout-2026-11-23T10-00-00-{sid}.jsonl"
+        )
     elif harness == "pi":
-        path = home / ".pi" / "agent" / "sessions" / "--home-dev-proj--" / f"2026-11-23T10-00-00-000Z_{sid}.jsonl"
+        path = (
+            home
+            / ".pi"
+            / "agent"
+            / "sessions"
+            / "--home-dev-proj--"
+            / f"2026-11-23T10-00-00-000Z_{sid}.jsonl"
+        )
     else:
         raise ValueError(harness)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemon import Daemon, daemon_env, read_back, wait_for
 from sessions import SessionFile, complete_lines, make_session
+
 from tracemirrord.model import SessionKey
 from tracemirrord.redact import Redactor
 

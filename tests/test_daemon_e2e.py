@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from daemon import Daemon, daemon_env, read_back, wait_for
 from sessions import SessionFile, complete_lines, make_session, record
+
 from tracemirrord.model import SessionKey
 from tracemirrord.redact import Redactor
 
@@ -30,7 +30,9 @@ def mirrored(bucket: str, s: SessionFile, s3_env: dict[str, str] | None = None) 
     return b"".join(got.generations[g] for g in sorted(got.generations))
 
 
-def run_appender(files: list[SessionFile], lines: int, rate: float, seed: int, first: int = 0) -> subprocess.Popen[bytes]:
+def run_appender(
+    files: list[SessionFile], lines: int, rate: float, seed: int, first: int = 0
+) -> subprocess.Popen[bytes]:
     spec = {
         "files": [[s.harness, s.session_id, str(s.path), first] for s in files],
         "lines": lines,
@@ -46,9 +48,7 @@ def converged(bucket: str, files: list[SessionFile], s3_env: dict[str, str] | No
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_live_sessions_mirror_exactly(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_live_sessions_mirror_exactly(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Sessions of every harness, appended while the daemon runs, reassemble to their source."""
     s3_env: dict[str, str] | None = None
     if backend == "s3":

@@ -13,8 +13,12 @@ from tracemirrord.model import Chunk, Fingerprint
 MiB = 1 << 20
 
 
-def read(path: Path, start: int = 0, fp: Fingerprint | None = None, max_bytes: int = MiB, max_line: int = 4 * MiB):
-    return read_chunk(path, generation=0, start=start, expected=fp, max_bytes=max_bytes, max_line_bytes=max_line)
+def read(
+    path: Path, start: int = 0, fp: Fingerprint | None = None, max_bytes: int = MiB, max_line: int = 4 * MiB
+):
+    return read_chunk(
+        path, generation=0, start=start, expected=fp, max_bytes=max_bytes, max_line_bytes=max_line
+    )
 
 
 def test_partial_last_line_waits_for_its_newline(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from daemon import Daemon, daemon_env, read_back, wait_for
 from sessions import SessionFile, complete_lines, make_session, record
+
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import Reassembled
 from tracemirrord.redact import Redactor
@@ -53,7 +53,13 @@ def generations(env: dict[str, str], s: SessionFile) -> dict[int, bytes]:
 
 
 def meta(env: dict[str, str], s: SessionFile) -> dict:
-    path = Path(bucket_of(env).removeprefix("file://")) / "default/sessions" / s.harness / s.session_id / "meta.json"
+    path = (
+        Path(bucket_of(env).removeprefix("file://"))
+        / "default/sessions"
+        / s.harness
+        / s.session_id
+        / "meta.json"
+    )
     return json.loads(path.read_bytes()) if path.exists() else {}
 
 
@@ -113,7 +119,9 @@ def test_huge_line_invalid_utf8_and_non_json_are_kept_byte_exact(env: dict[str, 
     """A 20 MB line, invalid UTF-8, NUL bytes and plain text lines all reassemble byte for byte."""
     s = make_session(Path(env["HOME"]), "claude-code")
     huge = json.dumps({"type": "tool_result", "content": "x" * (20 * 2**20)}).encode() + b"\n"
-    odd = b'{"bad utf8": "\xff\xfe\xc3"}\n' + b"not json at all\n" + b"\x00\x01 nul bytes\n" + b"{broken json\n"
+    odd = (
+        b'{"bad utf8": "\xff\xfe\xc3"}\n' + b"not json at all\n" + b"\x00\x01 nul bytes\n" + b"{broken json\n"
+    )
     body = lines(s, 0, 2) + huge + odd + lines(s, 2, 2)
     append(s, body)
     wait_for(lambda: generations(env, s).get(0) == body, 60, "the hostile lines")
@@ -133,7 +141,9 @@ def test_line_over_the_limit_becomes_a_counted_placeholder(tmp_path: Path) -> No
     assert meta(env, s)["redaction_counts"]["oversize-line"] == 1
 
 
-def test_deleted_source_keeps_the_copy_and_marks_the_session_ended(env: dict[str, str], daemon: Daemon) -> None:
+def test_deleted_source_keeps_the_copy_and_marks_the_session_ended(
+    env: dict[str, str], daemon: Daemon
+) -> None:
     """Deleting a followed transcript deletes nothing in the bucket; meta.json gets ended_at."""
     s = make_session(Path(env["HOME"]), "claude-code")
     body = lines(s, 0, 8)
@@ -165,7 +175,7 @@ def test_archived_codex_session_is_the_same_session(env: dict[str, str], daemon:
 
 
 def test_backfill_window_skips_old_sessions_until_they_change(tmp_path: Path) -> None:
-    """With TRACEMIRROR_BACKFILL=7d an untouched month-old session is skipped; once appended, it is mirrored whole."""
+    """With TRACEMIRROR_BACKFILL=7d a month-old session is skipped; once appended, it is mirrored whole."""
     env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_BACKFILL": "7d"})
     old = make_session(Path(env["HOME"]), "claude-code")
     fresh = make_session(Path(env["HOME"]), "pi")
@@ -174,11 +184,15 @@ def test_backfill_window_skips_old_sessions_until_they_change(tmp_path: Path) ->
     month_ago = time.time() - 30 * 86400
     os.utime(old.path, (month_ago, month_ago))
     with Daemon(env, tmp_path / "daemon.log") as daemon:
-        wait_for(lambda: generations(env, fresh).get(0) == complete_lines(fresh.path), 15, "the fresh session")
+        wait_for(
+            lambda: generations(env, fresh).get(0) == complete_lines(fresh.path), 15, "the fresh session"
+        )
         time.sleep(1.0)
         assert generations(env, old) == {}
         append(old, lines(old, 4, 1))
-        wait_for(lambda: generations(env, old).get(0) == complete_lines(old.path), 15, "the touched old session")
+        wait_for(
+            lambda: generations(env, old).get(0) == complete_lines(old.path), 15, "the touched old session"
+        )
         assert daemon.stop() == 0
 
 

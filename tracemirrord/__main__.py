@@ -60,9 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"TOML config file (default: {default_config_file()} if it exists)",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_true", help="mirror everything pending, then exit (0: all landed)")
     mode.add_argument(
-        "--check", action="store_true", help="validate the config, show what would be followed and where, exit"
+        "--once", action="store_true", help="mirror everything pending, then exit (0: all landed)"
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, show what would be followed and where, exit",
     )
     parser.add_argument("--version", action="version", version=f"tracemirrord {__version__}")
     return parser.parse_args(argv)
@@ -77,7 +81,10 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     print(f"state dir:   {settings.state_dir}", file=out)
     print(f"redaction:   {'on' if settings.redact else 'OFF'}", file=out)
     print(f"backfill:    {settings.backfill}", file=out)
-    print(f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes", file=out)
+    print(
+        f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes",
+        file=out,
+    )
     print("harnesses:", file=out)
     for name in settings.harnesses:
         if name not in REGISTRY:

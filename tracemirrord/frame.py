@@ -20,5 +20,10 @@ def complete_len(buf: bytes) -> int:
 
 def oversize_placeholder(line_bytes: int, sha256_hex: str) -> bytes:
     """The JSON line uploaded instead of a line longer than the limit."""
-    doc = {"tracemirror": "line_dropped", "reason": "line_too_long", "bytes": line_bytes, "sha256": sha256_hex}
+    doc = {
+        "tracemirror": "line_dropped",
+        "reason": "line_too_long",
+        "bytes": line_bytes,
+        "sha256": sha256_hex,
+    }
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"

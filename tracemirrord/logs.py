@@ -47,7 +47,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if not use_console else structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info
+            if not use_console
+            else structlog.processors.StackInfoRenderer(),
             _SecretFreeRenderer(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

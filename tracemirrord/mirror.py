@@ -14,6 +14,7 @@ overlap. The meta.json lease makes a second agent back off before it even tries.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import random
 import time
@@ -334,9 +335,7 @@ class SessionMirror:
         self._rolled_forward = True
         await self._write_meta()  # claims the lease before the first part of this run
 
-    def _pick_base(
-        self, listed: dict[int, object], *candidates: SessionState | None
-    ) -> SessionState:
+    def _pick_base(self, listed: dict[int, object], *candidates: SessionState | None) -> SessionState:
         """The most advanced candidate whose last part is really in the bucket, else a fresh state."""
         usable = [c for c in candidates if c is not None and (c.next_seq == 0 or c.next_seq - 1 in listed)]
         if usable:
@@ -373,16 +372,16 @@ class SessionMirror:
             if budget <= 0:
                 self._more_to_read = True
                 return
-            result = await anyio.to_thread.run_sync(
-                lambda: read_chunk(
-                    self.path,
-                    generation=generation,
-                    start=start,
-                    expected=expected,
-                    max_bytes=budget,
-                    max_line_bytes=self.ctx.max_line_bytes,
-                )
+            read = functools.partial(
+                read_chunk,
+                self.path,
+                generation=generation,
+                start=start,
+                expected=expected,
+                max_bytes=budget,
+                max_line_bytes=self.ctx.max_line_bytes,
             )
+            result = await anyio.to_thread.run_sync(read)
             if result is None:
                 self._more_to_read = False
                 return
@@ -515,7 +514,7 @@ class SessionMirror:
         self._rolled_forward = False
         raise WriterConflict(f"part {part.seq} already holds bytes {theirs.start}-{theirs.end}")
 
-    async def _redact(self, raw: bytes):  # noqa: ANN202 (Redaction, from redact.py)
+    async def _redact(self, raw: bytes):
         if len(raw) <= _INLINE_REDACT_BYTES:
             return self.ctx.redactor.redact(raw)
         return await anyio.to_thread.run_sync(self.ctx.redactor.redact, raw)
@@ -531,7 +530,9 @@ class SessionMirror:
             body = layout.render_meta(state, agent_id=self.ctx.agent_id, host=self.ctx.host)
             try:
                 if self._meta_etag is None:
-                    etag = await self.ctx.store.put(key, body, if_none_match=True, content_type="application/json")
+                    etag = await self.ctx.store.put(
+                        key, body, if_none_match=True, content_type="application/json"
+                    )
                 else:
                     etag = await self.ctx.store.put(
                         key, body, if_match=self._meta_etag, content_type="application/json"
@@ -564,7 +565,9 @@ class SessionMirror:
     async def _save_checkpoint(self) -> None:
         assert self.state is not None
         if not await self.ctx.checkpoint.save(self.state):
-            self.log.warning("checkpoint not saved; the bucket stays the truth", error=self.ctx.checkpoint.last_error)
+            self.log.warning(
+                "checkpoint not saved; the bucket stays the truth", error=self.ctx.checkpoint.last_error
+            )
 
     async def _source_missing(self, now: float) -> float | None:
         """The file is gone: wait a moment for a rename to show up, then mark the session ended."""
@@ -589,4 +592,3 @@ class SessionMirror:
             self.log.info("source is gone; its copy stays in the bucket, session marked ended")
         self.status = "ended"
         return None
-

@@ -30,7 +30,9 @@ async def reassemble(store: ObjectStore, project: str, key: SessionKey) -> Reass
     """Concatenate a session's parts per generation, verifying continuity and checksums."""
     prefix = layout.session_prefix(project, key)
     listed = sorted(
-        (seq, info.key) for info in await store.list(prefix + "part-") if (seq := layout.parse_part_key(info.key)) is not None
+        (seq, info.key)
+        for info in await store.list(prefix + "part-")
+        if (seq := layout.parse_part_key(info.key)) is not None
     )
     out = Reassembled()
     chunks: dict[int, list[bytes]] = {}
@@ -39,7 +41,9 @@ async def reassemble(store: ObjectStore, project: str, key: SessionKey) -> Reass
         if seq != expected_seq:
             raise ReassemblyError(f"{key}: part {expected_seq} is missing (found {seq})")
         obj = await store.get(object_key)
-        part = layout.decode_part_metadata(object_key, obj.info.metadata, obj.info.size, obj.info.last_modified)
+        part = layout.decode_part_metadata(
+            object_key, obj.info.metadata, obj.info.size, obj.info.last_modified
+        )
         if hashlib.sha256(obj.body).hexdigest() != part.sha256:
             raise ReassemblyError(f"{key}: part {seq} does not match its sha256")
         if part.start != ends.get(part.generation, 0):

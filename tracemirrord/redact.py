@@ -51,8 +51,8 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _PIVOTS = (b"_", b"-", b"A")
 
 
-def _escape_regex(chars: Iterable[int]) -> re.Pattern[bytes]:
-    """Regex for an escape that hides a token character: ``\\/`` or ``\\u00XX`` (XX in ``chars``)."""
+def _escaped_token_chars(chars: Iterable[int]) -> bytes:
+    """Regex source for the two hex digits of a ``\\u00XX`` escape of one of ``chars``."""
     by_high: dict[int, set[int]] = {}
     for c in chars:
         if 0x20 <= c < 0x80:
@@ -61,10 +61,13 @@ def _escape_regex(chars: Iterable[int]) -> re.Pattern[bytes]:
     for high, lows in sorted(by_high.items()):
         digits = sorted({f"{low:x}" for low in lows} | {f"{low:X}" for low in lows})
         alts.append(f"{high:x}[{''.join(digits)}]")
-    return re.compile(rb"\\(?:/|u00(?:" + "|".join(alts).encode() + rb"))")
+    return "|".join(alts).encode()
 
 
-_TOKEN_ESCAPE = _escape_regex(TOKEN_CHARS)
+# An escape hiding a token character: \/ or \u00XX (e.g. \u002d). Not Go's \u003c, \u0026.
+_TOKEN_ESCAPE = re.compile(rb"\\(?:/|u00(?:" + _escaped_token_chars(TOKEN_CHARS) + rb"))")
+# The same \u00XX escapes, found from their "u" (a literal, so sre scans for it quickly).
+_TOKEN_U00 = re.compile(rb"(?<=\\)u00(" + _escaped_token_chars(TOKEN_CHARS) + rb")")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +232,32 @@ def _placeholder(dropped_bytes: int) -> bytes:
     return b'{"tracemirror":"line_dropped","reason":"redaction_error","bytes":%d}' % dropped_bytes
 
 
+def _quick_probe(line: bytes) -> bytes:
+    """``line`` with token-hiding escapes decoded, without a position map (mostly C-level work).
+
+    The same bytes as ``_probe`` gives: a backslash run of any length before ``u00XX`` or ``/``
+    is one escape (``\\u002d`` one level down still hides a dash).
+    """
+    if b"\\u00" in line:
+        parts: list[bytes] = []
+        prev = 0
+        for m in _TOKEN_U00.finditer(line):
+            start = m.start() - 1
+            while start > prev and line[start - 1] == _BACKSLASH:
+                start -= 1
+            parts.append(line[prev:start])
+            parts.append(bytes((int(m.group(1), 16),)))
+            prev = m.end()
+        if parts:
+            parts.append(line[prev:])
+            line = b"".join(parts)
+    while b"\\/" in line:  # each pass shortens every backslash run before a slash by one
+        line = line.replace(b"\\/", b"/")
+    return line
+
+
 def _probe(line: bytes) -> tuple[bytes, list[int], list[int]]:
-    """Decode token-hiding escapes of ``line`` to one byte each.
+    """Decode token-hiding escapes of ``line`` to one byte each, keeping a position map.
 
     Returns the probe, the probe positions of the decoded escapes, and for each the number of raw
     bytes the escapes up to and including it add (to map probe positions back to raw ones).
@@ -342,7 +369,10 @@ class Redactor:
 
     def _find_decoded(self, data: bytes, line_start: int, line_end: int) -> list[tuple[int, int, int]]:
         """Spans of one line found in its decoded probe, mapped back to raw positions in ``data``."""
-        probe, where, extra = _probe(data[line_start:line_end])
+        line = data[line_start:line_end]
+        if not self._find(_quick_probe(line)):
+            return []  # the usual case: no secret, so no position map is needed
+        probe, where, extra = _probe(line)
         spans = []
         for start, end, index in self._find(probe):
             i = bisect_left(where, start)

@@ -56,14 +56,12 @@ class Rule:
 # Building blocks (bytes regex syntax, kept as str here). None of these classes admits `"` or `\`.
 _AWS_SECRET_SEP = r"""(?:\\*["'])?[ \t]*(?:=>|:=|[:=])?[ \t]*(?:\\*["'])?"""
 _PEM_HEADER = r"[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
-# Inside an escaped or raw PEM block: base64, header lines, real newlines, escaped newlines at any
-# nesting depth (\n, \\n, ...), escaped slashes and \u00XX escapes, consumed whole.
-_PEM_BODY_UNIT = r"(?:[A-Za-z0-9+/=:,._() \t-]|\r?\n|\\+[nrt/]|\\+u00[0-9a-fA-F]{2})"
+# Between the lines of a PEM block: real newlines, escaped newlines at any nesting depth (\n,
+# \\n, ...) or spaces (a key flattened into one line). Every escape is consumed whole.
 _PEM_SEP = r"(?:\r?\n|\\+[nrt]|[ \t])+"
-_PEM_LINE = (
-    r"(?:(?:[A-Za-z0-9+/=]|\\+/|\\+u00[0-9a-fA-F]{2}){8,}"
-    r"|(?:Proc-Type|DEK-Info|Comment|Version):[ \t]*[A-Za-z0-9,:. +/=-]*)"
-)
+_PEM_B64 = r"(?:[A-Za-z0-9+/=]|\\+/|\\+u00[0-9a-fA-F]{2})"
+_PEM_LINE = rf"(?:{_PEM_B64}{{8,}}|(?:Proc-Type|DEK-Info|Comment|Version):[ \t]*[A-Za-z0-9,:. +/=-]*)"
+_PEM_END = rf"-----END {_PEM_HEADER}"
 _BEARER_TOKEN = r"[A-Za-z0-9._~+/-]"
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -192,14 +190,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="private-key",
         pattern=(
+            # Greedy and linear: body lines, then a short last line only if END follows, then END.
             rf"-----BEGIN {_PEM_HEADER}"
-            rf"(?:{_PEM_BODY_UNIT}{{0,16384}}?-----END {_PEM_HEADER}|(?:{_PEM_SEP}{_PEM_LINE})+)"
+            rf"(?:(?:{_PEM_SEP}{_PEM_LINE})+(?:{_PEM_SEP}{_PEM_B64}{{1,7}}(?={_PEM_SEP}-----END))?"
+            rf"(?:{_PEM_SEP}{_PEM_END})?|{_PEM_SEP}{_PEM_END})"
         ),
         keywords=("-----BEGIN",),
         description=(
             "PEM/OpenSSH/PGP private key block, with \\n escapes inside a JSON string or real "
-            "newlines in plain text; a block cut before its END line (or longer than the bounded "
-            "search for it) is redacted through its last base64 line."
+            "newlines in plain text; a block cut before its END line is redacted through its "
+            "last base64 line."
         ),
     ),
 )

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
@@ -78,7 +79,9 @@ class HarnessTask:
         for ref in refs:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
-                follower = SessionMirror(SessionKey(self.name, ref.session_id), ref.path, self.harness, self.ctx)
+                follower = SessionMirror(
+                    SessionKey(self.name, ref.session_id), ref.path, self.harness, self.ctx
+                )
                 self.followers[ref.session_id] = follower
                 new.append(follower)
             else:
@@ -184,7 +187,9 @@ class Daemon:
             backfill_cutoff=None if max_age is None else time.time() - max_age,
         )
         self.tasks = [
-            HarnessTask(REGISTRY[name](), harness_roots(name, settings, self.env), self.ctx, settings.scan_interval)
+            HarnessTask(
+                REGISTRY[name](), harness_roots(name, settings, self.env), self.ctx, settings.scan_interval
+            )
             for name in settings.harnesses
             if name in REGISTRY
         ]
@@ -291,7 +296,9 @@ class Daemon:
                     backoff.reset()
                 delay = backoff.next()
                 task.state, task.error = "error", f"{type(exc).__name__}: {exc}"
-                log.exception("harness task failed; restarting", harness=task.name, retry_in_s=round(delay, 1))
+                log.exception(
+                    "harness task failed; restarting", harness=task.name, retry_in_s=round(delay, 1)
+                )
                 with anyio.move_on_after(delay):
                     await stopping.wait()
 
@@ -317,4 +324,4 @@ class Daemon:
                 await stopping.wait()
             if stopping.is_set():
                 # let the followers drain first, so "stopped" is the last word
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()

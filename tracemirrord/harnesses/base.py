@@ -141,7 +141,11 @@ class DirCache:
             self._listings.pop(directory, None)
             return None
         cached = self._listings.get(directory)
-        if cached is not None and cached[0] == st.st_mtime_ns and time.time() - st.st_mtime > self.TRUST_AFTER_S:
+        if (
+            cached is not None
+            and cached[0] == st.st_mtime_ns
+            and time.time() - st.st_mtime > self.TRUST_AFTER_S
+        ):
             return cached[1], cached[2]
         subdirs: list[str] = []
         files: list[str] = []

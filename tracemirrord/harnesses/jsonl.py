@@ -76,7 +76,9 @@ def _verify(fd: int, start: int, expected: Fingerprint | None) -> Mismatch | Non
     return None
 
 
-def _fingerprint(fd: int, start: int, end: int, data: bytes, raw: bool, prev: Fingerprint | None) -> Fingerprint:
+def _fingerprint(
+    fd: int, start: int, end: int, data: bytes, raw: bool, prev: Fingerprint | None
+) -> Fingerprint:
     """Fingerprint as of ``end``, taken from the bytes just read where possible (no second read race)."""
     if start == 0 and raw and len(data) >= min(end, FINGERPRINT_BYTES):
         head = data[:FINGERPRINT_BYTES]

@@ -1,0 +1,447 @@
+"""First start on months of history: ``tracemirrord --once`` into the embedded local bucket, timed.
+
+Standalone (not a pytest module). Generates ``--mb`` MB (default 300) of history in ``--sessions``
+sessions (default 200) across claude-code (with a few subagent transcripts), codex (some archived)
+and pi, under a HOME of its own: sizes spread log-normally, four big files (20-50 MB at 300 MB),
+a few lines of several MB (pasted images, huge tool output), rare secrets, mtimes spread over 90
+days. The tree is cached under ``benchmarks/out/backfill-cache/`` (git-ignored); generation is not
+timed. Then, for each mode (redaction on, the default; and ``TRACEMIRROR_REDACT=false``):
+
+1. an empty bucket and state dir; ``tracemirrord --once`` under ``/usr/bin/time -v`` (when present)
+   with default settings apart from the bucket (``file://...``) and HOME/XDG dirs;
+2. MB/s end to end = source bytes / wall time of the whole process (interpreter start included),
+   CPU user/sys and peak RSS (``Maximum resident set size``; else VmHWM polled from /proc);
+3. the bucket copy is read back with ``tracemirrord.reassemble.reassemble`` (gaps, overlaps and
+   sha256 checked): every session's parts must cover its source from byte 0 to its size in one
+   generation, total source bytes must match, the copy must have the source's line count, the
+   planted secrets must be gone (redaction on) and the copy byte-identical (redaction off).
+
+    .venv/bin/python benchmarks/bench_backfill.py [--mb 300] [--sessions 200] [--modes redact,plain]
+        [--verify all|N] [--py-spy]
+
+``--py-spy`` records a flame graph of the redaction-on run (needs ``pip install py-spy``) into
+``benchmarks/out/``. Results print as Markdown tables and are saved to
+``benchmarks/out/backfill-<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT))
+
+from corpus import Pools, SessionWriter  # noqa: E402
+from sysinfo import PeakRss, machine, table  # noqa: E402
+
+from tracemirrord.model import SessionKey  # noqa: E402
+from tracemirrord.reassemble import reassemble  # noqa: E402
+from tracemirrord.store import LocalStore  # noqa: E402
+
+OUT_DIR = BENCH_DIR / "out"
+CACHE_DIR = OUT_DIR / "backfill-cache"
+RUN_DIR = OUT_DIR / "backfill-run"
+PROJECT = "default"
+GOAL_MB_S = 100.0
+HARNESS_MIX = (("claude-code", 0.6), ("codex", 0.25), ("pi", 0.15))
+BIG_FILES_MB_AT_300 = ((50, "claude-code"), (40, "codex"), (30, "claude-code"), (20, "pi"))
+LONG_LINES_MB = (2.5, 3.0, 4.0, 5.0, 6.0)
+SECRET_RATE = 1 / 2500  # per line
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+# ---------- the history ----------
+
+
+@dataclass
+class SessionSpec:
+    """One generated session file and what the benchmark knows about it."""
+
+    harness: str
+    session_id: str
+    path: str  # relative to HOME
+    bytes: int = 0
+    lines: int = 0
+    long_lines: int = 0
+    secrets: list[tuple[str, str]] = field(default_factory=list)
+
+
+def session_path(harness: str, session_id: str, when: datetime, rng: random.Random, cwd: str) -> str:
+    """Where the harness keeps a session, relative to HOME (Claude subagents and Codex archives too)."""
+    stamp = when.strftime("%Y-%m-%dT%H-%M-%S")
+    if harness == "claude-code":
+        project = re.sub(r"[^A-Za-z0-9]", "-", cwd)
+        if "__" in session_id:
+            parent, agent = session_id.split("__")
+            return f".claude/projects/{project}/{parent}/subagents/{agent}.jsonl"
+        return f".claude/projects/{project}/{session_id}.jsonl"
+    if harness == "codex":
+        name = f"rollout-{stamp}-{session_id}.jsonl"
+        if rng.random() < 0.2:
+            return f".codex/archived_sessions/{name}"
+        return f".codex/sessions/{when:%Y/%m/%d}/{name}"
+    folder = "--" + cwd.strip("/").replace("/", "-") + "--"
+    return f".pi/agent/sessions/{folder}/{when.strftime('%Y-%m-%dT%H-%M-%S-000Z')}_{session_id}.jsonl"
+
+
+def plan(total_bytes: int, sessions: int, rng: random.Random) -> list[tuple[str, int, int]]:
+    """(harness, target bytes, long lines) per session: a few big files, the rest log-normal."""
+    scale = total_bytes / 300e6
+    big = [(h, int(mb * 1e6 * scale)) for mb, h in BIG_FILES_MB_AT_300] if sessions >= 8 else []
+    rest = total_bytes - sum(size for _, size in big)
+    n_rest = sessions - len(big)
+    weights = [rng.lognormvariate(0, 1.3) for _ in range(n_rest)]
+    harnesses = rng.choices([h for h, _ in HARNESS_MIX], [w for _, w in HARNESS_MIX], k=n_rest)
+    small = [(h, max(2000, int(rest * w / sum(weights)))) for h, w in zip(harnesses, weights, strict=True)]
+    out = [(h, size, 0) for h, size in big + small]
+    # Lines of several MB: two in big files, the others in the largest of the rest.
+    hosts = [0, 1, *sorted(range(len(big), len(out)), key=lambda i: -out[i][1])[: len(LONG_LINES_MB) - 2]]
+    for i in hosts[: len(LONG_LINES_MB)] if scale >= 0.5 else []:
+        h, size, n = out[i]
+        out[i] = (h, size, n + 1)
+    return out
+
+
+def generate(home: Path, total_bytes: int, sessions: int, seed: int) -> list[SessionSpec]:
+    """Write the history under ``home``; returns what was written (not timed)."""
+    rng = random.Random(seed)
+    pools = Pools.build(rng)
+    specs: list[SessionSpec] = []
+    long_sizes = iter(LONG_LINES_MB)
+    parents: list[str] = []
+    for harness, target, long_lines in plan(total_bytes, sessions, rng):
+        session_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if harness == "claude-code" and parents and rng.random() < 0.08:
+            session_id = f"{rng.choice(parents)}__agent-{rng.getrandbits(32):08x}"
+        elif harness == "claude-code":
+            parents.append(session_id)
+        when = NOW - timedelta(seconds=rng.uniform(0, 90 * 86400))
+        writer = SessionWriter(
+            harness, session_id.split("__")[0], rng, pools, start=when, secret_rate=SECRET_RATE
+        )
+        spec = SessionSpec(harness, session_id, session_path(harness, session_id, when, rng, writer.cwd))
+        path = home / spec.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        long_at = sorted(rng.uniform(0.1, 0.9) * target for _ in range(long_lines))
+        with open(path, "wb") as out:
+            buf: list[bytes] = []
+            while spec.bytes < target:
+                if long_at and spec.bytes >= long_at[0]:
+                    long_at.pop(0)
+                    line = writer.long_line(int(next(long_sizes, 3.0) * 1e6))
+                    spec.long_lines += 1
+                else:
+                    line = writer.line()
+                buf.append(line)
+                spec.bytes += len(line)
+                spec.lines += 1
+                if len(buf) >= 256:
+                    out.write(b"".join(buf))
+                    buf = []
+            out.write(b"".join(buf))
+        spec.secrets = list(writer.secrets)
+        mtime = min(NOW.timestamp(), (writer.clock if writer.clock > when else when).timestamp())
+        os.utime(path, (mtime, mtime))
+        specs.append(spec)
+    return specs
+
+
+def history(args: argparse.Namespace) -> tuple[Path, list[SessionSpec]]:
+    """The cached tree for these arguments, generated first if absent (or ``--regenerate``)."""
+    cache = CACHE_DIR / f"{args.mb:g}MB-{args.sessions}s-seed{args.seed}"
+    manifest = cache / "manifest.json"
+    if manifest.exists() and not args.regenerate:
+        specs = [
+            SessionSpec(**{**d, "secrets": [tuple(s) for s in d["secrets"]]})
+            for d in json.loads(manifest.read_text())
+        ]
+        print(f"history: cached at {cache.relative_to(ROOT)}")
+        return cache / "home", specs
+    shutil.rmtree(cache, ignore_errors=True)
+    started = time.perf_counter()
+    specs = generate(cache / "home", int(args.mb * 1e6), args.sessions, args.seed)
+    manifest.write_text(json.dumps([asdict(s) for s in specs]))  # written last: marks the cache complete
+    print(f"history: generated in {time.perf_counter() - started:.1f} s at {cache.relative_to(ROOT)}")
+    return cache / "home", specs
+
+
+# ---------- one timed run ----------
+
+
+def daemon_env(home: Path, run: Path, redact: bool) -> dict[str, str]:
+    """Default settings except the bucket, HOME and XDG dirs (and redaction for the second mode)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEMIRROR_", "AWS_", "XDG_"))}
+    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR"):
+        env.pop(name, None)
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(run / "data"),
+        XDG_STATE_HOME=str(run / "state"),
+        XDG_CONFIG_HOME=str(run / "config"),
+        TRACEMIRROR_BUCKET=f"file://{run / 'bucket'}",
+        TRACEMIRROR_LOG_FORMAT="json",
+    )
+    if not redact:
+        env["TRACEMIRROR_REDACT"] = "false"
+    return env
+
+
+_TIME_FIELDS = {
+    "Maximum resident set size (kbytes)": "max_rss_kib",
+    "User time (seconds)": "user_s",
+    "System time (seconds)": "sys_s",
+    "Percent of CPU this job got": "cpu_pct",
+    "File system outputs": "fs_outputs",
+    "Voluntary context switches": "voluntary_cs",
+}
+
+
+def timed_once(env: dict[str, str], log_path: Path, py_spy: Path | None) -> dict[str, Any]:
+    """Run ``tracemirrord --once``; wall time, exit code, and /usr/bin/time's figures."""
+    command = [sys.executable, "-m", "tracemirrord", "--once"]
+    time_path = log_path.with_suffix(".time")
+    gnu_time = Path("/usr/bin/time")
+    if py_spy is not None:
+        command = ["py-spy", "record", "--threads", "--rate", "200", "-o", str(py_spy), "--", *command]
+    if gnu_time.exists():
+        command = [str(gnu_time), "-v", "-o", str(time_path), *command]
+    with open(log_path, "wb") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = PeakRss(proc.pid)
+        while proc.poll() is None:
+            peak.sample()
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+    out: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": wall, "polled_peak_rss_kib": peak.peak_kib}
+    if time_path.exists():
+        for line in time_path.read_text().splitlines():
+            name, _, value = line.strip().rpartition(": ")
+            if name in _TIME_FIELDS:
+                out[_TIME_FIELDS[name]] = (
+                    float(value.rstrip("%")) if value.rstrip("%").replace(".", "").isdigit() else value
+                )
+    return out
+
+
+# ---------- checking the copy ----------
+
+
+def verify(
+    bucket: Path, home: Path, specs: list[SessionSpec], sample: int | None, redact: bool
+) -> dict[str, Any]:
+    """Reassemble sessions from the bucket and hold them against their sources."""
+    chosen = specs if sample is None else random.Random(1).sample(specs, min(sample, len(specs)))
+
+    async def go() -> dict[str, Any]:
+        store = LocalStore(bucket)
+        problems: list[str] = []
+        source_bytes = covered = mirrored_bytes = leaked = planted = lines_changed = 0
+        redactions: dict[str, int] = {}
+        try:
+            for spec in chosen:
+                key = SessionKey(spec.harness, spec.session_id)
+                copy = await reassemble(store, PROJECT, key)
+                source = (home / spec.path).read_bytes()
+                source_bytes += len(source)
+                if list(copy.generations) != [0]:
+                    problems.append(f"{key}: generations {list(copy.generations)}")
+                    continue
+                data = copy.generations[0]
+                mirrored_bytes += len(data)
+                end = copy.parts[-1].end if copy.parts else 0
+                covered += end
+                if end != len(source):
+                    problems.append(f"{key}: parts end at {end}, source has {len(source)} bytes")
+                copy_lines, source_lines = data.count(b"\n"), source.count(b"\n")
+                if copy_lines != source_lines:
+                    problems.append(f"{key}: {copy_lines} lines, source {source_lines}")
+                if not redact and data != source:
+                    problems.append(f"{key}: copy differs from source with redaction off")
+                for part in copy.parts:
+                    for rule, n in part.redactions.items():
+                        redactions[rule] = redactions.get(rule, 0) + n
+                planted += len(spec.secrets)
+                leaked += sum(1 for _, token in spec.secrets if token.encode() in data)
+                if redact and data != source:
+                    lines_changed += sum(
+                        1 for a, b in zip(data.split(b"\n"), source.split(b"\n"), strict=False) if a != b
+                    )
+        finally:
+            await store.close()
+        return {
+            "sessions_checked": len(chosen),
+            "source_bytes": source_bytes,
+            "bytes_covered_by_parts": covered,
+            "mirrored_bytes": mirrored_bytes,
+            "lines_changed_by_redaction": lines_changed,
+            "secrets_planted": planted,
+            "secrets_found_in_copy": leaked,
+            "redactions": dict(sorted(redactions.items())),
+            "problems": problems,
+            "ok": not problems and covered == source_bytes and (not redact or leaked == 0),
+        }
+
+    return asyncio.run(go())
+
+
+def bucket_stats(bucket: Path) -> dict[str, int]:
+    """Objects and bytes in the bucket (parts, meta.json, sidecars)."""
+    parts = metas = part_bytes = meta_bytes = hidden_bytes = 0
+    for path in bucket.rglob("*"):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        rel = path.relative_to(bucket).parts
+        if rel[0] == ".tracemirror":
+            hidden_bytes += size
+        elif path.name == "meta.json":
+            metas += 1
+            meta_bytes += size
+        elif path.name.startswith("part-"):
+            parts += 1
+            part_bytes += size
+    return {
+        "parts": parts,
+        "part_bytes": part_bytes,
+        "meta_json": metas,
+        "meta_json_bytes": meta_bytes,
+        "sidecar_bytes": hidden_bytes,
+    }
+
+
+# ---------- report ----------
+
+
+def report(r: dict[str, Any]) -> str:
+    m, h = r["machine"], r["history"]
+    rows = []
+    for mode, run in r["runs"].items():
+        t = run["time"]
+        rows.append(
+            [
+                mode,
+                f"{t['wall_s']:.2f}",
+                f"{run['mb_per_s']:.1f}",
+                f"{t.get('user_s', float('nan')):.2f} / {t.get('sys_s', float('nan')):.2f}",
+                f"{t.get('max_rss_kib', t['polled_peak_rss_kib']) / 1024:.0f}",
+                t["exit_code"],
+                "ok" if run["verify"]["ok"] else "FAILED",
+            ]
+        )
+    out = [
+        f"machine: {m['nproc']} x {m['cpu_model']}, {m['ram_gib']} GiB RAM, "
+        f"Python {m['python']}, {m['date_utc']}",
+        f"history: {h['source_bytes'] / 1e6:.1f} MB in {h['sessions']} sessions ({h['by_harness']}), "
+        f"{h['lines']} lines, largest file {h['largest_bytes'] / 1e6:.1f} MB, "
+        f"{h['long_lines']} lines of 2.5-6 MB, {h['secrets']} planted secrets",
+        "",
+        table(
+            ["mode", "wall s", "MB/s", "CPU user / sys s", "peak RSS MiB", "exit", "copy"],
+            rows,
+        ),
+        "",
+    ]
+    for mode, run in r["runs"].items():
+        v = run["verify"]
+        out.append(
+            f"{mode}: checked {v['sessions_checked']} sessions, {v['bytes_covered_by_parts']} of "
+            f"{v['source_bytes']} source bytes covered by parts, {v['mirrored_bytes']} bytes in the copy, "
+            f"{v['lines_changed_by_redaction']} lines changed, secrets planted {v['secrets_planted']} / "
+            f"found in copy {v['secrets_found_in_copy']}, redactions {v['redactions']}, "
+            f"bucket {run['bucket']}"
+        )
+        for problem in v["problems"][:10]:
+            out.append(f"  problem: {problem}")
+    if "redact" in r["runs"] and "plain" in r["runs"]:
+        a, b = r["runs"]["redact"]["time"]["wall_s"], r["runs"]["plain"]["time"]["wall_s"]
+        out.append(
+            f"\nredaction costs {a - b:.2f} s of {a:.2f} s ({(a - b) / a * 100:.0f}% of the redact-on run)"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mb", type=float, default=300.0, help="history size in MB (10^6 bytes; default 300)"
+    )
+    parser.add_argument("--sessions", type=int, default=200, help="number of session files (default 200)")
+    parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument(
+        "--modes", default="redact,plain", help="redact (default settings), plain (REDACT=false)"
+    )
+    parser.add_argument("--verify", default="all", help="all, or how many sessions to check at random")
+    parser.add_argument("--regenerate", action="store_true", help="rebuild the cached history")
+    parser.add_argument("--keep-bucket", action="store_true", help="leave the last run's bucket in place")
+    parser.add_argument("--py-spy", action="store_true", help="record a py-spy flame graph of the redact run")
+    args = parser.parse_args()
+
+    home, specs = history(args)
+    by_harness: dict[str, int] = {}
+    for spec in specs:
+        by_harness[spec.harness] = by_harness.get(spec.harness, 0) + 1
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "args": vars(args),
+        "history": {
+            "sessions": len(specs),
+            "by_harness": by_harness,
+            "source_bytes": sum(s.bytes for s in specs),
+            "lines": sum(s.lines for s in specs),
+            "largest_bytes": max(s.bytes for s in specs),
+            "long_lines": sum(s.long_lines for s in specs),
+            "secrets": sum(len(s.secrets) for s in specs),
+        },
+        "runs": {},
+    }
+    source_bytes = result["history"]["source_bytes"]
+    sample = None if args.verify == "all" else int(args.verify)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        redact = mode == "redact"
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+        RUN_DIR.mkdir(parents=True)
+        spy = OUT_DIR / f"backfill-{stamp}-{mode}.svg" if args.py_spy else None
+        print(f"{mode}: tracemirrord --once ...", flush=True)
+        timing = timed_once(daemon_env(home, RUN_DIR, redact), OUT_DIR / f"backfill-{mode}.log", spy)
+        if timing["exit_code"] != 0:
+            print(f"  exit code {timing['exit_code']}; see {OUT_DIR / f'backfill-{mode}.log'}")
+        run = {
+            "time": timing,
+            "mb_per_s": source_bytes / 1e6 / timing["wall_s"],
+            "bucket": bucket_stats(RUN_DIR / "bucket"),
+        }
+        print(f"  {run['mb_per_s']:.1f} MB/s in {timing['wall_s']:.2f} s; verifying the copy ...", flush=True)
+        run["verify"] = verify(RUN_DIR / "bucket", home, specs, sample, redact)
+        result["runs"][mode] = run
+    if not args.keep_bucket:
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+    print()
+    print(report(result))
+    path = OUT_DIR / f"backfill-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nsaved {path.relative_to(ROOT)}")
+    if any(run["time"]["exit_code"] != 0 or not run["verify"]["ok"] for run in result["runs"].values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
