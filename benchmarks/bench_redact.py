@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracemirrord.redact import Redactor  # noqa: E402
+from tracemirrord.redact import Redactor
 
 SEED = 20240611
 
@@ -65,9 +65,9 @@ ANSI_PYTEST = (
     "\x1b[1m============================= test session starts ==============================\x1b[0m\n"
     "platform linux -- Python 3.11.7, pytest-8.2.0, pluggy-1.5.0\n"
     "collected 42 items\n\n"
-    "tests/test_frame.py \x1b[32m.........\x1b[0m\x1b[32m                                     [ 21%]\x1b[0m\n"
-    "tests/test_layout.py \x1b[32m..........\x1b[0m\x1b[31mF\x1b[0m\x1b[32m                           [ 47%]\x1b[0m\n"
-    "\x1b[32m============================== \x1b[32m\x1b[1m41 passed\x1b[0m, \x1b[31m1 failed\x1b[0m in 0.42s\x1b[0m\n"
+    "tests/test_frame.py \x1b[32m.........\x1b[0m\x1b[32m                       [ 21%]\x1b[0m\n"
+    "tests/test_layout.py \x1b[32m..........\x1b[0m\x1b[31mF\x1b[0m\x1b[32m             [ 47%]\x1b[0m\n"
+    "\x1b[32m=========== \x1b[32m\x1b[1m41 passed\x1b[0m, \x1b[31m1 failed\x1b[0m in 0.42s\x1b[0m\n"
 )
 
 BASH_COMMANDS = [
@@ -80,7 +80,7 @@ BASH_COMMANDS = [
     "python -m pytest -q tests/",
     "cat package-lock.json | head -80",
     "rg -n 'def redact' --type py",
-    "curl -s -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.github.com/repos/o/r/pulls",
+    'curl -s -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/repos/o/r/pulls',
     "docker compose up -d && docker compose ps",
     "kubectl get pods -n default -o json",
     "find . -name '*.py' -not -path './.venv/*' | xargs wc -l",
@@ -119,33 +119,38 @@ def _lockfile(rng: random.Random, n: int) -> str:
 def _go_json(rng: random.Random) -> str:
     # Go's encoder escapes <, > and & as \u003c, \u003e, \u0026 (HTML-safe output).
     items = [
-        {"name": f"pod-{rng.getrandbits(32):08x}", "status": "Running", "note": "a \\u003c b \\u0026\\u0026 c"}
+        {
+            "name": f"pod-{rng.getrandbits(32):08x}",
+            "status": "Running",
+            "note": "a \\u003c b \\u0026\\u0026 c",
+        }
         for _ in range(rng.randint(3, 30))
     ]
     return json.dumps({"items": items}, indent=2).replace("\\\\u", "\\u")
 
 
-def _secret(rng: random.Random) -> str:
+def _secret(rng: random.Random) -> tuple[str, str]:
+    """A realistic snippet holding a secret, and the secret itself (to check that it is gone)."""
     alnum = string.ascii_letters + string.digits
 
     def r(n: int, alphabet: str = alnum) -> str:
         return "".join(rng.choice(alphabet) for _ in range(n))
 
-    return rng.choice(
-        [
-            "export AWS_ACCESS_KEY_ID=AKIA" + r(16, string.ascii_uppercase + "234567"),
-            "aws_secret_access_key = " + r(40, alnum + "/+"),
-            "ANTHROPIC_API_KEY=sk-ant-api03-" + r(93, alnum + "-_") + "AA",
-            "OPENAI_API_KEY=sk-proj-" + r(120, alnum + "-_"),
-            "token: ghp_" + r(36),
-            '{"Authorization": "Bearer ' + r(48, alnum + "._-") + '"}',
-            "SLACK_BOT_TOKEN=xoxb-" + r(12, string.digits) + "-" + r(13, string.digits) + "-" + r(24),
-            "HF_TOKEN=hf_" + r(34, string.ascii_letters),
-            "-----BEGIN RSA PRIVATE KEY-----\n"
-            + "\n".join(r(64, alnum + "+/") for _ in range(6))
-            + "\n-----END RSA PRIVATE KEY-----",
-        ]
-    )
+    pem_lines = [r(64, alnum + "+/") for _ in range(6)]
+    choices = [
+        ("export AWS_ACCESS_KEY_ID=", "AKIA" + r(16, string.ascii_uppercase + "234567")),
+        ("aws_secret_access_key = ", r(40, alnum + "/+")),
+        ("ANTHROPIC_API_KEY=", "sk-ant-api03-" + r(93, alnum + "-_") + "AA"),
+        ("OPENAI_API_KEY=", "sk-proj-" + r(120, alnum + "-_")),
+        ("token: ", "ghp_" + r(36)),
+        ('{"Authorization": "Bearer ', r(48, alnum + "._-") + "1"),
+        ("SLACK_BOT_TOKEN=", "xoxb-" + r(12, string.digits) + "-" + r(13, string.digits) + "-" + r(24)),
+        ("HF_TOKEN=", "hf_" + r(34, string.ascii_letters)),
+        ("", "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(pem_lines) + "\n-----END RSA PRIVATE KEY-----"),
+    ]
+    context, secret = rng.choice(choices)
+    closing = '"}' if context.startswith("{") else ""
+    return context + secret + closing, pem_lines[3] if secret.startswith("-----") else secret
 
 
 def _envelope(rng: random.Random, session: str, kind: str, message: dict, extra: dict | None = None) -> dict:
@@ -160,7 +165,7 @@ def _envelope(rng: random.Random, session: str, kind: str, message: dict, extra:
         "type": kind,
         "message": message,
         "uuid": str(uuid.UUID(int=rng.getrandbits(128))),
-        "timestamp": f"2025-07-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:12:33.{rng.randint(0, 999):03d}Z",
+        "timestamp": f"2025-07-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:12:33.{rng.randint(0, 999):03d}",
     }
     if extra:
         line.update(extra)
@@ -184,18 +189,25 @@ def _tool_output(rng: random.Random) -> str:
     return "\n".join(_prose(rng, 3) for _ in range(rng.randint(2, 30)))
 
 
-def build_lines(target_bytes: int, seed: int = SEED) -> list[bytes]:
-    """Build about ``target_bytes`` of Claude-Code-like JSONL lines, deterministically."""
+def build_lines(target_bytes: int, seed: int = SEED) -> tuple[list[bytes], list[str]]:
+    """About ``target_bytes`` of Claude-Code-like JSONL lines (deterministic), and the planted secrets."""
     rng = random.Random(seed)
     session = str(uuid.UUID(int=rng.getrandbits(128)))
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + rng.randbytes(600_000)).decode()
     lines: list[bytes] = []
+    planted: list[str] = []
     size = 0
     while size < target_bytes:
         pick = rng.random()
-        secret = _secret(rng) if rng.random() < 0.0005 else ""
+        secret = ""
+        if rng.random() < 0.0005:
+            secret, bare = _secret(rng)
+            planted.append(bare)
         if pick < 0.2:
-            msg = {"role": "user", "content": _prose(rng, rng.randint(1, 6)) + (" " + secret if secret else "")}
+            msg = {
+                "role": "user",
+                "content": _prose(rng, rng.randint(1, 6)) + (" " + secret if secret else ""),
+            }
             obj = _envelope(rng, session, "user", msg)
         elif pick < 0.45:
             text = _prose(rng, rng.randint(2, 20)) + ("\n" + secret if secret else "")
@@ -229,9 +241,16 @@ def build_lines(target_bytes: int, seed: int = SEED) -> list[bytes]:
         elif pick < 0.997:
             out = _tool_output(rng) + ("\n" + secret if secret else "")
             tool_id = f"toolu_01{rng.getrandbits(100):025x}"
-            msg = {"role": "user", "content": [{"tool_use_id": tool_id, "type": "tool_result", "content": out}]}
+            msg = {
+                "role": "user",
+                "content": [{"tool_use_id": tool_id, "type": "tool_result", "content": out}],
+            }
             obj = _envelope(
-                rng, session, "user", msg, {"toolUseResult": {"stdout": out, "stderr": "", "interrupted": False}}
+                rng,
+                session,
+                "user",
+                msg,
+                {"toolUseResult": {"stdout": out, "stderr": "", "interrupted": False}},
             )
         else:
             start = rng.randrange(0, len(png) // 2) // 4 * 4
@@ -242,7 +261,7 @@ def build_lines(target_bytes: int, seed: int = SEED) -> list[bytes]:
         line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         lines.append(line)
         size += len(line)
-    return lines
+    return lines, planted
 
 
 def buffers(lines: list[bytes], buffer_bytes: int) -> list[bytes]:
@@ -262,31 +281,41 @@ def buffers(lines: list[bytes], buffer_bytes: int) -> list[bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=float, default=100.0, help="corpus size in MB (10^6 bytes)")
     parser.add_argument("--buffer-mib", type=float, default=8.0, help="redaction buffer size in MiB")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best is reported")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    lines = build_lines(int(args.mb * 1e6))
+    lines, planted = build_lines(int(args.mb * 1e6))
     bufs = buffers(lines, int(args.buffer_mib * 1024 * 1024))
     total = sum(len(b) for b in bufs)
-    print(f"corpus: {total / 1e6:.1f} MB, {len(lines)} lines, {len(bufs)} buffers, built in {time.perf_counter() - t0:.1f}s")
+    built_s = time.perf_counter() - t0
+    print(f"corpus: {total / 1e6:.1f} MB, {len(lines)} lines, {len(bufs)} buffers ({built_s:.1f}s to build)")
 
     redactor = Redactor()
     best = float("inf")
+    outputs: list[bytes] = []
     counts: dict[str, int] = {}
     for _ in range(args.repeat):
-        counts = {}
+        outputs, counts = [], {}
         t = time.perf_counter()
         for buf in bufs:
             result = redactor.redact(buf)
+            outputs.append(result.data)
             for name, n in result.counts.items():
                 counts[name] = counts.get(name, 0) + n
         best = min(best, time.perf_counter() - t)
-    print(f"redact: {total / best / 1e6:.0f} MB/s (best of {args.repeat}, {best:.3f}s for {total / 1e6:.1f} MB)")
-    print("counts:", json.dumps(dict(sorted(counts.items())), indent=None))
+
+    leaked = sum(1 for secret in planted if any(secret.encode() in out for out in outputs))
+    same_lines = sum(out.count(b"\n") for out in outputs) == len(lines)
+    mb_s = total / best / 1e6
+    print(f"redact: {mb_s:.0f} MB/s (best of {args.repeat}: {best:.3f}s for {total / 1e6:.1f} MB)")
+    print(f"planted secrets: {len(planted)}, leaked: {leaked}, line count kept: {same_lines}")
+    print("counts:", json.dumps(dict(sorted(counts.items()))))
 
 
 if __name__ == "__main__":

@@ -435,6 +435,9 @@ def test_no_secret_in_logs_and_redacted_in_bucket(tmp_path: Path, s3_bucket: str
     with s.path.open("ab") as f:
         f.write(json.dumps(leak).encode() + b"\n")
     write_lines(s, 10, 2)
+    # a file whose name cannot be a session id: the daemon refuses it and logs its path, token included
+    refused = s.path.parent / f"leak..{GITHUB_TOKEN}.jsonl"
+    refused.write_bytes(b"{}\n")
 
     check = run_cli(env, "--check")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -455,6 +458,7 @@ def test_no_secret_in_logs_and_redacted_in_bucket(tmp_path: Path, s3_bucket: str
 
     log = daemon.log()
     assert log_events(log), "the daemon logged (JSON lines)"
+    assert any(e.get("event") == "session refused" for e in log_events(log))
     for secret in (AWS_KEY_ID, GITHUB_TOKEN, S3_SECRET):
         assert secret not in log
         assert secret not in check.stdout + check.stderr

@@ -92,7 +92,11 @@ _HOOK_PATH = "T0" + body(8, string.ascii_uppercase) + "/B0" + body(8, string.asc
 # (rule, text as it appears in a transcript, the secret that must disappear)
 SAMPLES: list[tuple[str, str, str]] = [
     ("aws-access-key-id", f"export AWS_ACCESS_KEY_ID={_AWS_ID}\n", _AWS_ID),
-    ("aws-access-key-id", "Credential=ASIA" + "Y34FZKBOKMUTVV7A/20250101/us-east-1/s3", "ASIA" + "Y34FZKBOKMUTVV7A"),
+    (
+        "aws-access-key-id",
+        "Credential=ASIA" + "Y34FZKBOKMUTVV7A/20250101/us-east-1/s3",
+        "ASIA" + "Y34FZKBOKMUTVV7A",
+    ),
     ("aws-secret-access-key", f"[default]\naws_secret_access_key = {_AWS_SECRET}\n", _AWS_SECRET),
     ("aws-secret-access-key", json.dumps({"Credentials": {"SecretAccessKey": _AWS_SECRET}}), _AWS_SECRET),
     ("anthropic-api-key", "ANTHROPIC_API_KEY=" + (k := "sk-ant-api03-" + body(93, ALNUM + "-_") + "AA"), k),
@@ -106,7 +110,11 @@ SAMPLES: list[tuple[str, str, str]] = [
     ("github-pat", "token " + (k := "github_pat_11A" + body(21) + "_" + body(59)), k),
     ("gitlab-pat", "PRIVATE-TOKEN: " + (k := "glpat-" + body(20, ALNUM + "-_")), k),
     ("slack-token", "SLACK_BOT_TOKEN=" + (k := "xoxb-" + body(12, string.digits) + "-" + body(24)), k),
-    ("slack-token", "app token " + (k := "xapp-1-A0" + body(9) + "-" + body(13, string.digits) + "-" + body(64)), k),
+    (
+        "slack-token",
+        "app token " + (k := "xapp-1-A0" + body(9) + "-" + body(13, string.digits) + "-" + body(64)),
+        k,
+    ),
     ("slack-webhook", "curl -X POST https://hooks.slack.com/services/" + _HOOK_PATH, _HOOK_PATH),
     ("huggingface-token", "HF_TOKEN=" + (k := "hf_" + body(34, string.ascii_letters)), k),
     ("huggingface-org-token", "org " + (k := "api_org_" + body(34, string.ascii_letters)), k),
@@ -134,7 +142,9 @@ def assert_same_json(before: bytes, after: bytes) -> Any:
     return parsed
 
 
-@pytest.mark.parametrize(("rule", "text", "secret"), SAMPLES, ids=[f"{s[0]}-{i}" for i, s in enumerate(SAMPLES)])
+@pytest.mark.parametrize(
+    ("rule", "text", "secret"), SAMPLES, ids=[f"{s[0]}-{i}" for i, s in enumerate(SAMPLES)]
+)
 def test_rule_redacts_its_token_inside_a_json_line(rule: str, text: str, secret: str) -> None:
     """Each rule replaces its secret in both string fields of a tool_result line and counts it."""
     line = jsonl(envelope(text))
@@ -178,7 +188,7 @@ NEGATIVES = [
     'curl -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/user',
     "Bearer token-based-authentication is described below",
     'if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    return parse(line)',
-    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END PUBLIC KEY-----",
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLP\n-----END PUBLIC KEY-----",
     "export AWS_ACCESS_KEY_ID=AKIA...  # set yours; sk-ant-api03-... goes in ANTHROPIC_API_KEY",
     '{"items": [{"note": "a \\u003c b \\u0026\\u0026 c"}]}',
 ]
@@ -413,7 +423,10 @@ def test_twenty_megabyte_line() -> None:
     assert result.counts == {"github-token": 1, "anthropic-api-key": 1}
     first, big, last, end = result.data.split(b"\n")
     assert first == last == small.rstrip(b"\n") and end == b""
-    expected = {"type": "tool_result", "content": f"[REDACTED:github-token]\n{blob}\n[REDACTED:anthropic-api-key]"}
+    expected = {
+        "type": "tool_result",
+        "content": f"[REDACTED:github-token]\n{blob}\n[REDACTED:anthropic-api-key]",
+    }
     assert json.loads(big) == expected
 
 
@@ -454,7 +467,7 @@ def test_fail_closed_when_the_scan_fails(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_unsafe_span_drops_the_line() -> None:
     """A custom rule whose span would swallow a quote makes the line drop, not break JSON."""
-    bad = Rule(name="greedy", pattern=r'secret[^}]*', keywords=("secret",))
+    bad = Rule(name="greedy", pattern=r"secret[^}]*", keywords=("secret",))
     line = b'{"a":"secret","b":"x"}\n'
     result = Redactor([bad]).redact(line)
     assert json.loads(result.data)["reason"] == "redaction_error"
@@ -588,7 +601,12 @@ def test_property_json_lines_keep_structure_and_lose_secrets(case: tuple[bytes, 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.binary(max_size=200) | st.builds(lambda b, s: b + s.encode() + b, st.binary(max_size=40), st.sampled_from([_AWS_ID, "ghp_" + "a" * 36, "-----BEGIN PRIVATE KEY-----"])),
+        st.binary(max_size=200)
+        | st.builds(
+            lambda b, s: b + s.encode() + b,
+            st.binary(max_size=40),
+            st.sampled_from([_AWS_ID, "ghp_" + "a" * 36, "-----BEGIN PRIVATE KEY-----"]),
+        ),
         min_size=1,
         max_size=8,
     )
