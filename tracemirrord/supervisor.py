@@ -263,6 +263,11 @@ class Daemon:
 
     async def run_once(self) -> int:
         """Mirror everything pending once; 0 when all of it landed, 1 otherwise."""
+        if self.ctx.health.state != "ok":
+            log.error(
+                "bucket not usable; nothing mirrored", bucket=self.store.url, error=self.ctx.health.last_error
+            )
+            return 1
         failures: list[str] = []
         for task in self.tasks:
             failures += await task.sync_once()
