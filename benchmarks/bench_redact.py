@@ -154,6 +154,7 @@ def _secret(rng: random.Random) -> tuple[str, str]:
 
 
 def _envelope(rng: random.Random, session: str, kind: str, message: dict, extra: dict | None = None) -> dict:
+    day, hour, ms = rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 999)
     line = {
         "parentUuid": str(uuid.UUID(int=rng.getrandbits(128))),
         "isSidechain": False,
@@ -165,7 +166,7 @@ def _envelope(rng: random.Random, session: str, kind: str, message: dict, extra:
         "type": kind,
         "message": message,
         "uuid": str(uuid.UUID(int=rng.getrandbits(128))),
-        "timestamp": f"2025-07-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:12:33.{rng.randint(0, 999):03d}",
+        "timestamp": f"2025-07-{day:02d}T{hour:02d}:12:33.{ms:03d}Z",
     }
     if extra:
         line.update(extra)

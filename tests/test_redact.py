@@ -32,9 +32,9 @@ def body(n: int, alphabet: str = ALNUM) -> str:
     return "".join(_RNG.choice(alphabet) for _ in range(n))
 
 
-def jsonl(obj: Any, **dumps: Any) -> bytes:
+def jsonl(obj: Any) -> bytes:
     """One JSONL line, compact like the agents write it."""
-    return json.dumps(obj, separators=(",", ":"), **dumps).encode() + b"\n"
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def envelope(text: str) -> dict[str, Any]:
@@ -188,9 +188,10 @@ NEGATIVES = [
     'curl -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/user',
     "Bearer token-based-authentication is described below",
     'if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    return parse(line)',
-    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLP\n-----END PUBLIC KEY-----",
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
     "export AWS_ACCESS_KEY_ID=AKIA...  # set yours; sk-ant-api03-... goes in ANTHROPIC_API_KEY",
     '{"items": [{"note": "a \\u003c b \\u0026\\u0026 c"}]}',
+    "REGION = ASIAPACIFICREGIONALOFFICE2024",
 ]
 
 
@@ -350,11 +351,48 @@ def test_private_key_with_real_newlines_in_plain_text() -> None:
     assert result.counts == {"private-key": 1}
 
 
+@pytest.mark.parametrize(
+    ("header", "extra_lines"),
+    [
+        ("OPENSSH PRIVATE KEY", []),
+        ("EC PRIVATE KEY", []),
+        ("ENCRYPTED PRIVATE KEY", []),
+        (
+            "RSA PRIVATE KEY",
+            ["Proc-Type: 4,ENCRYPTED", "DEK-Info: AES-128-CBC,9F8E7D6C5B4A39281706F5E4D3C2B1A0", ""],
+        ),
+        ("PGP PRIVATE KEY BLOCK", ["Version: GnuPG v2", ""]),
+    ],
+)
+def test_private_key_shapes(header: str, extra_lines: list[str]) -> None:
+    """OpenSSH, EC, PKCS#8, encrypted PEM (with headers) and PGP blocks are replaced whole."""
+    lines = [*extra_lines, *(body(64, ALNUM + "+/") for _ in range(4)), "Ab3="]
+    block = f"-----BEGIN {header}-----\n" + "\n".join(lines) + f"\n-----END {header}-----"
+    for newline in ("\n", "\r\n"):
+        text = "before\n" + block.replace("\n", newline) + "\nafter"
+        result = redact_line(jsonl({"t": text}))
+        assert json.loads(result.data) == {"t": "before\n[REDACTED:private-key]\nafter"}
+
+
 def test_private_key_flattened_on_one_line() -> None:
     """A PEM block flattened with spaces (an env var) is replaced whole."""
     flat = _PEM_BLOCK.replace("\n", " ")
     result = redact_line(jsonl({"env": "KEY=" + flat}))
     assert json.loads(result.data) == {"env": "KEY=[REDACTED:private-key]"}
+
+
+def test_bearer_after_an_escaped_tab() -> None:
+    """Bearer followed by a tab (a \\t escape in the raw line) still has its token replaced."""
+    result = redact_line(jsonl({"h": "Authorization: Bearer\t" + _JWT}))
+    assert json.loads(result.data) == {"h": "Authorization: Bearer\t[REDACTED:bearer-token]"}
+
+
+def test_overlapping_rules_count_once_under_the_specific_rule() -> None:
+    """A GitHub token used as a Bearer token is one finding, named by the more specific rule."""
+    token = "ghp_" + body(36)
+    result = redact_line(jsonl({"h": f"Authorization: Bearer {token}"}))
+    assert result.counts == {"github-token": 1}
+    assert json.loads(result.data) == {"h": "Authorization: Bearer [REDACTED:github-token]"}
 
 
 # --- Invariants ------------------------------------------------------------------------------------
@@ -622,3 +660,17 @@ def test_property_arbitrary_bytes_keep_line_count(chunks: list[bytes]) -> None:
     markers = result.data.count(b"[REDACTED:") - sum(line.count(b"[REDACTED:") for line in lines)
     assert sum(result.counts.values()) <= markers
     assert ERROR_RULE not in result.counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab_-A", min_size=1, max_size=5), min_size=1, max_size=8, unique=True),
+    st.text(alphabet="ab_-Ax", max_size=200),
+)
+def test_property_keyword_index_finds_every_occurrence(keywords: list[str], text: str) -> None:
+    """The pivot-grouped keyword scan finds exactly what a naive find of each keyword finds."""
+    encoded = [kw.encode() for kw in keywords]
+    data = text.encode()
+    index = redact_module._KeywordIndex(encoded)
+    naive = {(i, kw) for kw in encoded for i in range(len(data)) if data.startswith(kw, i)}
+    assert set(index.occurrences(data)) == naive

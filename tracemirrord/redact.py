@@ -119,18 +119,21 @@ class _KeywordIndex:
             if len(members) == 1:
                 literals.append(members[0][0])
                 continue
-            # Branches with bytes after the pivot first (their first byte is tested quickly).
-            members.sort(key=lambda member: (member[1] == len(member[0]) - 1, member))
+            # Branch order, which is also group order: keywords with bytes after the pivot (their
+            # first byte is tested quickly), then those ending at it, then the bare pivot.
+            members.sort(key=lambda m: (m[1] == len(m[0]) - 1, len(m[0]) == 1, m))
             branches = [
                 re.escape(kw[at + 1 :]) + b"(?<=" + re.escape(kw) + b")()"
                 for kw, at in members
                 if at < len(kw) - 1
             ]
-            enders = [(kw, at) for kw, at in members if at == len(kw) - 1]
+            enders = [(kw, at) for kw, at in members if at == len(kw) - 1 and at > 0]
             if enders:
                 gate = b"".join(re.escape(bytes((b,))) for b in sorted({kw[at - 1] for kw, at in enders}))
                 ends = b"|".join(b"(?<=" + re.escape(kw) + b")()" for kw, _ in enders)
                 branches.append(b"(?<=[" + gate + b"]" + re.escape(pivot) + b")(?:" + ends + b")")
+            if (pivot, 0) in members:  # the pivot byte is a keyword by itself
+                branches.append(b"()")
             regex = re.compile(re.escape(pivot) + b"(?:" + b"|".join(branches) + b")")
             # Members that may sit at the same pivot as member i (their aligned bytes agree): the
             # alternation reports only the first branch that matches, so those are checked too.

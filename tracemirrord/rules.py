@@ -6,8 +6,9 @@ A rule is a name, a byte regex and the literal keywords that must be present for
 run. Contract every rule here keeps (``tests/test_redact.py`` checks each one on its own):
 
 - **Keywords anchor the match.** Every match of ``pattern`` starts exactly where one of
-  ``keywords`` starts (case-sensitive). The engine finds keyword occurrences in one pass and runs
-  ``pattern.match`` only there, so a secret whose keyword is absent is never seen. Context before
+  ``keywords`` starts (case-sensitive). The engine finds all keyword occurrences in a few passes
+  over the buffer and runs ``pattern.match`` only there, so a secret without its keyword is never
+  seen. Context before
   the keyword goes into a lookbehind (``(?<=[Bb])earer``); case variants are separate keywords.
 - **No start anchor on ``\\b``.** In raw JSON ``...\\nAKIA...`` the ``n`` of the escape is a word
   character; anchoring on the keyword itself is what catches a secret right after an escape.
@@ -53,7 +54,9 @@ class Rule:
     description: str = ""
 
 
-# Building blocks (bytes regex syntax, kept as str here). None of these classes admits `"` or `\`.
+# Building blocks (bytes regex syntax, kept as str here). No token class admits `"` or `\`; the
+# separators consume quotes and whole escapes only outside the replaced group, or whole escapes
+# inside a PEM block.
 _AWS_SECRET_SEP = r"""(?:\\*["'])?[ \t]*(?:=>|:=|[:=])?[ \t]*(?:\\*["'])?"""
 _PEM_HEADER = r"[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
 # Between the lines of a PEM block: real newlines, escaped newlines at any nesting depth (\n,
@@ -67,9 +70,12 @@ _BEARER_TOKEN = r"[A-Za-z0-9._~+/-]"
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="aws-access-key-id",
-        pattern=r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
+        pattern=r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])",
         keywords=("AKIA", "ASIA", "ABIA", "ACCA"),
-        description="AWS access key id (long-term AKIA, temporary ASIA, ABIA, ACCA).",
+        description=(
+            "AWS access key id (long-term AKIA, temporary ASIA, ABIA, ACCA): exactly 20 characters, "
+            "so a longer upper-case run (a constant, base64) does not match."
+        ),
     ),
     Rule(
         name="anthropic-admin-key",
