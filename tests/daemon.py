@@ -32,6 +32,7 @@ def daemon_env(tmp: Path, bucket: str, extra: dict[str, str] | None = None) -> d
         TRACEMIRROR_AGENT_ID="tester@host",
         TRACEMIRROR_FLUSH_INTERVAL="0.2",
         TRACEMIRROR_SCAN_INTERVAL="0.3",
+        TRACEMIRROR_META_INTERVAL="1s",
         TRACEMIRROR_LOG_FORMAT="json",
         TRACEMIRROR_LOG_LEVEL="debug",
     )
