@@ -216,3 +216,25 @@ def test_second_agent_backs_off_while_the_first_holds_the_lease(tmp_path: Path) 
     got = back(env_a, s)
     assert got.generations[0] == complete_lines(s.path)
     assert "other@host" not in json.dumps(meta(env_a, s)), "daemon B never wrote meta.json"
+
+
+def test_two_writers_with_one_agent_id_never_interleave(tmp_path: Path) -> None:
+    """Two daemons that both think the lease is theirs race for part keys; the copy is still exact."""
+    bucket = f"file://{tmp_path / 'bucket'}"
+    env_a = daemon_env(tmp_path, bucket)
+    env_b = dict(env_a, XDG_STATE_HOME=str(tmp_path / "state-b"))
+    files = [make_session(Path(env_a["HOME"]), h) for h in ("claude-code", "codex")]
+    with Daemon(env_a, tmp_path / "a.log"), Daemon(env_b, tmp_path / "b.log") as b:
+        for i in range(150):
+            for s in files:
+                append(s, lines(s, i, 1))
+            time.sleep(0.01)
+        wait_for(
+            lambda: all(generations(env_a, s).get(0) == complete_lines(s.path) for s in files),
+            30,
+            "both sessions mirrored",
+        )
+        assert b.stop() == 0
+    for s in files:
+        got = back(env_a, s)
+        assert list(got.generations) == [0] and got.generations[0] == complete_lines(s.path)

@@ -508,10 +508,7 @@ class SessionMirror:
             part.sha256,
         ):
             return  # our own earlier attempt landed: adopt it, do not write it twice
-        self._pending = []
-        self._pending_bytes = 0
-        self._pending_since = None
-        self._rolled_forward = False
+        self._forget_position()
         raise WriterConflict(f"part {part.seq} already holds bytes {theirs.start}-{theirs.end}")
 
     async def _redact(self, raw: bytes):
@@ -559,8 +556,16 @@ class SessionMirror:
             return  # not a meta.json we can read: ours replaces it
         self._check_lease(theirs.lease)
         if self.state is not None and theirs.next_seq > self.state.next_seq:
-            self._rolled_forward = False
+            self._forget_position()
             raise WriterConflict(f"meta.json says {theirs.next_seq} parts, we know {self.state.next_seq}")
+
+    def _forget_position(self) -> None:
+        """Another writer moved the session on: drop what we hold and roll forward on the next read."""
+        self._pending = []
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._rolled_forward = False
+        self._last_stat = None
 
     async def _save_checkpoint(self) -> None:
         assert self.state is not None
