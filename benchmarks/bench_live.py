@@ -47,10 +47,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus import Pools, SessionWriter  # noqa: E402
-from daemon import Daemon, daemon_env, read_back  # noqa: E402
+from daemon import Daemon, read_back  # noqa: E402
 from s3server import BytesCountingProxy, MotoServer, RequestRecord, s3_subprocess_env, sync_s3_client  # noqa: E402
-from sessions import make_session  # noqa: E402
-from sysinfo import cpu_seconds, machine, percentile, sleep_until, status_kib, table  # noqa: E402
+from sessions import make_session, record  # noqa: E402
+from sysinfo import (  # noqa: E402
+    busy_cores,
+    code_version,
+    cpu_seconds,
+    cpu_ticks,
+    machine,
+    percentile,
+    sleep_until,
+    status_kib,
+    table,
+    wait_quiet,
+)
 
 from tracemirrord import layout  # noqa: E402
 from tracemirrord.model import SessionKey  # noqa: E402
@@ -59,13 +70,6 @@ OUT_DIR = BENCH_DIR / "out"
 PROJECT = "default"
 HARNESS = "claude-code"
 WARMUP_LINES = 5
-# What daemon_env sets that is not the bucket or a directory: removed, so the daemon runs on defaults.
-NON_DEFAULT_SETTINGS = (
-    "TRACEMIRROR_FLUSH_INTERVAL",
-    "TRACEMIRROR_SCAN_INTERVAL",
-    "TRACEMIRROR_LOG_LEVEL",
-    "TRACEMIRROR_AGENT_ID",
-)
 GOAL_LAG_P99_S = 1.5
 GOAL_BYTES_PER_SOURCE_BYTE = 1.2
 
@@ -74,13 +78,24 @@ GOAL_BYTES_PER_SOURCE_BYTE = 1.2
 
 
 class LiveLines:
-    """Claude Code lines of 300-1500 bytes (mode about 700), each with a fresh ``uuid`` as its id."""
+    """The lines one session appends, each with a unique id that the reader finds in the bucket.
 
-    def __init__(self, session_id: str, seed: int) -> None:
+    ``realistic``: Claude Code lines of 300-1500 bytes (mode about 700) from ``corpus.py``, the id is
+    a fresh ``uuid``. ``tests``: ``tests/sessions.py`` ``record()`` lines (about 300-700 bytes), the
+    id is their ``uuid`` field ``u-<index>``; ``first`` keeps the warm-up's and the writer's apart.
+    """
+
+    def __init__(self, session_id: str, seed: int, shape: str = "realistic", first: int = 0) -> None:
         self.rng = random.Random(seed)
+        self.session_id = session_id
+        self.shape = shape
+        self.index = first
         self.writer = SessionWriter(HARNESS, session_id, self.rng, Pools.build(self.rng, image_bytes=4096))
 
     def next(self) -> tuple[str, bytes]:
+        self.index += 1
+        if self.shape == "tests":
+            return f"u-{self.index}", record(HARNESS, self.session_id, self.index, self.rng)
         target = int(self.rng.triangular(300, 1500, 700))
         line_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         for _ in range(20):  # some shapes (a tool_use) have a size of their own: draw again if out of range
@@ -88,6 +103,23 @@ class LiveLines:
             if 300 <= len(line) <= 1500:
                 break
         return line_id, line
+
+
+def default_env(work: Path, bucket: str) -> dict[str, str]:
+    """The daemon's environment: its own HOME and XDG dirs, the bucket, JSON logs; nothing else set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEMIRROR_", "AWS_", "XDG_"))}
+    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR"):
+        env.pop(name, None)
+    (work / "home").mkdir(exist_ok=True)
+    env.update(
+        HOME=str(work / "home"),
+        XDG_DATA_HOME=str(work / "data"),
+        XDG_STATE_HOME=str(work / "state"),
+        XDG_CONFIG_HOME=str(work / "config"),
+        TRACEMIRROR_BUCKET=bucket,
+        TRACEMIRROR_LOG_FORMAT="json",
+    )
+    return env
 
 
 def append_line(fd: int, line: bytes) -> float:
@@ -102,7 +134,7 @@ def append_line(fd: int, line: bytes) -> float:
 
 def run_writer(spec: dict[str, Any]) -> None:
     """Append ``rate`` lines/s for ``seconds`` to ``path``; log (id, appended_at, bytes) per line."""
-    lines = LiveLines(spec["session_id"], spec["seed"])
+    lines = LiveLines(spec["session_id"], spec["seed"], spec["shape"], first=1_000_000)
     fd = os.open(spec["path"], os.O_WRONLY | os.O_APPEND)
     log: list[tuple[str, float, int]] = []
     start, interval = spec["start_at"], 1.0 / spec["rate"]
@@ -236,14 +268,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = OUT_DIR / "live-run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    result: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    result: dict[str, Any] = {"machine": machine(), "args": vars(args), "code": code_version()}
 
     with MotoServer(work / "moto.log") as moto, BytesCountingProxy(moto.endpoint_url) as proxy:
         bucket = moto.create_bucket()
         s3 = moto.client()
-        env = daemon_env(work, f"s3://{bucket}")
-        for name in NON_DEFAULT_SETTINGS:
-            env.pop(name, None)
+        env = default_env(work, f"s3://{bucket}")
         env.update(s3_subprocess_env(proxy.endpoint_url))
         home = Path(env["HOME"])
 
@@ -283,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "log": str(reader_log),
                 },
             )
-            warm = LiveLines(session_id, args.seed + 1)
+            warm = LiveLines(session_id, args.seed + 1, args.lines)
             fd = os.open(session.path, os.O_WRONLY | os.O_APPEND)
             warm_appended: dict[str, float] = {}
             warm_bytes = 0
@@ -305,7 +335,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # ---- the window ----
             writer_log = work / "writer.jsonl"
+            idle_before = wait_quiet()
             proxy.reset_counters()
+            ticks0 = cpu_ticks()
             others = {"moto": moto_pid(moto), "reader": reader.pid, "benchmark (proxy)": os.getpid()}
             others0 = {name: cpu_seconds(p) for name, p in others.items()}
             cpu0, t0 = cpu_seconds(pid), time.monotonic()
@@ -318,6 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "rate": args.rate,
                     "seconds": args.seconds,
                     "seed": args.seed + 2,
+                    "shape": args.lines,
                     "start_at": t0 + 0.5,
                     "log": str(writer_log),
                 },
@@ -339,6 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ids = [row[0] for row in written]
             t1 = wait_until(lambda: set(ids) <= set(seen_ids(reader_log)), 60, "the last lines")
             cpu1 = cpu_seconds(pid)
+            machine_cores = busy_cores(ticks0, cpu_ticks(), t1 - t0)
             others_pct = {
                 name: (cpu_seconds(p) - others0[name]) / (t1 - t0) * 100 for name, p in others.items()
             }
@@ -391,11 +425,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "over_goal": sum(1 for lag in lags if lag > GOAL_LAG_P99_S),
     }
     split: dict[str, dict[str, int]] = {}
-    for record in log:
-        kind = split.setdefault(classify(record), {"count": 0, "head_bytes": 0, "body_bytes": 0})
+    for request in log:
+        kind = split.setdefault(classify(request), {"count": 0, "head_bytes": 0, "body_bytes": 0})
         kind["count"] += 1
-        kind["head_bytes"] += record.head_bytes
-        kind["body_bytes"] += record.body_bytes
+        kind["head_bytes"] += request.head_bytes
+        kind["body_bytes"] += request.body_bytes
     part_puts = [r for r in log if classify(r) == "PUT part"]
     result["wire"] = {
         "bytes_up": bytes_up,
@@ -416,6 +450,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **rss,
     }
     result["other_processes_cpu_pct"] = others_pct
+    ours = (cpu1 - cpu0) / window_s + sum(others_pct.values()) / 100
+    result["machine"].update(
+        busy_cores_before_window=idle_before,
+        busy_cores_in_window=machine_cores,
+        other_load_cores_in_window=max(0.0, machine_cores - ours),
+    )
     result["goals"] = {
         "lag_p99_ok": result["lag_s"]["p99"] <= GOAL_LAG_P99_S,
         "bytes_per_source_byte_ok": result["wire"]["bytes_up_per_source_byte"] <= GOAL_BYTES_PER_SOURCE_BYTE,
@@ -456,7 +496,9 @@ def report(r: dict[str, Any]) -> str:
     m, w, lag, wire, d, st = r["machine"], r["window"], r["lag_s"], r["wire"], r["daemon"], r["startup"]
     out = [
         f"machine: {m['nproc']} x {m['cpu_model']}, {m['ram_gib']} GiB RAM, "
-        f"Python {m['python']}, {m['date_utc']}",
+        f"Python {m['python']}, {m['date_utc']}, tracemirror at {r['code']}",
+        f"other load on the machine in the window: {m['other_load_cores_in_window']:.2f} cores "
+        f"(all processes: {m['busy_cores_in_window']:.2f} of {m['nproc']})",
         f"window: {w['seconds']:.1f} s, {w['lines']} lines, {w['source_bytes']} source bytes "
         f"({w['source_bytes_per_s'] / 1000:.2f} KB/s, mean line {w['mean_line_bytes']:.0f} B)",
         "",
@@ -562,6 +604,9 @@ def main() -> None:
         "--interval", type=float, default=30.0, help="timeline interval in seconds (default 30)"
     )
     parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument(
+        "--lines", choices=("realistic", "tests"), default="realistic", help="line generator (see LiveLines)"
+    )
     parser.add_argument("--role", choices=("writer", "reader"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()

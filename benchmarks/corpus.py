@@ -468,7 +468,7 @@ class SessionWriter:
                 "arguments": json.dumps({"command": command, "workdir": self.cwd}),
                 "call_id": f"call_{_alnum(rng, 24)}",
             }
-        elif pick < 0.9:
+        elif pick < 0.9 or secret:
             out = self.pools.tool_output(rng, max_chars=size) + ("\n" + secret if secret else "")
             payload = {
                 "type": "function_call_output",

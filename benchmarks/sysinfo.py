@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -95,3 +96,49 @@ def sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int], seconds: float) -> float:
+    """How many cores were busy on average between two ``cpu_ticks()`` readings ``seconds`` apart."""
+    return (after[0] - before[0]) / CLOCK_TICKS / seconds if seconds > 0 else float("nan")
+
+
+def wait_quiet(max_wait_s: float = 180.0, threshold_cores: float = 0.15, window_s: float = 2.0) -> float:
+    """Wait until the whole machine uses under ``threshold_cores`` for ``window_s`` (other people's
+    test runs share it); give up after ``max_wait_s``. Returns the busy cores of the last window."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = cpu_ticks()
+        time.sleep(window_s)
+        busy = busy_cores(before, cpu_ticks(), window_s)
+        if busy < threshold_cores or time.monotonic() >= deadline:
+            return busy
+
+
+def code_version(root: Path | None = None) -> str:
+    """The commit the daemon's code is at, with ``+dirty`` when tracemirrord/ has local changes."""
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "tracemirrord"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")

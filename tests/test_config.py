@@ -61,7 +61,9 @@ def test_defaults_follow_the_xdg_dirs(xdg: dict[str, Path]) -> None:
     assert "@" in s.agent_id
 
 
-def test_defaults_without_xdg_fall_back_to_home(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_without_xdg_fall_back_to_home(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without XDG variables the XDG base-directory fallbacks under $HOME apply."""
     for name in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(name)
@@ -111,13 +113,9 @@ def test_harnesses_comma_list(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPa
     assert load_settings().harnesses == ["codex"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.py Settings._split_harnesses keeps duplicates: TRACEMIRROR_HARNESSES=pi,codex,pi "
-    "gives ['pi','codex','pi'], and supervisor.Daemon builds two HarnessTasks following the same pi "
-    "sessions, racing each other for every part",
-    strict=True,
-)
-def test_harnesses_listed_twice_are_followed_once(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_harnesses_listed_twice_are_followed_once(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A harness named twice is enabled once."""
     monkeypatch.setenv("TRACEMIRROR_HARNESSES", "pi,codex,pi")
     assert load_settings().harnesses == ["pi", "codex"]
@@ -185,7 +183,9 @@ def test_toml_file_in_xdg_config_home_is_read(xdg: dict[str, Path]) -> None:
     assert s.flush_interval == 0.5
 
 
-def test_environment_beats_toml(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_environment_beats_toml(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """A variable wins over the same setting in the file; the file's other settings, nested ones too, stay."""
     path = write_toml(
         tmp_path / "tm.toml",
@@ -245,13 +245,6 @@ def test_bad_environment_value_names_setting_and_variable(
     assert name in message
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.py Settings._check_bucket accepts any value starting with file:// or s3://, so "
-    "file://relative/dir (a host), file://host/dir and s3://user:pw@bucket pass load_settings and only "
-    "fail later in store.open_store (supervisor.build_store) with a ValueError traceback and exit 1 "
-    "instead of a ConfigError and exit 2",
-    strict=True,
-)
 @pytest.mark.parametrize("value", ["file://relative/dir", "file://host/srv/bucket", "s3://user:pw@bucket"])
 def test_bucket_url_the_store_cannot_open_is_a_config_error(
     xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, value: str
@@ -261,6 +254,17 @@ def test_bucket_url_the_store_cannot_open_is_a_config_error(
     message = config_error()
     assert "TRACEMIRROR_BUCKET" in message
     assert "pw" not in message, "the message must not echo credentials"
+
+
+def test_bad_bucket_url_error_does_not_echo_credentials(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused bucket URL with user:password in it is named without the password."""
+    password = "tmPassw0rd-9f3a7c51"
+    monkeypatch.setenv("TRACEMIRROR_BUCKET", f"https://tm-user:{password}@s3.example.com/bucket")
+    message = config_error()
+    assert "TRACEMIRROR_BUCKET" in message
+    assert password not in message
 
 
 def test_bad_value_in_toml_names_setting_variable_and_file(xdg: dict[str, Path], tmp_path: Path) -> None:
@@ -282,12 +286,6 @@ def test_unknown_toml_key_is_refused(xdg: dict[str, Path], tmp_path: Path) -> No
     assert "not a known setting" in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.py S3Settings is a plain BaseModel with pydantic's default extra='ignore', so a "
-    "misspelt key in the [s3] table (endpointurl, secret_key, ...) is silently dropped and the daemon "
-    "talks to AWS instead of the intended endpoint",
-    strict=True,
-)
 def test_unknown_key_in_s3_table_is_refused(xdg: dict[str, Path], tmp_path: Path) -> None:
     """A misspelt key in the [s3] table is an error naming it."""
     path = write_toml(tmp_path / "tm.toml", '[s3]\nendpointurl = "http://minio.local:9000"\n')
@@ -355,4 +353,3 @@ def test_secrets_never_appear_in_config_errors(xdg: dict[str, Path], monkeypatch
     message = config_error()
     assert "TRACEMIRROR_S3__ADDRESSING_STYLE" in message
     assert SECRET not in message
-

@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from tracemirrord.model import is_safe_segment
+from tracemirrord.store import parse_bucket_url
 
 ENV_PREFIX = "TRACEMIRROR_"
 KNOWN_HARNESSES = ("claude-code", "codex", "pi", "openclaw", "hermes", "opencode", "gemini-cli")
@@ -86,6 +87,8 @@ def default_agent_id() -> str:
 class S3Settings(BaseModel):
     """Overrides for the standard AWS chain; anything unset comes from AWS_* variables or ~/.aws."""
 
+    model_config = ConfigDict(extra="forbid")
+
     endpoint_url: str | None = None
     region: str | None = None
     access_key_id: str | None = None
@@ -127,11 +130,8 @@ class Settings(BaseSettings):
     @field_validator("bucket")
     @classmethod
     def _check_bucket(cls, value: str) -> str:
-        if value.startswith(("s3://", "file://")) or value.startswith("/"):
-            if value.startswith("s3://") and not value[5:].split("/")[0]:
-                raise ValueError("s3:// needs a bucket name, as in s3://my-bucket/optional/prefix")
-            return value
-        raise ValueError(f"{value!r} is not a bucket URL (use s3://NAME[/PREFIX] or file:///abs/path)")
+        parse_bucket_url(value)  # the store's own parser: one definition of a valid bucket URL
+        return value
 
     @field_validator("project", "agent_id")
     @classmethod
@@ -144,7 +144,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_harnesses(cls, value: Any) -> list[str]:
         names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
-        names = [n for n in names if n]
+        names = list(dict.fromkeys(n for n in names if n))
+        if not names:
+            raise ValueError(f"name at least one harness (known: {', '.join(KNOWN_HARNESSES)})")
         unknown = sorted(set(names) - set(KNOWN_HARNESSES))
         if unknown:
             raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(KNOWN_HARNESSES)})")

@@ -73,9 +73,12 @@ class StoreHealth:
         self.last_ok_at = time.time()
 
     def failed(self, exc: StoreError) -> None:
+        """Record a failure; only the first of an outage is logged as an error, the rest at debug."""
         message = str(exc)
-        if self.state != "unreachable" or message != self.last_error:
+        if self.state != "unreachable":
             log.error("store error", error=message, kind=type(exc).__name__)
+        else:
+            log.debug("store error", error=message, kind=type(exc).__name__)
         self.state = "unreachable"
         self.last_error = message
 
@@ -203,11 +206,11 @@ class SessionMirror:
                     delay = 0.0
                 except StoreRejected as exc:
                     self.ctx.health.failed(exc)
-                    self._fail("error", str(exc))
+                    self._fail("error", str(exc), quiet=True)
                     delay = max(30.0, backoff.next())
                 except StoreError as exc:
                     self.ctx.health.failed(exc)
-                    self._fail("error", str(exc))
+                    self._fail("error", str(exc), quiet=True)
                     delay = backoff.next()
                 except Exception as exc:
                     self.log.exception("session follower failed; retrying")
@@ -225,9 +228,11 @@ class SessionMirror:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
 
-    def _fail(self, status: str, message: str) -> None:
+    def _fail(self, status: str, message: str, *, quiet: bool = False) -> None:
+        """Record why the session is not advancing; store outages are logged once by StoreHealth."""
         if message != self.last_error:
-            self.log.warning("session not mirrored for now", status=status, error=message)
+            emit = self.log.debug if quiet else self.log.warning
+            emit("session not mirrored for now", status=status, error=message)
         self.status, self.last_error = status, message
 
     async def step(self, *, flush_all: bool = False) -> float | None:
@@ -280,7 +285,9 @@ class SessionMirror:
         try:
             if self._pending:
                 await self._flush()
-            if self._rolled_forward and self.state.next_seq != self._meta_seq:
+            if self._rolled_forward and (
+                self.state.next_seq != self._meta_seq or self.state.lease is not None
+            ):
                 await self._write_meta(release=True)
         except (StoreError, LeaseHeld, WriterConflict) as exc:
             self.log.warning("could not flush on the way out; the source keeps the bytes", error=str(exc))

@@ -8,6 +8,8 @@ Bucket URLs:
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +27,7 @@ from tracemirrord.store.local import LocalStore
 from tracemirrord.store.s3 import S3Options, S3Store
 
 __all__ = [
+    "BucketLocation",
     "LocalStore",
     "NotFound",
     "ObjectInfo",
@@ -37,9 +40,38 @@ __all__ = [
     "StoreUnavailable",
     "StoredObject",
     "open_store",
+    "parse_bucket_url",
 ]
 
 _SUPPORTED = "file:///absolute/path, an absolute path, or s3://NAME[/PREFIX]"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketLocation:
+    """A parsed bucket URL: a local directory, or an S3 bucket and key prefix."""
+
+    scheme: str  # "file" or "s3"
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def parse_bucket_url(bucket_url: str) -> BucketLocation:
+    """Parse a bucket URL without contacting anything (ValueError naming the accepted forms)."""
+    if bucket_url.startswith("/"):
+        return BucketLocation("file", path=Path(bucket_url))
+    parts = urlsplit(bucket_url)
+    if parts.scheme == "file":
+        return BucketLocation("file", path=_file_path(_masked(bucket_url), parts.netloc, parts.path))
+    if parts.scheme == "s3":
+        bucket, prefix = _s3_location(_masked(bucket_url), parts.netloc, parts.path)
+        return BucketLocation("s3", bucket=bucket, prefix=prefix)
+    raise ValueError(f"unsupported bucket URL {_masked(bucket_url)!r}: use {_SUPPORTED}")
+
+
+def _masked(url: str) -> str:
+    """The URL with any user:password@ part hidden, fit for a message."""
+    return re.sub(r"//[^/@\s]*@", "//***@", url)
 
 
 def open_store(bucket_url: str, s3: S3Options | None = None) -> ObjectStore:
@@ -47,16 +79,11 @@ def open_store(bucket_url: str, s3: S3Options | None = None) -> ObjectStore:
 
     ``s3`` only applies to ``s3://`` URLs. Nothing is contacted here; call ``check()`` for that.
     """
-    if bucket_url.startswith("/"):
-        return LocalStore(Path(bucket_url))
-    parts = urlsplit(bucket_url)
-    if parts.scheme == "file":
-        return LocalStore(_file_path(bucket_url, parts.netloc, parts.path))
-    if parts.scheme == "s3":
-        bucket, prefix = _s3_location(bucket_url, parts.netloc, parts.path)
-        return S3Store.from_options(bucket, prefix, s3)
-    shown = bucket_url if "@" not in bucket_url else f"{parts.scheme}://..."
-    raise ValueError(f"unsupported bucket URL {shown!r}: use {_SUPPORTED}")
+    location = parse_bucket_url(bucket_url)
+    if location.scheme == "file":
+        assert location.path is not None
+        return LocalStore(location.path)
+    return S3Store.from_options(location.bucket, location.prefix, s3)
 
 
 def _file_path(url: str, host: str, path: str) -> Path:
