@@ -238,3 +238,20 @@ def test_two_writers_with_one_agent_id_never_interleave(tmp_path: Path) -> None:
     for s in files:
         got = back(env_a, s)
         assert list(got.generations) == [0] and got.generations[0] == complete_lines(s.path)
+
+
+def test_parked_idle_session_wakes_up_when_appended(env: dict[str, str], tmp_path: Path) -> None:
+    """A session idle for hours is parked (no task); appending to it later resumes from its cursor."""
+    s = make_session(Path(env["HOME"]), "claude-code")
+    body = lines(s, 0, 5)
+    append(s, body)
+    two_hours_ago = time.time() - 7200
+    os.utime(s.path, (two_hours_ago, two_hours_ago))
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: generations(env, s).get(0) == body, 15, "the first copy")
+        wait_for(lambda: meta(env, s).get("writer", "held") is None, 15, "the lease released on parking")
+        more = lines(s, 5, 3)
+        append(s, more)
+        wait_for(lambda: generations(env, s).get(0) == body + more, 15, "the appended lines")
+        assert daemon.stop() == 0
+    assert len(back(env, s).parts) == 2

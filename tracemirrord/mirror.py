@@ -104,8 +104,8 @@ class MirrorContext:
     parts_window: int = layout.META_PARTS_WINDOW
 
 
-# A file untouched for this long is parked: no timer of its own; the harness's idle sweep stats it
-# with all the other parked files in one batch and wakes it when it changes.
+# A file untouched for this long is parked: no task or timer of its own; the harness's idle sweep
+# stats it with all the other parked files in one batch and starts it again when it changes.
 PARK_AFTER_S = 3600.0
 PARKED_POLL_S = 600.0
 
@@ -189,8 +189,15 @@ class SessionMirror:
     # ---------- the loops ----------
 
     async def run(self, stopping: anyio.Event) -> None:
-        """Follow until ``stopping`` is set or the source is gone for good, then drain."""
+        """Follow until ``stopping``, the source is gone for good, or the file goes idle; then drain.
+
+        A file idle for PARK_AFTER_S is *parked*: the task ends, its state is dropped (the bucket
+        and the checkpoint keep it), and the harness's idle sweep starts ``run`` again when the
+        file changes. Ten thousand old sessions then cost no task and no timer.
+        """
         backoff = Backoff()
+        park = False
+        self.parked = False
         try:
             while not stopping.is_set() and not self.finished:
                 try:
@@ -218,15 +225,29 @@ class SessionMirror:
                     delay = backoff.next()
                 if delay is None:
                     break
+                if delay >= PARKED_POLL_S and self.status != "error":
+                    park = True
+                    break
                 if delay > 0 and not stopping.is_set():
-                    self.parked = delay >= PARKED_POLL_S
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
-                    self.parked = False
                     self._wake = anyio.Event()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
+            if park and not self._pending:
+                self._drop_state()
+                self.parked = True
+
+    def _drop_state(self) -> None:
+        """Forget everything but the last stat; the next read reloads the checkpoint and rolls forward."""
+        self.state = None
+        self._loaded = False
+        self._rolled_forward = False
+        self._meta_etag = None
+        self._meta_written_at = None
+        self._meta_seq = -1
+        self._eligible = self.ctx.backfill_cutoff is None
 
     def _fail(self, status: str, message: str, *, quiet: bool = False) -> None:
         """Record why the session is not advancing; store outages are logged once by StoreHealth."""

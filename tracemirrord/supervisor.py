@@ -29,7 +29,7 @@ from tracemirrord import __version__, layout
 from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.config import Settings
 from tracemirrord.harnesses import REGISTRY, JsonlHarness
-from tracemirrord.harnesses.base import DirCache
+from tracemirrord.harnesses.base import DirCache, Discovery
 from tracemirrord.mirror import Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, utc_now_iso
 from tracemirrord.redact import Redactor
@@ -60,6 +60,7 @@ class HarnessTask:
         self.error: str | None = None
         self._refused: set[Path] = set()
         self._dirs = DirCache()
+        self._last_found: Discovery | None = None
 
     @property
     def name(self) -> str:
@@ -70,13 +71,16 @@ class HarnessTask:
         if not any(root.is_dir() for root in self.roots):
             self.state = "missing"
             return []
-        refs, refused = await anyio.to_thread.run_sync(self.harness.discover, self.roots, self._dirs)
-        for problem in refused:
+        found = await anyio.to_thread.run_sync(self.harness.discover, self.roots, self._dirs)
+        if found is self._last_found:
+            return []  # no directory changed: nothing new, nothing moved
+        self._last_found = found
+        for problem in found.refused:
             if problem.path not in self._refused:
                 self._refused.add(problem.path)
                 log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
         new = []
-        for ref in refs:
+        for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
                 follower = SessionMirror(
@@ -99,7 +103,8 @@ class HarnessTask:
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
                     if scans % IDLE_SWEEP_EVERY == 0:
-                        await self.sweep_parked()
+                        for follower in await self.sweep_parked():
+                            followers.start_soon(follower.run, stopping)
                     scans += 1
                     with anyio.move_on_after(self.scan_interval_s):
                         await stopping.wait()
@@ -111,14 +116,15 @@ class HarnessTask:
         for follower in self.followers.values():
             follower.nudge()
 
-    async def sweep_parked(self) -> None:
-        """Stat every parked (long idle) session in one worker-thread batch; wake those that changed."""
+    async def sweep_parked(self) -> list[SessionMirror]:
+        """Stat every parked (long idle) session in one worker-thread batch; return those that changed."""
         parked = [f for f in self.followers.values() if f.parked]
         if not parked:
-            return
+            return []
         changed = await anyio.to_thread.run_sync(lambda: [f for f in parked if f.changed_since_last_look()])
         for follower in changed:
-            follower.nudge()
+            follower.parked = False
+        return changed
 
     async def sync_once(self) -> list[str]:
         """Mirror everything pending in every session once; returns one message per failure."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -58,19 +58,22 @@ class JsonlHarness:
         """The session id for a file below ``root`` (None: not a session file)."""
         raise NotImplementedError
 
-    def discover(
-        self, roots: list[Path], cache: DirCache | None = None
-    ) -> tuple[list[SessionRef], list[UnsafeSessionId]]:
+    def discover(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
         """Every session file below the roots, and the files refused for an unsafe id.
 
         Never follows a symlink; a session id found at two paths (an archive move caught between
-        two listings) is reported once, at its larger file.
+        two listings) is reported once, at its larger file. With a ``cache`` whose directories did
+        not change since the last call, the previous Discovery object itself is returned.
         """
         cache = cache or DirCache()
+        listed = [(root, _walk_jsonl(root, self.max_depth, cache)) for root in roots]
+        if cache.result is not None and cache.result_version == cache.version:
+            return cache.result
         found: dict[str, SessionRef] = {}
         refused: list[UnsafeSessionId] = []
-        for root in roots:
-            for path in _walk_jsonl(root, self.max_depth, cache):
+        for root, paths in listed:
+            for name in paths:
+                path = Path(name)
                 session_id = self.session_id(root, path)
                 if session_id is None:
                     continue
@@ -79,7 +82,8 @@ class JsonlHarness:
                     continue
                 if session_id not in found or _size(path) > _size(found[session_id].path):
                     found[session_id] = SessionRef(session_id, path)
-        return list(found.values()), refused
+        cache.result, cache.result_version = Discovery(list(found.values()), refused), cache.version
+        return cache.result
 
     def describe(self, lines: list[bytes]) -> SessionInfo:
         """cwd and start time from a session's first records (top level or a ``payload``)."""
@@ -102,6 +106,14 @@ class JsonlHarness:
             if cwd is not None and started is not None:
                 break
         return SessionInfo(cwd, started)
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a scan of a harness's roots found."""
+
+    sessions: list[SessionRef]
+    refused: list[UnsafeSessionId]
 
 
 class UnsafeSessionId(ValueError):
@@ -132,13 +144,17 @@ class DirCache:
 
     def __init__(self) -> None:
         self._listings: dict[str, tuple[int, list[str], list[str]]] = {}
+        self.version = 0  # bumped whenever a listing differs from the cached one
+        self.result: Discovery | None = None
+        self.result_version = -1
 
     def listing(self, directory: str) -> tuple[list[str], list[str]] | None:
         """(subdirectories, *.jsonl files) of a directory; None when it is gone or unreadable."""
         try:
             st = os.stat(directory, follow_symlinks=False)
         except OSError:
-            self._listings.pop(directory, None)
+            if self._listings.pop(directory, None) is not None:
+                self.version += 1
             return None
         cached = self._listings.get(directory)
         if (
@@ -161,12 +177,15 @@ class DirCache:
                         continue
         except OSError:
             return None
+        if cached is None or (cached[1], cached[2]) != (subdirs, files):
+            self.version += 1
         self._listings[directory] = (st.st_mtime_ns, subdirs, files)
         return subdirs, files
 
 
-def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> Iterator[Path]:
+def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> list[str]:
     """``*.jsonl`` regular files below root, depth-bounded, never through a symlink."""
+    found: list[str] = []
     stack = [(str(root), 0)]
     while stack:
         directory, depth = stack.pop()
@@ -176,8 +195,8 @@ def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> Iterator[Path]:
         subdirs, files = listing
         if depth < max_depth:
             stack.extend((sub, depth + 1) for sub in subdirs)
-        for path in files:
-            yield Path(path)
+        found.extend(files)
+    return found
 
 
 def env_path(env: Mapping[str, str], name: str) -> Path | None:

@@ -1,0 +1,87 @@
+"""Idle cost: 10,000 old session files and no activity; the daemon's CPU and resident memory.
+
+Design goal (shared/docs/design.md section 9): under 1% of one core and under 100 MB resident.
+Lays out N Claude-Code-shaped sessions (a few lines each, mtime a month back) under a temp HOME,
+mirrors them once with ``tracemirrord --once`` (so the steady state is "everything mirrored"), then
+starts the daemon, lets it settle, and measures CPU seconds and RSS over a window.
+
+    python benchmarks/bench_idle.py [--sessions 10000] [--settle 20] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from sessions import make_session, record  # noqa: E402
+from sysinfo import cpu_seconds, machine, status_kib  # noqa: E402
+
+
+def lay_out(home: Path, sessions: int) -> None:
+    import random
+
+    rng = random.Random(1)
+    month_ago = time.time() - 30 * 86400
+    for n in range(sessions):
+        s = make_session(home, "claude-code")
+        # spread over many project dirs, as real users have
+        target = s.path.parent.parent / f"-home-dev-proj{n % 200}" / s.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s.path.rename(target)
+        target.write_bytes(b"".join(record("claude-code", s.session_id, i, rng) for i in range(3)))
+        os.utime(target, (month_ago, month_ago))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds to let start-up finish")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        home = root / "home"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEMIRROR_", "XDG_"))}
+        env.update(
+            HOME=str(home),
+            XDG_DATA_HOME=str(root / "data"),
+            XDG_STATE_HOME=str(root / "state"),
+            XDG_CONFIG_HOME=str(root / "config"),
+            TRACEMIRROR_HARNESSES="claude-code",
+            TRACEMIRROR_LOG_FORMAT="json",
+        )
+        started = time.monotonic()
+        lay_out(home, args.sessions)
+        print(f"laid out {args.sessions} sessions in {time.monotonic() - started:.1f}s", flush=True)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "tracemirrord", "--once"], env=env, check=True, capture_output=True)
+        print(f"first mirror (--once) took {time.monotonic() - started:.1f}s", flush=True)
+        log = (root / "daemon.log").open("wb")
+        daemon = subprocess.Popen([sys.executable, "-m", "tracemirrord"], env=env, stdout=log, stderr=log)
+        try:
+            time.sleep(args.settle)
+            cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+            time.sleep(args.seconds)
+            cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+            rss_kib = status_kib(daemon.pid, "VmRSS")
+            hwm_kib = status_kib(daemon.pid, "VmHWM")
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+        info = machine()
+        print(f"machine: {info}")
+        print(f"sessions: {args.sessions}, window: {t1 - t0:.0f}s after {args.settle:.0f}s settle")
+        print(f"cpu: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of one core")
+        print(f"rss: {rss_kib / 1024:.1f} MiB (peak {hwm_kib / 1024:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
