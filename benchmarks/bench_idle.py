@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from sessions import make_session, record  # noqa: E402
-from sysinfo import cpu_seconds, machine, status_kib  # noqa: E402
+from sessions import make_session, record
+from sysinfo import cpu_seconds, machine, status_kib
 
 
 def lay_out(home: Path, sessions: int) -> None:
@@ -41,7 +41,9 @@ def lay_out(home: Path, sessions: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let start-up finish")
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
@@ -62,7 +64,9 @@ def main() -> None:
         lay_out(home, args.sessions)
         print(f"laid out {args.sessions} sessions in {time.monotonic() - started:.1f}s", flush=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "tracemirrord", "--once"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "tracemirrord", "--once"], env=env, check=True, capture_output=True
+        )
         print(f"first mirror (--once) took {time.monotonic() - started:.1f}s", flush=True)
         log = (root / "daemon.log").open("wb")
         daemon = subprocess.Popen([sys.executable, "-m", "tracemirrord"], env=env, stdout=log, stderr=log)

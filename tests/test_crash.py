@@ -20,6 +20,7 @@ from tracemirrord.redact import Redactor
 
 APPENDER = Path(__file__).parent / "appender.py"
 KILLS = int(os.environ.get("TRACEMIRROR_CRASH_KILLS", "8"))
+STARTED = '"tracemirrord started"'
 
 
 def start_writer(files: list[SessionFile], lines: int, rate: float, seed: int) -> subprocess.Popen[bytes]:
@@ -77,9 +78,13 @@ def test_kill9_loop_leaves_no_gap_and_no_duplicate(
     killed_after_upload = 0
     try:
         for _ in range(KILLS):
-            uploads_before = log.read_text().count('"part uploaded"') if log.exists() else 0
+            text = log.read_text() if log.exists() else ""
+            uploads_before, starts_before = text.count('"part uploaded"'), text.count(STARTED)
             daemon = Daemon(env, log).start()
-            time.sleep(rng.uniform(0.6, 1.8))
+            # time the kill from the daemon being up, not from the exec: on a loaded machine the
+            # imports and the store check take a varying while, and a kill before them tests nothing
+            wait_for(lambda n=starts_before: log.read_text().count(STARTED) > n, 20, "the daemon to start")
+            time.sleep(rng.uniform(0.2, 1.2))
             daemon.kill9()
             killed_after_upload += log.read_text().count('"part uploaded"') > uploads_before
             if lose_state:

@@ -27,11 +27,11 @@ from tracemirrord.store import (
     ObjectStore,
     PreconditionFailed,
     S3Options,
-    S3Store,
     StoreRejected,
     StoreUnavailable,
     open_store,
 )
+from tracemirrord.store.s3 import S3Store
 
 pytestmark = pytest.mark.anyio
 

@@ -87,6 +87,20 @@ class Checkpointer:
         except LayoutError:
             return None
 
+    async def load_all_raw(self, harness: str) -> dict[str, bytes]:
+        """Every cached state of one harness, unparsed (for a cheap start-up triage)."""
+        if self._db is None:
+            return {}
+        try:
+            async with self._db.execute(
+                "SELECT session_id, state FROM session_state WHERE bucket=? AND project=? AND harness=?",
+                (self._bucket, self._project, harness),
+            ) as cursor:
+                return {row[0]: row[1].encode() async for row in cursor}
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint read failed: {exc}"
+            return {}
+
     async def save(self, state: SessionState) -> bool:
         """Cache a state; False (and ``last_error``) when the write failed."""
         if self._db is None:

@@ -167,6 +167,11 @@ class SessionMirror:
         self._wake = anyio.Event()
         self.parked = False
 
+    def park_at(self, st: FileStat) -> None:
+        """Start parked: the file is known to need nothing until it differs from ``st``."""
+        self._last_stat = st
+        self.parked = True
+
     def nudge(self) -> None:
         """Wake the follower now (its file changed, or the daemon is stopping)."""
         self._wake.set()

@@ -30,7 +30,8 @@ from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.config import Settings
 from tracemirrord.harnesses import REGISTRY, JsonlHarness
 from tracemirrord.harnesses.base import DirCache, Discovery
-from tracemirrord.mirror import Backoff, MirrorContext, SessionMirror
+from tracemirrord.harnesses.jsonl import FileStat, stat_file, unchanged_at
+from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, utc_now_iso
 from tracemirrord.redact import Redactor
 from tracemirrord.store import ObjectStore, S3Options, open_store
@@ -91,7 +92,43 @@ class HarnessTask:
             else:
                 follower.relocate(ref.path)
         self.state = "running" if self.followers else "idle"
-        return new
+        return await self._triage(new)
+
+    async def _triage(self, new: list[SessionMirror]) -> list[SessionMirror]:
+        """Park new followers of old, fully mirrored (or out-of-window) files without starting them.
+
+        On a first start over months of history most sessions have nothing to do; checking them in
+        one worker-thread batch against the checkpoint avoids a task, a state and a read for each.
+        Returns the followers that need a task now.
+        """
+        if not new:
+            return new
+        cached = await self.ctx.checkpoint.load_all_raw(self.name)
+        cutoff = self.ctx.backfill_cutoff
+
+        def idle_ones() -> list[tuple[SessionMirror, FileStat]]:
+            now = time.time()
+            idle = []
+            for follower in new:
+                st = stat_file(follower.path)
+                if st is None or now - st.mtime < PARK_AFTER_S:
+                    continue
+                raw = cached.get(follower.key.session_id)
+                if raw is None:
+                    if cutoff is not None and st.mtime < cutoff:
+                        idle.append((follower, st))  # outside the backfill window until it changes
+                    continue
+                try:
+                    state = layout.parse_meta(raw, follower.key)
+                except layout.LayoutError:
+                    continue
+                if unchanged_at(follower.path, state.cursor, state.fingerprint) == st:
+                    idle.append((follower, st))
+            return idle
+
+        for follower, st in await anyio.to_thread.run_sync(idle_ones):
+            follower.park_at(st)
+        return [f for f in new if not f.parked]
 
     async def run(self, stopping: anyio.Event) -> None:
         """Follow every session until ``stopping``; followers drain before this returns."""

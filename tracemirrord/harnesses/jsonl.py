@@ -53,6 +53,24 @@ def stat_file(path: Path) -> FileStat | None:
     return FileStat(st.st_size, st.st_dev, st.st_ino, st.st_mtime)
 
 
+def unchanged_at(path: Path, cursor: int, expected: Fingerprint | None) -> FileStat | None:
+    """The file's stat when it ends exactly at ``cursor`` and still matches ``expected``, else None.
+
+    Lets a start-up triage park an old, fully mirrored session without loading it.
+    """
+    st = stat_file(path)
+    if st is None or st.size != cursor:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        return st if _verify(fd, cursor, expected) is None else None
+    finally:
+        os.close(fd)
+
+
 def _pread(fd: int, length: int, offset: int) -> bytes:
     out = bytearray()
     while len(out) < length:

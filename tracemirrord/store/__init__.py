@@ -24,7 +24,7 @@ from tracemirrord.store.base import (
     StoreUnavailable,
 )
 from tracemirrord.store.local import LocalStore
-from tracemirrord.store.s3 import S3Options, S3Store
+from tracemirrord.store.options import S3Options
 
 __all__ = [
     "BucketLocation",
@@ -34,7 +34,6 @@ __all__ = [
     "ObjectStore",
     "PreconditionFailed",
     "S3Options",
-    "S3Store",
     "StoreError",
     "StoreRejected",
     "StoreUnavailable",
@@ -83,6 +82,8 @@ def open_store(bucket_url: str, s3: S3Options | None = None) -> ObjectStore:
     if location.scheme == "file":
         assert location.path is not None
         return LocalStore(location.path)
+    from tracemirrord.store.s3 import S3Store  # aiobotocore costs ~30 MB: load it only for s3://
+
     return S3Store.from_options(location.bucket, location.prefix, s3)
 
 

@@ -21,7 +21,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -51,6 +50,7 @@ from tracemirrord.store.base import (
     StoreUnavailable,
 )
 from tracemirrord.store.local import normalize_metadata, validate_key, validate_prefix
+from tracemirrord.store.options import S3Options
 
 T = TypeVar("T")
 
@@ -76,19 +76,6 @@ _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFou
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError)
 _LIST_PAGE_KEYS = 1000
 _URL_USERINFO = re.compile(r"//[^/@\s]*@")
-
-
-@dataclass(frozen=True, slots=True)
-class S3Options:
-    """Explicit S3 settings; each one left as None falls back to the standard AWS chain."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    profile: str | None = None
-    addressing_style: str | None = None  # "path", "virtual" or "auto"
 
 
 class S3Store:
