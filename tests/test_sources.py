@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from daemon import Daemon, daemon_env, read_back, wait_for
 from sessions import SessionFile, complete_lines, make_session, record
@@ -255,3 +258,47 @@ def test_parked_idle_session_wakes_up_when_appended(env: dict[str, str], tmp_pat
         wait_for(lambda: generations(env, s).get(0) == body + more, 15, "the appended lines")
         assert daemon.stop() == 0
     assert len(back(env, s).parts) == 2
+
+
+def test_restart_parks_fully_mirrored_old_sessions_without_a_task(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, old sessions the checkpoint shows fully mirrored are parked at discovery.
+
+    Only the changed one gets a follower task; the others wake through the idle sweep when appended.
+    """
+    from tracemirrord.config import load_settings
+    from tracemirrord.supervisor import Daemon as InProcessDaemon
+
+    home = Path(env["HOME"])
+    sessions = [make_session(home, "claude-code") for _ in range(3)]
+    two_hours_ago = time.time() - 7200
+    for n, s in enumerate(sessions):
+        append(s, lines(s, 0, 3 + n))
+        os.utime(s.path, (two_hours_ago, two_hours_ago))
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
+    append(sessions[0], lines(sessions[0], 3, 1))  # changed since: needs a task
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    async def restart() -> None:
+        daemon = InProcessDaemon(load_settings(), env)
+        await daemon.open()
+        try:
+            (task,) = [t for t in daemon.tasks if t.name == "claude-code"]
+            started = await task.discover()
+            assert [f.key.session_id for f in started] == [sessions[0].session_id]
+            parked = {f.key.session_id for f in task.followers.values() if f.parked}
+            assert parked == {sessions[1].session_id, sessions[2].session_id}
+            assert await task.sweep_parked() == []
+            append(sessions[2], lines(sessions[2], 5, 1))
+            woken = await task.sweep_parked()
+            assert [f.key.session_id for f in woken] == [sessions[2].session_id]
+            await woken[0].sync_once()
+        finally:
+            await daemon.close()
+
+    anyio.run(restart)
+    got = back(env, sessions[2]).generations[0]
+    assert got == redactor.redact(complete_lines(sessions[2].path)).data
