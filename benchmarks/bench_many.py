@@ -41,7 +41,16 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_live import HARNESS, PROJECT, LiveLines, append_line, default_env  # noqa: E402
+from bench_live import (  # noqa: E402
+    HARNESS,
+    PROJECT,
+    LiveLines,
+    append_line,
+    default_env,
+    read_jsonl,
+    seen_ids,
+    wait_until,
+)
 from daemon import Daemon, read_back  # noqa: E402
 from sessions import make_session  # noqa: E402
 from sysinfo import (  # noqa: E402
@@ -126,29 +135,6 @@ def run_reader(spec: dict[str, Any]) -> None:
 
 def spawn_role(role: str, spec: dict[str, Any]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, "--role", role, "--spec", json.dumps(spec)])
-
-
-def read_jsonl(path: Path) -> list[Any]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def seen_ids(reader_log: Path) -> dict[str, float]:
-    seen: dict[str, float] = {}
-    for row in read_jsonl(reader_log):
-        for line_id in row["ids"]:
-            seen.setdefault(line_id, row["seen"])
-    return seen
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 # ---------- the run ----------
