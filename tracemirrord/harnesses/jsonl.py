@@ -72,7 +72,10 @@ def unchanged_at(path: Path, cursor: int, expected: Fingerprint | None) -> FileS
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:
-    out = bytearray()
+    first = os.pread(fd, length, offset)
+    if len(first) == length or not first:
+        return first  # the usual case: one read, no copy
+    out = bytearray(first)
     while len(out) < length:
         block = os.pread(fd, length - len(out), offset + len(out))
         if not block:
