@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -302,3 +302,77 @@ def test_restart_parks_fully_mirrored_old_sessions_without_a_task(
     anyio.run(restart)
     got = back(env, sessions[2]).generations[0]
     assert got == redactor.redact(complete_lines(sessions[2].path)).data
+
+
+def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A harness whose discovery raises is restarted with growing, jittered delays (each logged) and
+    mirrors once it recovers; meanwhile the other harness follows its sessions as if nothing happened.
+    """
+    from structlog.testing import capture_logs
+
+    from tracemirrord.config import load_settings
+    from tracemirrord.supervisor import Daemon as InProcessDaemon
+
+    home = Path(env["HOME"])
+    healthy, flaky = make_session(home, "claude-code"), make_session(home, "codex")
+    append(healthy, lines(healthy, 0, 3))
+    append(flaky, lines(flaky, 0, 3))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    broken = True
+    failures = 0
+
+    def mirrored(s: SessionFile) -> bool:
+        return generations(env, s).get(0) == complete_lines(s.path)
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        while True:
+            if await anyio.to_thread.run_sync(predicate):
+                return
+            await anyio.sleep(0.1)
+
+    async def scenario() -> None:
+        nonlocal broken
+        daemon = InProcessDaemon(load_settings(), env)
+        await daemon.open()
+        (codex,) = [t for t in daemon.tasks if t.name == "codex"]
+        real_discover = codex.harness.discover
+
+        def broken_discover(*args: object) -> object:
+            nonlocal failures
+            if broken:
+                failures += 1
+                raise OSError("simulated: the codex sessions dir is unreadable")
+            return real_discover(*args)
+
+        codex.harness.discover = broken_discover  # type: ignore[method-assign]
+        stopping = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                for task in daemon.tasks:
+                    tg.start_soon(daemon._supervise, task, stopping)
+                with anyio.fail_after(15):
+                    await until(lambda: mirrored(healthy))  # while codex fails
+                with anyio.fail_after(15):
+                    await until(lambda: failures >= 3)  # a few restarts: the delays must grow
+                assert codex.state == "error" and "unreadable" in (codex.error or "")
+                broken = False
+                with anyio.fail_after(30):
+                    await until(lambda: mirrored(flaky))  # restarted, it mirrors
+                append(healthy, lines(healthy, 3, 2))
+                with anyio.fail_after(15):
+                    await until(lambda: mirrored(healthy))  # and the other one is still followed
+                stopping.set()
+        finally:
+            await daemon.close()
+
+    with capture_logs() as logs:
+        anyio.run(scenario)
+    restarts = [e for e in logs if e["event"] == "harness task failed; restarting"]
+    assert {e["harness"] for e in restarts} == {"codex"}
+    assert all("OSError: simulated" in e["error"] for e in restarts), "the cause, not the task group"
+    assert len(restarts) == failures >= 3
+    for attempt, event in enumerate(restarts[:4]):  # full jitter: in [2^k / 2, 2^k] seconds
+        assert 2**attempt / 2 - 0.05 <= event["retry_in_s"] <= 2**attempt + 0.05, restarts

@@ -44,6 +44,13 @@ IDLE_SWEEP_EVERY = 5  # scans between two idle sweeps of the parked sessions
 STABLE_RUN_S = 60.0
 
 
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message`` of what really failed, looking through the task groups' exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_failure(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class DaemonError(Exception):
     """A condition that stops the daemon from starting; the message says what to do."""
 
@@ -343,9 +350,12 @@ class Daemon:
                 if time.monotonic() - started > STABLE_RUN_S:
                     backoff.reset()
                 delay = backoff.next()
-                task.state, task.error = "error", f"{type(exc).__name__}: {exc}"
+                task.state, task.error = "error", describe_failure(exc)
                 log.exception(
-                    "harness task failed; restarting", harness=task.name, retry_in_s=round(delay, 1)
+                    "harness task failed; restarting",
+                    harness=task.name,
+                    error=task.error,
+                    retry_in_s=round(delay, 1),
                 )
                 with anyio.move_on_after(delay):
                     await stopping.wait()
