@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from daemon import Daemon, daemon_env, read_back, wait_for
+from s3server import BytesCountingProxy, s3_subprocess_env
 from sessions import SessionFile, complete_lines, make_session, record
 
 from tracemirrord.model import SessionKey
@@ -64,7 +67,7 @@ def test_live_sessions_mirror_exactly(backend: str, tmp_path: Path, request: pyt
     for s in files:
         with s.path.open("ab") as f:
             for i in range(20):
-                f.write(record(s.harness, s.session_id, i, __import__("random").Random(i)))
+                f.write(record(s.harness, s.session_id, i, random.Random(i)))
     with Daemon(env, tmp_path / "daemon.log") as daemon:
         writer = run_appender(files, lines=40, rate=40, seed=1, first=20)
         assert writer.wait(60) == 0
@@ -101,3 +104,40 @@ def _meta(bucket: str, s: SessionFile, s3_env: dict[str, str] | None) -> dict:
             await store.close()
 
     return asyncio.run(go())
+
+
+def test_a_burst_is_one_part_and_an_idle_session_sends_nothing(
+    tmp_path: Path, s3_bucket: str, s3_env: dict[str, str], s3_proxy: BytesCountingProxy
+) -> None:
+    """The flush policy on the wire (counted by a proxy in front of the S3 server): lines written in
+    a burst coalesce into one part, and a session that is fully mirrored and idle costs no request.
+    """
+    bucket = f"s3://{s3_bucket}"
+    through_proxy = s3_subprocess_env(s3_proxy.endpoint_url)
+    env = daemon_env(tmp_path, bucket, {**through_proxy, "TRACEMIRROR_FLUSH_INTERVAL": "2s"})
+    s = make_session(Path(env["HOME"]), "claude-code")
+    rng = random.Random(7)
+    s.path.write_bytes(b"".join(record(s.harness, s.session_id, i, rng) for i in range(3)))
+
+    def meta_current() -> bool:
+        return _meta(bucket, s, s3_env).get("total_source_bytes") == s.path.stat().st_size
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: converged(bucket, [s], s3_env), 20, "the first lines")
+        wait_for(meta_current, 20, "meta.json to catch up")
+        time.sleep(1.5)  # anything still due goes out now
+        s3_proxy.reset_counters()
+        time.sleep(4.0)
+        idle = [f"{r.method} {r.target}" for r in s3_proxy.request_log if "/agents/" not in r.target]
+        assert idle == [], "an idle, fully mirrored session sends no request"
+
+        with s.path.open("ab") as f:
+            for i in range(3, 43):  # 40 separate writes in about 0.6 s: well inside the 2 s interval
+                f.write(record(s.harness, s.session_id, i, rng))
+                f.flush()
+                time.sleep(0.015)
+        wait_for(lambda: converged(bucket, [s], s3_env), 20, "the burst")
+        wait_for(meta_current, 20, "meta.json to catch up")
+        part_puts = [r for r in s3_proxy.request_log if r.method == "PUT" and "/part-" in r.target]
+        assert len(part_puts) == 1, [r.target for r in part_puts]
+        assert daemon.stop() == 0, daemon.log()
