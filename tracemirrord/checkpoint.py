@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS session_state (
 """
 
 
+def parse_cached(raw: bytes, key: SessionKey) -> SessionState | None:
+    """A cached state as stored by ``save`` (None when it is from another layout or damaged)."""
+    try:
+        return parse_meta(raw, key)
+    except LayoutError:
+        return None
+
+
 class Checkpointer:
     """Reads and writes cached SessionStates in ``<state dir>/checkpoint.sqlite3``."""
 
@@ -53,12 +61,13 @@ class Checkpointer:
             self._db = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path)
+        # Autocommit: each statement is its own transaction, so a save is one round trip to the
+        # connection's thread (the daemon saves after every part).
+        db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute(_SCHEMA)
-            await db.commit()
             await db.execute("SELECT count(*) FROM session_state")
         except BaseException:
             await db.close()
@@ -72,31 +81,27 @@ class Checkpointer:
         if self._db is None:
             return None
         try:
-            async with self._db.execute(
+            rows = await self._db.execute_fetchall(
                 "SELECT state FROM session_state WHERE bucket=? AND project=? AND harness=? AND session_id=?",
                 (self._bucket, self._project, key.harness, key.session_id),
-            ) as cursor:
-                row = await cursor.fetchone()
+            )
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint read failed: {exc}"
             return None
-        if row is None:
-            return None
-        try:
-            return parse_meta(row[0].encode(), key)
-        except LayoutError:
-            return None
+        for (raw,) in rows:
+            return parse_cached(raw.encode(), key)
+        return None
 
     async def load_all_raw(self, harness: str) -> dict[str, bytes]:
         """Every cached state of one harness, unparsed (for a cheap start-up triage)."""
         if self._db is None:
             return {}
         try:
-            async with self._db.execute(
+            rows = await self._db.execute_fetchall(
                 "SELECT session_id, state FROM session_state WHERE bucket=? AND project=? AND harness=?",
                 (self._bucket, self._project, harness),
-            ) as cursor:
-                return {row[0]: row[1].encode() async for row in cursor}
+            )
+            return {session_id: state.encode() for session_id, state in rows}
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint read failed: {exc}"
             return {}
@@ -111,11 +116,8 @@ class Checkpointer:
                 "INSERT OR REPLACE INTO session_state VALUES (?, ?, ?, ?, ?)",
                 (self._bucket, self._project, state.key.harness, state.key.session_id, body),
             )
-            await self._db.commit()
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint write failed: {exc}"
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.rollback()
             return False
         self.last_error = None
         return True

@@ -172,6 +172,13 @@ class SessionMirror:
         self._last_stat = st
         self.parked = True
 
+    def use_cached(self, state: SessionState | None) -> None:
+        """Start from this cached state (read with others in one batch) instead of loading it."""
+        self.state = state
+        self._loaded = True
+        if state is not None:
+            self._eligible = True
+
     def nudge(self) -> None:
         """Wake the follower now (its file changed, or the daemon is stopping)."""
         self._wake.set()
@@ -329,11 +336,7 @@ class SessionMirror:
     # ---------- state ----------
 
     async def _load_cached(self) -> None:
-        self._loaded = True
-        cached = await self.ctx.checkpoint.load(self.key)
-        if cached is not None:
-            self.state = cached
-            self._eligible = True
+        self.use_cached(await self.ctx.checkpoint.load(self.key))
 
     async def _roll_forward(self) -> None:
         """Make ``state`` what the bucket says, adopting parts the cache does not know yet."""
@@ -422,7 +425,12 @@ class SessionMirror:
                 await self._roll_forward()
                 self._pending.clear()
                 self._pending_bytes = 0
-                continue  # read again from the cursor the bucket gave us
+                at = self.state
+                assert at is not None
+                agreed = (at.generation, at.cursor, at.fingerprint) == (generation, start, expected)
+                if isinstance(result, Mismatch) or not agreed:
+                    continue  # read again from the cursor the bucket gave us
+                # the bucket agrees with where this read started (the usual case): keep it
             if isinstance(result, Mismatch):
                 if self._pending:
                     await self._flush()  # what was read before the rewrite is still the old generation

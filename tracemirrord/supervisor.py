@@ -26,13 +26,13 @@ import anyio.to_thread
 import structlog
 
 from tracemirrord import __version__, layout
-from tracemirrord.checkpoint import Checkpointer
+from tracemirrord.checkpoint import Checkpointer, parse_cached
 from tracemirrord.config import Settings
 from tracemirrord.harnesses import REGISTRY, JsonlHarness
 from tracemirrord.harnesses.base import DirCache, Discovery
 from tracemirrord.harnesses.jsonl import FileStat, stat_file, unchanged_at
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
-from tracemirrord.model import SessionKey, utc_now_iso
+from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
 from tracemirrord.store import ObjectStore, S3Options, open_store
 from tracemirrord.store.base import StoreError
@@ -106,36 +106,40 @@ class HarnessTask:
 
         On a first start over months of history most sessions have nothing to do; checking them in
         one worker-thread batch against the checkpoint avoids a task, a state and a read for each.
-        Returns the followers that need a task now.
+        Returns the followers that need a task now, each handed its cached state from that batch.
         """
         if not new:
             return new
         cached = await self.ctx.checkpoint.load_all_raw(self.name)
         cutoff = self.ctx.backfill_cutoff
 
-        def idle_ones() -> list[tuple[SessionMirror, FileStat]]:
+        def triage() -> list[tuple[SessionMirror, SessionState | None, FileStat | None]]:
+            """(follower, its cached state, the stat to park it at, or None to start it now)."""
             now = time.time()
-            idle = []
+            verdicts = []
             for follower in new:
-                st = stat_file(follower.path)
-                if st is None or now - st.mtime < PARK_AFTER_S:
-                    continue
                 raw = cached.get(follower.key.session_id)
-                if raw is None:
-                    if cutoff is not None and st.mtime < cutoff:
-                        idle.append((follower, st))  # outside the backfill window until it changes
-                    continue
-                try:
-                    state = layout.parse_meta(raw, follower.key)
-                except layout.LayoutError:
-                    continue
-                if unchanged_at(follower.path, state.cursor, state.fingerprint) == st:
-                    idle.append((follower, st))
-            return idle
+                state = None if raw is None else parse_cached(raw, follower.key)
+                st = stat_file(follower.path)
+                park = None
+                if st is not None and now - st.mtime >= PARK_AFTER_S:
+                    if raw is None:
+                        if cutoff is not None and st.mtime < cutoff:
+                            park = st  # outside the backfill window until it changes
+                    elif state is not None:
+                        if unchanged_at(follower.path, state.cursor, state.fingerprint) == st:
+                            park = st  # fully mirrored and untouched since
+                verdicts.append((follower, state, park))
+            return verdicts
 
-        for follower, st in await anyio.to_thread.run_sync(idle_ones):
-            follower.park_at(st)
-        return [f for f in new if not f.parked]
+        started = []
+        for follower, state, park in await anyio.to_thread.run_sync(triage):
+            if park is not None:
+                follower.park_at(park)
+            else:
+                follower.use_cached(state)  # no checkpoint read of its own
+                started.append(follower)
+        return started
 
     async def run(self, stopping: anyio.Event) -> None:
         """Follow every session until ``stopping``; followers drain before this returns."""
