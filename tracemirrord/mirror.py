@@ -341,24 +341,25 @@ class SessionMirror:
     async def _roll_forward(self) -> None:
         """Make ``state`` what the bucket says, adopting parts the cache does not know yet."""
         store, key = self.ctx.store, self.key
+        # One listing shows the parts and whether meta.json exists: a session new to the bucket
+        # costs one request here, not a GET that fails and then a LIST.
+        prefix = layout.session_prefix(self.ctx.project, key)
+        listing = [info for info in await store.list(prefix) if "/" not in info.key[len(prefix) :]]
+        listed = {seq: info for info in listing if (seq := layout.parse_part_key(info.key)) is not None}
+        meta_key = layout.meta_key(self.ctx.project, key)
         bucket_state: SessionState | None = None
-        try:
-            meta = await store.get(layout.meta_key(self.ctx.project, key))
-            self._meta_etag = meta.info.etag
+        self._meta_etag = None
+        if any(info.key == meta_key for info in listing):
             try:
+                meta = await store.get(meta_key)
+                self._meta_etag = meta.info.etag
                 bucket_state = layout.parse_meta(meta.body, key)
+            except NotFound:
+                pass  # removed since the listing: written afresh below
             except layout.LayoutError as exc:
                 self.log.warning("meta.json unusable; rebuilding it from the parts", error=str(exc))
-        except NotFound:
-            self._meta_etag = None
         if bucket_state is not None:
             self._check_lease(bucket_state.lease)
-        prefix = layout.session_prefix(self.ctx.project, key)
-        listed = {
-            seq: info
-            for info in await store.list(prefix + "part-")
-            if (seq := layout.parse_part_key(info.key)) is not None
-        }
         state = self._pick_base(listed, self.state, bucket_state)
         for seq in sorted(s for s in listed if s >= state.next_seq):
             info = await store.head(listed[seq].key)
