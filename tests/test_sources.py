@@ -193,8 +193,9 @@ def test_backfill_window_skips_old_sessions_until_they_change(tmp_path: Path) ->
         time.sleep(1.0)
         assert generations(env, old) == {}
         append(old, lines(old, 4, 1))
+        # a month-old file is *cold*: only every 30th scan (9 s here) looks at it
         wait_for(
-            lambda: generations(env, old).get(0) == complete_lines(old.path), 15, "the touched old session"
+            lambda: generations(env, old).get(0) == complete_lines(old.path), 30, "the touched old session"
         )
         assert daemon.stop() == 0
 
@@ -376,3 +377,38 @@ def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
     assert len(restarts) == failures >= 3
     for attempt, event in enumerate(restarts[:4]):  # full jitter: in [2^k / 2, 2^k] seconds
         assert 2**attempt / 2 - 0.05 <= event["retry_in_s"] <= 2**attempt + 0.05, restarts
+
+
+def test_cold_parked_sessions_are_only_looked_at_in_the_cold_sweeps(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked files untouched for over a day are stat'ed only by the sweeps that include cold ones."""
+    from tracemirrord.config import load_settings
+    from tracemirrord.supervisor import Daemon as InProcessDaemon
+
+    home = Path(env["HOME"])
+    warm, cold = make_session(home, "claude-code"), make_session(home, "claude-code")
+    for s, age in ((warm, 7200), (cold, 30 * 86400)):
+        append(s, lines(s, 0, 3))
+        os.utime(s.path, (time.time() - age, time.time() - age))
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    async def restart() -> None:
+        daemon = InProcessDaemon(load_settings(), env)
+        await daemon.open()
+        try:
+            (task,) = [t for t in daemon.tasks if t.name == "claude-code"]
+            assert await task.discover() == []  # both parked
+            append(warm, lines(warm, 3, 1))
+            append(cold, lines(cold, 3, 1))
+            woken = await task.sweep_parked(cold=False)
+            assert [f.key.session_id for f in woken] == [warm.session_id]
+            woken = await task.sweep_parked(cold=True)
+            assert [f.key.session_id for f in woken] == [cold.session_id]
+        finally:
+            await daemon.close()
+
+    anyio.run(restart)

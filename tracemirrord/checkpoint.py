@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS session_state (
 """
 
 
-def parse_cached(raw: bytes, key: SessionKey) -> SessionState | None:
+def parse_cached(raw: str | bytes, key: SessionKey) -> SessionState | None:
     """A cached state as stored by ``save`` (None when it is from another layout or damaged)."""
     try:
         return parse_meta(raw, key)
@@ -89,10 +89,10 @@ class Checkpointer:
             self.last_error = f"checkpoint read failed: {exc}"
             return None
         for (raw,) in rows:
-            return parse_cached(raw.encode(), key)
+            return parse_cached(raw, key)
         return None
 
-    async def load_all_raw(self, harness: str) -> dict[str, bytes]:
+    async def load_all_raw(self, harness: str) -> dict[str, str]:
         """Every cached state of one harness, unparsed (for a cheap start-up triage)."""
         if self._db is None:
             return {}
@@ -101,7 +101,7 @@ class Checkpointer:
                 "SELECT session_id, state FROM session_state WHERE bucket=? AND project=? AND harness=?",
                 (self._bucket, self._project, harness),
             )
-            return {session_id: state.encode() for session_id, state in rows}
+            return dict(rows)  # type: ignore[arg-type]
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint read failed: {exc}"
             return {}

@@ -199,7 +199,7 @@ def _opt_str(doc: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def parse_meta(body: bytes, key: SessionKey) -> SessionState:
+def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
     """A SessionState from a meta.json body (LayoutError if it is not a usable meta.json of ours)."""
     try:
         doc = json.loads(body)

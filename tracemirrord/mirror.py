@@ -183,6 +183,10 @@ class SessionMirror:
         """Wake the follower now (its file changed, or the daemon is stopping)."""
         self._wake.set()
 
+    def untouched_for(self, seconds: float, now: float) -> bool:
+        """Was the file, when last looked at, last modified more than ``seconds`` before ``now``?"""
+        return self._last_stat is not None and now - self._last_stat.mtime > seconds
+
     def changed_since_last_look(self) -> bool:
         """For the idle sweep (blocking stat): has the file changed since the follower last read it?"""
         return stat_file(self.path) != self._last_stat

@@ -41,6 +41,8 @@ log = structlog.get_logger("tracemirrord")
 
 HEARTBEAT_INTERVAL_S = 60.0
 IDLE_SWEEP_EVERY = 5  # scans between two idle sweeps of the parked sessions
+COLD_SWEEP_EVERY = 30  # scans between two sweeps that include the cold ones (see sweep_parked)
+COLD_AFTER_S = 86400.0
 STABLE_RUN_S = 60.0
 
 
@@ -129,7 +131,8 @@ class HarnessTask:
                     elif state is not None:
                         if unchanged_at(follower.path, state.cursor, state.fingerprint) == st:
                             park = st  # fully mirrored and untouched since
-                verdicts.append((follower, state, park))
+                # a parked follower keeps no state: ten thousand old sessions must not cost memory
+                verdicts.append((follower, None, park) if park is not None else (follower, state, None))
             return verdicts
 
         started = []
@@ -151,7 +154,7 @@ class HarnessTask:
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
                     if scans % IDLE_SWEEP_EVERY == 0:
-                        for follower in await self.sweep_parked():
+                        for follower in await self.sweep_parked(cold=scans % COLD_SWEEP_EVERY == 0):
                             followers.start_soon(follower.run, stopping)
                     scans += 1
                     with anyio.move_on_after(self.scan_interval_s):
@@ -164,9 +167,19 @@ class HarnessTask:
         for follower in self.followers.values():
             follower.nudge()
 
-    async def sweep_parked(self) -> list[SessionMirror]:
-        """Stat every parked (long idle) session in one worker-thread batch; return those that changed."""
-        parked = [f for f in self.followers.values() if f.parked]
+    async def sweep_parked(self, *, cold: bool = True) -> list[SessionMirror]:
+        """Stat parked (long idle) sessions in one worker-thread batch; return those that changed.
+
+        Each stat costs a few microseconds, which for ten thousand old sessions is most of the idle
+        budget; so files untouched for a day (*cold*) are only included when ``cold`` is set, which
+        the harness task does every COLD_SWEEP_EVERY scans (a minute at the default scan interval).
+        """
+        now = time.time()
+        parked = [
+            f
+            for f in self.followers.values()
+            if f.parked and (cold or not f.untouched_for(COLD_AFTER_S, now))
+        ]
         if not parked:
             return []
         changed = await anyio.to_thread.run_sync(lambda: [f for f in parked if f.changed_since_last_look()])
