@@ -412,3 +412,35 @@ def test_cold_parked_sessions_are_only_looked_at_in_the_cold_sweeps(
             await daemon.close()
 
     anyio.run(restart)
+
+
+def test_once_reports_progress_while_it_works(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--once`` logs how many sessions are done out of how many while it runs, then a summary."""
+    from structlog.testing import capture_logs
+
+    from tracemirrord import supervisor
+    from tracemirrord.config import load_settings
+
+    home = Path(env["HOME"])
+    for harness in ("claude-code", "codex", "pi"):
+        s = make_session(home, harness)
+        append(s, lines(s, 0, 20))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(supervisor, "PROGRESS_EVERY_S", 0.001)
+
+    async def once() -> int:
+        daemon = supervisor.Daemon(load_settings(), env)
+        await daemon.open()
+        try:
+            return await daemon.run_once()
+        finally:
+            await daemon.close()
+
+    with capture_logs() as logs:
+        assert anyio.run(once) == 0
+    progress = [e for e in logs if e["event"] == "mirroring pending sessions"]
+    assert progress, "no progress line"
+    assert all(0 <= e["sessions_done"] <= e["sessions"] <= 3 and e["elapsed_s"] >= 0 for e in progress)
+    (summary,) = [e for e in logs if e["event"] == "everything pending is mirrored"]
+    assert summary["sessions"] == summary["sessions_done"] == 3

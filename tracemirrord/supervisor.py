@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -44,6 +45,7 @@ IDLE_SWEEP_EVERY = 5  # scans between two idle sweeps of the parked sessions
 COLD_SWEEP_EVERY = 30  # scans between two sweeps that include the cold ones (see sweep_parked)
 COLD_AFTER_S = 86400.0
 STABLE_RUN_S = 60.0
+PROGRESS_EVERY_S = 10.0
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -51,6 +53,22 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(describe_failure(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class OnceProgress:
+    """How far ``--once`` has come, for the line it logs every PROGRESS_EVERY_S on a long backfill."""
+
+    sessions: int = 0  # sessions found with something to mirror
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def log(self, event: str) -> None:
+        log.info(event, sessions_done=self.done, sessions=self.sessions, elapsed_s=self.elapsed_s)
+
+    @property
+    def elapsed_s(self) -> float:
+        return round(time.monotonic() - self.started, 1)
 
 
 class DaemonError(Exception):
@@ -187,9 +205,10 @@ class HarnessTask:
             follower.parked = False
         return changed
 
-    async def sync_once(self) -> list[str]:
+    async def sync_once(self, progress: OnceProgress | None = None) -> list[str]:
         """Mirror everything pending in every session once; returns one message per failure."""
         failures: list[str] = []
+        progress = progress or OnceProgress()
 
         async def sync(follower: SessionMirror) -> None:
             try:
@@ -197,9 +216,13 @@ class HarnessTask:
             except Exception as exc:
                 failures.append(f"{follower.key}: {type(exc).__name__}: {exc}")
                 log.error("session not mirrored", session=str(follower.key), error=str(exc))
+            finally:
+                progress.done += 1
 
         async with anyio.create_task_group() as tg:
-            for follower in await self.discover():
+            pending = await self.discover()
+            progress.sessions += len(pending)
+            for follower in pending:
                 tg.start_soon(sync, follower)
         return failures
 
@@ -336,14 +359,30 @@ class Daemon:
             )
             return 1
         failures: list[str] = []
-        for task in self.tasks:
-            failures += await task.sync_once()
+        progress = OnceProgress()
+        async with anyio.create_task_group() as reporter:
+            reporter.start_soon(self._report_progress, progress)
+            for task in self.tasks:
+                failures += await task.sync_once(progress)
+            reporter.cancel_scope.cancel()
         sessions = sum(len(t.followers) for t in self.tasks)
         if failures:
             log.error("mirroring incomplete", failed=len(failures), sessions=sessions)
             return 1
-        log.info("everything pending is mirrored", sessions=sessions, bucket=self.store.url)
+        log.info(
+            "everything pending is mirrored",
+            sessions=sessions,
+            sessions_done=progress.done,
+            elapsed_s=progress.elapsed_s,
+            bucket=self.store.url,
+        )
         return 0
+
+    async def _report_progress(self, progress: OnceProgress) -> None:
+        """A line every PROGRESS_EVERY_S, so a first run over months of history does not look stuck."""
+        while True:
+            await anyio.sleep(PROGRESS_EVERY_S)
+            progress.log("mirroring pending sessions")
 
     async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
