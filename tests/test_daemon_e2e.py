@@ -141,3 +141,34 @@ def test_a_burst_is_one_part_and_an_idle_session_sends_nothing(
         part_puts = [r for r in s3_proxy.request_log if r.method == "PUT" and "/part-" in r.target]
         assert len(part_puts) == 1, [r.target for r in part_puts]
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_once_writes_a_new_sessions_meta_json_once_and_claims_a_known_one(
+    tmp_path: Path, s3_bucket: str, s3_env: dict[str, str], s3_proxy: BytesCountingProxy
+) -> None:
+    """``--once`` on sessions new to the bucket: their parts, then one meta.json each (released).
+    On a session the bucket already has, the lease is claimed first, as the daemon always does."""
+    bucket = f"s3://{s3_bucket}"
+    env = daemon_env(tmp_path, bucket, s3_subprocess_env(s3_proxy.endpoint_url))
+    files = [make_session(Path(env["HOME"]), h) for h in HARNESSES]
+    rng = random.Random(11)
+    for s in files:
+        s.path.write_bytes(b"".join(record(s.harness, s.session_id, i, rng) for i in range(5)))
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+
+    def puts(kind: str) -> list[str]:
+        return [r.target for r in s3_proxy.request_log if r.method == "PUT" and kind in r.target]
+
+    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
+    assert len(puts("/part-")) == 3 and len(puts("/meta.json")) == 3, s3_proxy.request_log
+    assert converged(bucket, files, s3_env)
+    assert all(_meta(bucket, s, s3_env)["writer"] is None for s in files)
+
+    s3_proxy.reset_counters()
+    with files[0].path.open("ab") as f:
+        f.write(record(files[0].harness, files[0].session_id, 5, rng))
+    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
+    assert len(puts("/part-")) == 1
+    assert len(puts("/meta.json")) == 2, "claim before the part, release after"
+    assert converged(bucket, files, s3_env)
+    assert _meta(bucket, files[0], s3_env)["writer"] is None

@@ -164,6 +164,8 @@ class SessionMirror:
         self._meta_etag: str | None = None
         self._meta_written_at: float | None = None
         self._meta_seq = -1  # next_seq as of the last meta.json write
+        self._once = False  # set by sync_once: mirror what is pending, then write meta.json once
+        self._unclaimed = False  # --once on a session new to the bucket: meta.json comes at the end
         self._wake = anyio.Event()
         self.parked = False
 
@@ -311,6 +313,7 @@ class SessionMirror:
 
     async def sync_once(self) -> None:
         """Mirror everything pending now, write meta.json, and return (``tracemirrord --once``)."""
+        self._once = True
         while await self.step(flush_all=True) == 0.0:
             pass
         await self.drain()
@@ -374,6 +377,12 @@ class SessionMirror:
         self.state = state
         self.ctx.health.ok()
         self._rolled_forward = True
+        # New to the bucket, under --once: no lease for the few moments this takes. Parts are
+        # create-only at keys fixed by seq, so another writer still cannot interleave bytes;
+        # meta.json is written once, at the end (one object less per session on a backfill).
+        self._unclaimed = self._once and not listing
+        if self._unclaimed:
+            return
         await self._write_meta()  # claims the lease before the first part of this run
 
     def _pick_base(self, listed: dict[int, object], *candidates: SessionState | None) -> SessionState:
@@ -484,7 +493,8 @@ class SessionMirror:
     async def _flush(self) -> None:
         """Redact the pending lines and put them as the next part; then meta (when due), checkpoint."""
         assert self.state is not None and self._pending
-        if self._meta_written_at is None or time.monotonic() - self._meta_written_at > LEASE_TTL_S / 2:
+        written = self._meta_written_at
+        if not self._unclaimed and (written is None or time.monotonic() - written > LEASE_TTL_S / 2):
             await self._write_meta()  # renew the lease before writing under it
         chunks = self._pending
         raw = chunks[0].data if len(chunks) == 1 else b"".join(c.data for c in chunks)
@@ -536,7 +546,7 @@ class SessionMirror:
         self._pending = []
         self._pending_bytes = 0
         self._pending_since = None
-        if self._meta_due():
+        if self._meta_due() and not self._unclaimed:
             try:
                 await self._write_meta()
             except StoreError as exc:  # the part is durable; meta.json catches up later
@@ -586,6 +596,7 @@ class SessionMirror:
             self._meta_etag = etag
             self._meta_written_at = time.monotonic()
             self._meta_seq = state.next_seq
+            self._unclaimed = False
             return
         raise WriterConflict("meta.json kept changing under us")
 
