@@ -6,23 +6,28 @@ moved files, the backfill window and a second daemon on the same sessions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 from daemon import Daemon, daemon_env, read_back, wait_for
 from sessions import SessionFile, complete_lines, make_session, record
+from structlog.testing import capture_logs
 
+from tracemirrord import supervisor
+from tracemirrord.config import load_settings
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import Reassembled
 from tracemirrord.redact import Redactor
+from tracemirrord.supervisor import Daemon as InProcessDaemon
 
 redactor = Redactor()
 
@@ -38,6 +43,33 @@ def daemon(env: dict[str, str], tmp_path: Path) -> Iterator[Daemon]:
         yield running
         if running.alive():
             assert running.stop() == 0, running.log()
+
+
+InProcess = Callable[[], contextlib.AbstractAsyncContextManager[InProcessDaemon]]
+
+
+@pytest.fixture
+def in_process(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> InProcess:
+    """Opens the supervisor's Daemon in this process on ``env`` (closed again on the way out)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[InProcessDaemon]:
+        daemon = InProcessDaemon(load_settings(), env)
+        await daemon.open()
+        try:
+            yield daemon
+        finally:
+            await daemon.close()
+
+    return opened
+
+
+def mirror_once(env: dict[str, str]) -> None:
+    """``tracemirrord --once`` as a subprocess; it must succeed."""
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
 
 
 def bucket_of(env: dict[str, str]) -> str:
@@ -262,31 +294,23 @@ def test_parked_idle_session_wakes_up_when_appended(env: dict[str, str], tmp_pat
 
 
 def test_restart_parks_fully_mirrored_old_sessions_without_a_task(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], in_process: InProcess
 ) -> None:
     """After a restart, old sessions the checkpoint shows fully mirrored are parked at discovery.
 
     Only the changed one gets a follower task; the others wake through the idle sweep when appended.
     """
-    from tracemirrord.config import load_settings
-    from tracemirrord.supervisor import Daemon as InProcessDaemon
-
     home = Path(env["HOME"])
     sessions = [make_session(home, "claude-code") for _ in range(3)]
     two_hours_ago = time.time() - 7200
     for n, s in enumerate(sessions):
         append(s, lines(s, 0, 3 + n))
         os.utime(s.path, (two_hours_ago, two_hours_ago))
-    once = [sys.executable, "-m", "tracemirrord", "--once"]
-    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
+    mirror_once(env)
     append(sessions[0], lines(sessions[0], 3, 1))  # changed since: needs a task
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
 
     async def restart() -> None:
-        daemon = InProcessDaemon(load_settings(), env)
-        await daemon.open()
-        try:
+        async with in_process() as daemon:
             (task,) = [t for t in daemon.tasks if t.name == "claude-code"]
             started = await task.discover()
             assert [f.key.session_id for f in started] == [sessions[0].session_id]
@@ -297,8 +321,6 @@ def test_restart_parks_fully_mirrored_old_sessions_without_a_task(
             woken = await task.sweep_parked()
             assert [f.key.session_id for f in woken] == [sessions[2].session_id]
             await woken[0].sync_once()
-        finally:
-            await daemon.close()
 
     anyio.run(restart)
     got = back(env, sessions[2]).generations[0]
@@ -306,22 +328,15 @@ def test_restart_parks_fully_mirrored_old_sessions_without_a_task(
 
 
 def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], in_process: InProcess
 ) -> None:
     """A harness whose discovery raises is restarted with growing, jittered delays (each logged) and
     mirrors once it recovers; meanwhile the other harness follows its sessions as if nothing happened.
     """
-    from structlog.testing import capture_logs
-
-    from tracemirrord.config import load_settings
-    from tracemirrord.supervisor import Daemon as InProcessDaemon
-
     home = Path(env["HOME"])
     healthy, flaky = make_session(home, "claude-code"), make_session(home, "codex")
     append(healthy, lines(healthy, 0, 3))
     append(flaky, lines(flaky, 0, 3))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     broken = True
     failures = 0
 
@@ -336,21 +351,19 @@ def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
 
     async def scenario() -> None:
         nonlocal broken
-        daemon = InProcessDaemon(load_settings(), env)
-        await daemon.open()
-        (codex,) = [t for t in daemon.tasks if t.name == "codex"]
-        real_discover = codex.harness.discover
+        async with in_process() as daemon:
+            (codex,) = [t for t in daemon.tasks if t.name == "codex"]
+            real_discover = codex.harness.discover
 
-        def broken_discover(*args: object) -> object:
-            nonlocal failures
-            if broken:
-                failures += 1
-                raise OSError("simulated: the codex sessions dir is unreadable")
-            return real_discover(*args)
+            def broken_discover(*args: object) -> object:
+                nonlocal failures
+                if broken:
+                    failures += 1
+                    raise OSError("simulated: the codex sessions dir is unreadable")
+                return real_discover(*args)
 
-        codex.harness.discover = broken_discover  # type: ignore[method-assign]
-        stopping = anyio.Event()
-        try:
+            codex.harness.discover = broken_discover  # type: ignore[method-assign]
+            stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
                 for task in daemon.tasks:
                     tg.start_soon(daemon._supervise, task, stopping)
@@ -366,8 +379,6 @@ def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
                 with anyio.fail_after(15):
                     await until(lambda: mirrored(healthy))  # and the other one is still followed
                 stopping.set()
-        finally:
-            await daemon.close()
 
     with capture_logs() as logs:
         anyio.run(scenario)
@@ -380,26 +391,18 @@ def test_a_failing_harness_task_is_restarted_and_never_stops_the_others(
 
 
 def test_cold_parked_sessions_are_only_looked_at_in_the_cold_sweeps(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], in_process: InProcess
 ) -> None:
     """Parked files untouched for over a day are stat'ed only by the sweeps that include cold ones."""
-    from tracemirrord.config import load_settings
-    from tracemirrord.supervisor import Daemon as InProcessDaemon
-
     home = Path(env["HOME"])
     warm, cold = make_session(home, "claude-code"), make_session(home, "claude-code")
     for s, age in ((warm, 7200), (cold, 30 * 86400)):
         append(s, lines(s, 0, 3))
         os.utime(s.path, (time.time() - age, time.time() - age))
-    once = [sys.executable, "-m", "tracemirrord", "--once"]
-    assert subprocess.run(once, env=env, capture_output=True, timeout=60).returncode == 0
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    mirror_once(env)
 
     async def restart() -> None:
-        daemon = InProcessDaemon(load_settings(), env)
-        await daemon.open()
-        try:
+        async with in_process() as daemon:
             (task,) = [t for t in daemon.tasks if t.name == "claude-code"]
             assert await task.discover() == []  # both parked
             append(warm, lines(warm, 3, 1))
@@ -408,34 +411,23 @@ def test_cold_parked_sessions_are_only_looked_at_in_the_cold_sweeps(
             assert [f.key.session_id for f in woken] == [warm.session_id]
             woken = await task.sweep_parked(cold=True)
             assert [f.key.session_id for f in woken] == [cold.session_id]
-        finally:
-            await daemon.close()
 
     anyio.run(restart)
 
 
-def test_once_reports_progress_while_it_works(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_once_reports_progress_while_it_works(
+    env: dict[str, str], in_process: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--once`` logs how many sessions are done out of how many while it runs, then a summary."""
-    from structlog.testing import capture_logs
-
-    from tracemirrord import supervisor
-    from tracemirrord.config import load_settings
-
     home = Path(env["HOME"])
     for harness in ("claude-code", "codex", "pi"):
         s = make_session(home, harness)
         append(s, lines(s, 0, 20))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setattr(supervisor, "PROGRESS_EVERY_S", 0.001)
 
     async def once() -> int:
-        daemon = supervisor.Daemon(load_settings(), env)
-        await daemon.open()
-        try:
+        async with in_process() as daemon:
             return await daemon.run_once()
-        finally:
-            await daemon.close()
 
     with capture_logs() as logs:
         assert anyio.run(once) == 0
