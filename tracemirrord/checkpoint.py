@@ -26,7 +26,15 @@ CREATE TABLE IF NOT EXISTS session_state (
     session_id TEXT NOT NULL,
     state TEXT NOT NULL,
     PRIMARY KEY (bucket, project, harness, session_id)
-)
+);
+CREATE TABLE IF NOT EXISTS source_cursor (
+    bucket TEXT NOT NULL,
+    project TEXT NOT NULL,
+    harness TEXT NOT NULL,
+    source TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (bucket, project, harness, source)
+);
 """
 
 
@@ -67,7 +75,7 @@ class Checkpointer:
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute(_SCHEMA)
+            await db.executescript(_SCHEMA)
             await db.execute("SELECT count(*) FROM session_state")
         except BaseException:
             await db.close()
@@ -120,6 +128,40 @@ class Checkpointer:
             self.last_error = f"checkpoint write failed: {exc}"
             return False
         self.last_error = None
+        return True
+
+    async def load_cursor(self, harness: str, source: str) -> str | None:
+        """A shared read position of a source many sessions come from (hermes' global rowid).
+
+        Like everything here it is a cache: without it the source is read from its start and each
+        session's roll-forward drops what its parts already hold.
+        """
+        if self._db is None:
+            return None
+        try:
+            rows = await self._db.execute_fetchall(
+                "SELECT value FROM source_cursor WHERE bucket=? AND project=? AND harness=? AND source=?",
+                (self._bucket, self._project, harness, source),
+            )
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint read failed: {exc}"
+            return None
+        for (value,) in rows:
+            return str(value)
+        return None
+
+    async def save_cursor(self, harness: str, source: str, value: str) -> bool:
+        """Cache a shared read position; save only what every session's writer made durable."""
+        if self._db is None:
+            return False
+        try:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO source_cursor VALUES (?, ?, ?, ?, ?)",
+                (self._bucket, self._project, harness, source, value),
+            )
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint write failed: {exc}"
+            return False
         return True
 
     async def close(self) -> None:

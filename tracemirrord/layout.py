@@ -28,12 +28,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tracemirrord import __version__
-from tracemirrord.model import Fingerprint, Lease, PartRecord, SessionKey, SessionState, is_safe_segment
+from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, is_safe_segment
 
 SCHEMA_VERSION = 1
 META_NAME = "meta.json"
 PART_METADATA_KEY = "tracemirror"
 META_PARTS_WINDOW = 32
+# Session metadata beyond tracecraft's cwd/started_at, from each harness's (redacted) records.
+INFO_META_FIELDS = ("model", "git_branch", "title", "agent_version")
 _PART_NAME = re.compile(r"^part-(\d{5,})-([0-9a-f]{8})\.jsonl$")
 
 
@@ -81,18 +83,25 @@ def agent_key(project: str, agent_id: str) -> str:
 
 
 def encode_part_metadata(part: PartRecord) -> dict[str, str]:
-    """One compact ASCII metadata value (one header): every byte of a PUT counts on the wire."""
-    fields = [
-        "v=1",
-        f"g={part.generation}",
-        f"s={part.start}",
-        f"e={part.end}",
-        f"sha={part.sha256}",
-        f"fp={part.fingerprint.encode()}",
-    ]
+    """One compact ASCII metadata value (one header): every byte of a PUT counts on the wire.
+
+    ``s``/``e`` are the source cursors the part covers, ``ck`` the source's check value at ``e``
+    (written ``fp`` before 0.2, still read), ``n`` the source bytes when they are not ``e - s``
+    (rows, documents).
+    """
+    fields = ["v=1", f"g={part.generation}", f"s={part.start}", f"e={part.end}", f"sha={part.sha256}"]
+    if part.check is not None:
+        fields.append(f"ck={part.check}")
+    if part.source_bytes != part.end - part.start:
+        fields.append(f"n={part.source_bytes}")
     if part.redactions:
         fields.append("r=" + ",".join(f"{rule}:{n}" for rule, n in sorted(part.redactions.items())))
     return {PART_METADATA_KEY: ";".join(fields)}
+
+
+def check_value_ok(check: str) -> bool:
+    """Whether a source's check value can travel in part metadata (printable ASCII, no ';')."""
+    return check.isascii() and check.isprintable() and ";" not in check
 
 
 def decode_part_metadata(
@@ -110,17 +119,19 @@ def decode_part_metadata(
             for item in fields["r"].split(","):
                 rule, count = item.rsplit(":", 1)
                 redactions[rule] = int(count)
+        start, end = int(fields["s"]), int(fields["e"])
         return PartRecord(
             seq=seq,
             token=object_key.rsplit("-", 1)[-1].removesuffix(".jsonl"),
             generation=int(fields["g"]),
-            start=int(fields["s"]),
-            end=int(fields["e"]),
+            start=start,
+            end=end,
             sha256=fields["sha"],
             uploaded_bytes=size,
             redactions=redactions,
             uploaded_at=_iso(last_modified),
-            fingerprint=Fingerprint.decode(fields["fp"]),
+            check=fields.get("ck", fields.get("fp")),
+            source_bytes=int(fields.get("n", end - start)),
         )
     except (KeyError, ValueError) as exc:
         raise LayoutError(f"{object_key} has malformed part metadata: {exc}") from None
@@ -146,7 +157,7 @@ def _part_entry(part: PartRecord) -> dict[str, Any]:
         "uploaded_at": part.uploaded_at,
         "generation": part.generation,
         "sha256": part.sha256,
-        "fingerprint": part.fingerprint.encode(),
+        "check": part.check,
     }
 
 
@@ -169,7 +180,9 @@ def render_meta(state: SessionState, *, agent_id: str, host: str) -> bytes:
         "part_count": state.next_seq,
         "generation": state.generation,
         "cursor": state.cursor,
-        "fingerprint": state.fingerprint.encode() if state.fingerprint else None,
+        "cursor_unit": state.unit,
+        "check": state.check,
+        **{name: state.info.get(name) for name in INFO_META_FIELDS},
         "host": host,
         "writer": (
             {
@@ -199,6 +212,14 @@ def _opt_str(doc: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _check_of(entry: Mapping[str, Any]) -> str | None:
+    """The check value of a meta.json (or parts entry); before 0.2 it was called ``fingerprint``."""
+    value = entry.get("check", entry.get("fingerprint"))
+    if value is not None and not isinstance(value, str):
+        raise ValueError("check is not a string")
+    return value
+
+
 def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
     """A SessionState from a meta.json body (LayoutError if it is not a usable meta.json of ours)."""
     try:
@@ -221,11 +242,16 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
                 uploaded_bytes=int(p["uploaded_bytes"]),
                 redactions={str(k): int(v) for k, v in p.get("redactions", {}).items()},
                 uploaded_at=p.get("uploaded_at"),
-                fingerprint=Fingerprint.decode(p["fingerprint"]),
+                check=_check_of(p),
+                source_bytes=int(p.get("source_bytes", int(p["cursor_range"][1]) - int(p["cursor_range"][0]))),
             )
             for p in doc.get("parts", [])
         ]
-        fingerprint = Fingerprint.decode(doc["fingerprint"]) if doc.get("fingerprint") else None
+        check = _check_of(doc)
+        info = {name: doc[name] for name in INFO_META_FIELDS if isinstance(doc.get(name), str)}
+        unit = doc.get("cursor_unit", "bytes")
+        if unit not in ("bytes", "rows", "records"):
+            raise ValueError(f"cursor_unit {unit!r}")
         writer = doc.get("writer")
         lease = (
             Lease(str(writer["agent_id"]), str(writer["instance"]), str(writer["renewed_at"]))
@@ -246,7 +272,9 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
         last_uploaded_at=_opt_str(doc, "last_uploaded_at"),
         generation=_int(doc, "generation"),
         cursor=_int(doc, "cursor"),
-        fingerprint=fingerprint,
+        check=check,
+        unit=unit,
+        info=info,
         next_seq=_int(doc, "part_count"),
         total_source_bytes=_int(doc, "total_source_bytes"),
         total_uploaded_bytes=_int(doc, "total_uploaded_bytes"),

@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from tracemirrord.source import Position
+
 # How many bytes at the start and before the cursor identify a JSONL source (see Fingerprint).
 FINGERPRINT_BYTES = 1024
 MAX_SEGMENT_BYTES = 200
@@ -92,7 +94,12 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class PartRecord:
-    """One part object: which source bytes it holds and what was uploaded for them."""
+    """One part object: which stretch of its source it holds and what was uploaded for it.
+
+    ``start``/``end`` are source cursors (source.Position) in ``generation``; ``check`` is the
+    source's check value as of ``end``; ``source_bytes`` is how much source it covers (for a file,
+    ``end - start``; for rows, the size of their JSON).
+    """
 
     seq: int
     token: str
@@ -103,11 +110,8 @@ class PartRecord:
     uploaded_bytes: int
     redactions: dict[str, int]
     uploaded_at: str | None
-    fingerprint: Fingerprint
-
-    @property
-    def source_bytes(self) -> int:
-        return self.end - self.start
+    check: str | None
+    source_bytes: int
 
 
 @dataclass(slots=True)
@@ -131,19 +135,25 @@ class SessionState:
     last_uploaded_at: str | None = None
     generation: int = 0
     cursor: int = 0
-    fingerprint: Fingerprint | None = None
+    check: str | None = None  # the source's check value at ``cursor`` (source.Position)
     next_seq: int = 0
     total_source_bytes: int = 0
     total_uploaded_bytes: int = 0
     redaction_counts: dict[str, int] = field(default_factory=dict)
     recent_parts: list[PartRecord] = field(default_factory=list)
     lease: Lease | None = None
+    unit: str = "bytes"  # what the cursor counts (source.CursorUnit)
+    info: dict[str, str] = field(default_factory=dict)  # model, git_branch, title, agent_version
+
+    @property
+    def position(self) -> Position:
+        return Position(self.generation, self.cursor, self.check)
 
     def adopt(self, part: PartRecord, window: int) -> None:
         """Account for a part that is durably in the bucket (ours, or found there on start)."""
         self.generation = part.generation
         self.cursor = part.end
-        self.fingerprint = part.fingerprint
+        self.check = part.check
         self.next_seq = part.seq + 1
         self.total_source_bytes += part.source_bytes
         self.total_uploaded_bytes += part.uploaded_bytes
@@ -158,4 +168,4 @@ class SessionState:
         """The source no longer matches what was mirrored: continue from its start, next generation."""
         self.generation += 1
         self.cursor = 0
-        self.fingerprint = None
+        self.check = None

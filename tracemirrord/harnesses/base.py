@@ -1,14 +1,17 @@
-"""What a harness is: where an agent keeps its sessions, how to find them and name them.
+"""The harness contract: where an agent keeps its sessions, how to find them, how to open each one.
 
-A harness is stateless: it turns a root directory into ``SessionRef``s (session id + path) and a
-session's first records into ``SessionInfo``. The mechanics of following a source live by kind:
+A ``Harness`` turns its roots into ``SessionRef``s (a session id, a safe key segment, and where the
+session lives) and opens each as a ``source.Source``, the only thing the writer (mirror.py) sees.
+One harness instance serves one running harness task, so it may keep caches and shared readers
+(a directory-listing cache; one database reader for all of hermes' sessions). Source kinds:
 
-- ``jsonl``: append-only JSONL files, byte-offset cursor (harnesses/jsonl.py, mirror.py).
-- ``sqlite``: append-only rows, rowid cursor (hermes; a later source kind).
-- ``document``: records rewritten in place, change cursor (opencode, old gemini-cli; later).
+- ``jsonl``: append-only JSONL files, byte-offset cursor (``JsonlHarness``, harnesses/jsonl.py).
+- ``sqlite``: append-only rows, rowid cursor (hermes).
+- ``document``: records rewritten in place, change cursor (opencode, old gemini-cli).
 
-Adding a JSONL agent means one small module with a ``JsonlHarness`` subclass, registered in
-``REGISTRY`` (harnesses/__init__.py).
+Adding an agent means one small module with a ``Harness`` subclass (for JSONL agents a
+``JsonlHarness`` with ``default_roots`` and ``session_id``) and one line in ``REGISTRY``
+(harnesses/__init__.py); docs/adding-a-harness.md walks through it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
+
+import anyio
+import anyio.to_thread
 
 from tracemirrord.model import is_safe_segment
+from tracemirrord.source import SessionInfo, Source
 
 SourceKind = Literal["jsonl", "sqlite", "document"]
 _DESCRIBE_LINE_LIMIT = 64 * 1024
@@ -29,43 +36,114 @@ _DESCRIBE_LINE_LIMIT = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class SessionRef:
-    """A session found on disk: its id (a safe key segment) and where its source is."""
+    """A session found on disk: its id (a safe key segment) and where its source is.
+
+    ``path`` is the file (JSONL, document) or the database that holds the session.
+    """
 
     session_id: str
     path: Path
 
 
 @dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """What a session's own records say about it (either may be unknown)."""
+class Attachment:
+    """A file that belongs to a session but is no transcript (Claude Code's tool-results).
 
-    cwd: str | None = None
-    started_at: str | None = None
+    Mirrored once, redacted, as its own create-only object ``<session prefix>/<name>``.
+    """
+
+    session_id: str
+    name: str  # relative key below the session prefix, e.g. ``tool-results/toolu_01.txt``
+    path: Path
 
 
-class JsonlHarness:
-    """An agent whose sessions are append-only ``*.jsonl`` files below one or more roots."""
+class SharedCursors(Protocol):
+    """Where a harness keeps read positions shared by many sessions (the local checkpoint)."""
+
+    async def load(self, source: str) -> str | None: ...
+
+    async def save(self, source: str, value: str) -> None: ...
+
+
+@dataclass
+class HarnessHooks:
+    """What the harness task hands a harness's ``watch``: shared cursors, and a way to wake a session.
+
+    ``wake(session_id)`` makes the session's follower read now (starting it again if it was parked);
+    it is how a harness that notices changes itself (one database for many sessions) gets low lag
+    without every follower polling.
+    """
+
+    cursors: SharedCursors
+    wake: Callable[[str], None]
+
+
+class Harness:
+    """One agent: its roots, its sessions and how to open each as a Source."""
 
     name: ClassVar[str]
-    kind: ClassVar[SourceKind] = "jsonl"
-    max_depth: ClassVar[int] = 4  # directory levels below a root that may hold session files
+    kind: ClassVar[SourceKind]
+    root_env: ClassVar[tuple[str, ...]] = ()  # the agent's own variables that move its root
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
         """Where this agent keeps sessions, from its own environment variables, else under home."""
         raise NotImplementedError
 
+    async def discover(self, roots: list[Path]) -> Discovery:
+        """Every session below the roots (the previous Discovery object itself if nothing changed)."""
+        raise NotImplementedError
+
+    def discover_blocking(self, roots: list[Path]) -> Discovery:
+        """The same, for ``--check`` outside the event loop."""
+        raise NotImplementedError
+
+    def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
+        """The Source that follows one discovered session."""
+        raise NotImplementedError
+
+    async def watch(self, roots: list[Path], hooks: HarnessHooks, stopping: anyio.Event) -> None:
+        """Run beside the followers until ``stopping`` (optional): notice changes, call ``hooks.wake``.
+
+        The default watches nothing: each follower probes its own source.
+        """
+
+    async def close(self) -> None:
+        """Release what the harness holds open (database connections)."""
+
+
+class JsonlHarness(Harness):
+    """An agent whose sessions are append-only ``*.jsonl`` files below one or more roots."""
+
+    kind: ClassVar[SourceKind] = "jsonl"
+    max_depth: ClassVar[int] = 4  # directory levels below a root that may hold session files
+    suffixes: ClassVar[tuple[str, ...]] = (".jsonl",)  # file names that may be sessions
+
+    def __init__(self) -> None:
+        self._dirs = DirCache(self.suffixes)
+
     def session_id(self, root: Path, path: Path) -> str | None:
         """The session id for a file below ``root`` (None: not a session file)."""
         raise NotImplementedError
 
-    def discover(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
+    async def discover(self, roots: list[Path]) -> Discovery:
+        return await anyio.to_thread.run_sync(self.scan, roots, self._dirs)
+
+    def discover_blocking(self, roots: list[Path]) -> Discovery:
+        return self.scan(roots, DirCache(self.suffixes))
+
+    def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
+        from tracemirrord.harnesses.jsonl import JsonlSource
+
+        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
+
+    def scan(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
         """Every session file below the roots, and the files refused for an unsafe id.
 
         Never follows a symlink; a session id found at two paths (an archive move caught between
         two listings) is reported once, at its larger file. With a ``cache`` whose directories did
         not change since the last call, the previous Discovery object itself is returned.
         """
-        cache = cache or DirCache()
+        cache = cache or DirCache(self.suffixes)
         listed = [(root, _walk_jsonl(root, self.max_depth, cache)) for root in roots]
         if cache.result is not None and cache.result_version == cache.version:
             return cache.result
@@ -110,19 +188,39 @@ class JsonlHarness:
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
-    """What a scan of a harness's roots found."""
+    """What a scan of a harness's roots found.
+
+    ``refused`` are sources that are not followed, each with its reason: an unsafe session id, or
+    a format this version does not understand (``UnknownSource``). They are logged once and shown
+    by ``--check``; nothing of them is written.
+    """
 
     sessions: list[SessionRef]
-    refused: list[UnsafeSessionId]
+    refused: list[Refused] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
 
 
-class UnsafeSessionId(ValueError):
+class Refused(ValueError):
+    """A source that is not followed; the message says which and why."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsafeSessionId(Refused):
     """A file whose session id cannot be one key segment: refused, logged, never written."""
 
     def __init__(self, path: Path, session_id: str) -> None:
-        super().__init__(f"session id {session_id!r} of {path} is not a safe key segment")
-        self.path = path
+        super().__init__(path, f"session id {session_id!r} of {path} is not a safe key segment")
         self.session_id = session_id
+
+
+class UnknownSource(Refused):
+    """A source of a kind or version this harness does not understand: reported by name, skipped."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(path, f"{path}: {what}; not followed by this version of tracemirrord")
 
 
 def _size(path: Path) -> int:
@@ -142,14 +240,15 @@ class DirCache:
 
     TRUST_AFTER_S = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, suffixes: tuple[str, ...] = (".jsonl",)) -> None:
+        self.suffixes = suffixes
         self._listings: dict[str, tuple[int, list[str], list[str]]] = {}
         self.version = 0  # bumped whenever a listing differs from the cached one
         self.result: Discovery | None = None
         self.result_version = -1
 
     def listing(self, directory: str) -> tuple[list[str], list[str]] | None:
-        """(subdirectories, *.jsonl files) of a directory; None when it is gone or unreadable."""
+        """(subdirectories, files with one of the suffixes) of a directory; None when gone or unreadable."""
         try:
             st = os.stat(directory, follow_symlinks=False)
         except OSError:
@@ -171,7 +270,7 @@ class DirCache:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(entry.path)
-                        elif entry.name.endswith(".jsonl") and entry.is_file(follow_symlinks=False):
+                        elif entry.name.endswith(self.suffixes) and entry.is_file(follow_symlinks=False):
                             files.append(entry.path)
                     except OSError:
                         continue

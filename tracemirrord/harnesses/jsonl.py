@@ -7,20 +7,26 @@ rewritten, and the caller starts a new generation. Reads are bounded: at most ``
 read, and a single line is held whole only up to ``max_line_bytes``; beyond that it is streamed past
 and replaced by a placeholder line (frame.py).
 
-All functions here block; callers run them in a worker thread.
+The functions here block; ``JsonlSource`` (the ``source.Source`` for these files) runs its reads
+in a worker thread.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio.to_thread
+
 from tracemirrord.frame import complete_len, oversize_placeholder
 from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
+from tracemirrord.source import CursorUnit, Discontinuity, Position, Probe, Records, SessionInfo
 
 _SCAN_BLOCK = 1 << 20
 
@@ -195,3 +201,78 @@ def _read_long_line(fd: int, start: int, first: bytes, max_line_bytes: int) -> t
             if blocks is not None:
                 return b"".join(blocks), offset, 0
             return oversize_placeholder(offset - start, digest.hexdigest()), offset, 1
+
+
+def _fingerprint_of(check: str | None) -> Fingerprint | None:
+    """The Fingerprint a check value holds (None when absent or not one: the read then mismatches)."""
+    if check is None:
+        return None
+    try:
+        return Fingerprint.decode(check)
+    except ValueError:
+        return None
+
+
+class JsonlSource:
+    """An append-only JSONL file as a ``source.Source``: byte cursor, fingerprint as check value."""
+
+    unit: CursorUnit = "bytes"
+
+    def __init__(
+        self, path: Path, *, max_line_bytes: int, describe: Callable[[list[bytes]], SessionInfo]
+    ) -> None:
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self._describe = describe
+        self._size = 0
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def probe(self) -> Probe | None:
+        st = stat_file(self.path)
+        if st is None:
+            return None
+        self._size = st.size
+        return Probe(st, st.mtime)
+
+    def settled_at(self, position: Position) -> Probe | None:
+        st = unchanged_at(self.path, position.cursor, _fingerprint_of(position.check))
+        return None if st is None else Probe(st, st.mtime)
+
+    async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
+        read = functools.partial(
+            read_chunk,
+            self.path,
+            generation=after.generation,
+            start=after.cursor,
+            expected=_fingerprint_of(after.check),
+            max_bytes=max_bytes,
+            max_line_bytes=self.max_line_bytes,
+        )
+        chunk = await anyio.to_thread.run_sync(read)
+        if chunk is None:
+            return None
+        if isinstance(chunk, Mismatch):
+            return Discontinuity(chunk.reason)
+        if chunk.end == chunk.start:
+            return Records(after, after, b"", 0)
+        end = Position(after.generation, chunk.end, chunk.fingerprint.encode())
+        return Records(after, end, chunk.data, chunk.end - chunk.start, chunk.dropped)
+
+    def behind(self, position: Position) -> int:
+        return max(0, self._size - position.cursor)
+
+    def describe(self, lines: list[bytes]) -> SessionInfo:
+        return self._describe(lines)
+
+    def committed(self, position: Position) -> None:
+        """Nothing to free: the file itself is the buffer."""
+
+    def relocate(self, location: object) -> bool:
+        path = Path(str(location))
+        if path == self.path:
+            return False
+        self.path = path
+        return True

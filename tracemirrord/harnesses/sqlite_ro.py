@@ -1,0 +1,78 @@
+"""Opening an agent's live SQLite database the only way we may: read-only, never blocking it.
+
+harnesses.md: ``file:...?mode=ro`` as a URI (never ``immutable=1``: the database is live), a busy
+timeout, short read transactions (autocommit: a statement's implicit transaction ends with it, so
+no read transaction is held while idle and the agent's WAL can still be checkpointed), never a
+write and never a checkpoint. ``query_only`` makes SQLite itself refuse any write we might issue.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def readonly_uri(path: Path) -> str:
+    return "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+
+
+async def open_readonly(path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> aiosqlite.Connection:
+    """An autocommit, query-only connection to ``path`` (sqlite3.Error when it cannot be opened)."""
+    db = await aiosqlite.connect(readonly_uri(path), uri=True, isolation_level=None)
+    try:
+        await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        await db.execute("PRAGMA query_only=1")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def open_readonly_blocking(path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """The same for blocking callers (``--check``, worker threads)."""
+    db = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    db.execute("PRAGMA query_only=1")
+    return db
+
+
+@dataclass(frozen=True, slots=True)
+class DbStat:
+    """A cheap change probe of a WAL database: the database and ``-wal`` files' identity, size, mtime."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    wal_size: int
+    wal_mtime_ns: int
+
+    @property
+    def mtime(self) -> float:
+        return max(self.mtime_ns, self.wal_mtime_ns) / 1e9
+
+
+def stat_db(path: Path) -> DbStat | None:
+    """None when the database file is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    try:
+        wal = os.stat(f"{path}-wal")
+        wal_size, wal_mtime = wal.st_size, wal.st_mtime_ns
+    except OSError:
+        wal_size, wal_mtime = -1, 0
+    return DbStat(st.st_ino, st.st_size, st.st_mtime_ns, wal_size, wal_mtime)
+
+
+async def table_columns(db: aiosqlite.Connection, table: str) -> set[str]:
+    """The columns of ``table`` (empty when it does not exist): to tell a format we do not know."""
+    rows = await db.execute_fetchall(f"PRAGMA table_info({table})")
+    return {str(row[1]) for row in rows}
