@@ -1,0 +1,312 @@
+"""A zstd-compressed JSONL file (Codex's ``.jsonl.zst`` rollouts) as a ``source.Source``.
+
+Codex compresses cold rollouts in place of the plain file (openai/codex
+``codex-rs/rollout/src/compression.rs``, checked 2026-11): it writes ``<name>.jsonl.zst`` beside
+``<name>.jsonl`` through a temp file, gives it the plain file's mtime, then deletes the plain file;
+readers prefer the plain file while both exist, and resuming a session decompresses it back to
+``<name>.jsonl``. The compressed file is therefore the *same session*: this source presents the
+decompressed bytes with exactly the cursors and check values (``Fingerprint``) that ``JsonlSource``
+gives the plain file, so a session mirrored from the ``.jsonl`` continues from the ``.zst`` (and back)
+with nothing uploaded again, and a ``.zst`` first seen is mirrored from its decompressed content.
+
+zstd streams cannot be read at an offset, so the file is decompressed once, in a worker thread, in
+bounded chunks, into an anonymous temporary file (no memory beyond a chunk; nothing left behind after
+a crash), keyed by the compressed file's (device, inode, size, mtime). Reads then run the same framing
+and fingerprint steps as ``jsonl.read_chunk`` on that file. The copy is dropped once a read reaches
+its end (a compressed file never grows) and rebuilt only if needed again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio.to_thread
+import zstandard
+
+from tracemirrord.frame import complete_len
+from tracemirrord.harnesses.jsonl import (
+    FileStat,
+    Mismatch,
+    _fingerprint,
+    _fingerprint_of,
+    _pread,
+    _read_long_line,
+    _verify,
+    stat_file,
+)
+from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
+from tracemirrord.source import (
+    CursorUnit,
+    Discontinuity,
+    Position,
+    Probe,
+    Records,
+    SessionInfo,
+    UnknownFormat,
+)
+
+ZST_SUFFIX = ".zst"
+_CHUNK = 1 << 20
+# A decompressed rollout larger than this is refused (a damaged or hostile file must not fill the disk).
+MAX_DECOMPRESSED_BYTES = 16 * 2**30
+
+
+def is_zst(path: Path | str) -> bool:
+    return str(path).endswith(ZST_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """Identity of one compressed file version: a different key means decompress again."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime: float
+
+    @classmethod
+    def of(cls, st: FileStat) -> _Key:
+        return cls(st.dev, st.ino, st.size, st.mtime)
+
+
+class _Decompressed:
+    """The decompressed bytes of one compressed file version, in an anonymous temporary file."""
+
+    def __init__(self, key: _Key, file: BinaryIO, size: int) -> None:
+        self.key = key
+        self.file = file
+        self.size = size
+
+    @property
+    def fd(self) -> int:
+        return self.file.fileno()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_zst(path: Path) -> tuple[BinaryIO, FileStat] | None:
+    """The compressed file opened read-only (never through a symlink) and its stat; None when gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    return os.fdopen(fd, "rb"), FileStat(st.st_size, st.st_dev, st.st_ino, st.st_mtime)
+
+
+def _stream(file: BinaryIO, path: Path, sink: Callable[[bytes], None]) -> int:
+    """Decompress ``file`` chunk by chunk into ``sink``; the decompressed size.
+
+    A stream cut short yields what it holds (its complete lines are mirrored, the rest waits like
+    a partial line); a stream that is no zstd at all, or too large, is an UnknownFormat.
+    """
+    reader = zstandard.ZstdDecompressor().stream_reader(file, read_size=_CHUNK, read_across_frames=True)
+    total = 0
+    try:
+        while True:
+            block = reader.read(_CHUNK)
+            if not block:
+                return total
+            total += len(block)
+            if total > MAX_DECOMPRESSED_BYTES:
+                raise UnknownFormat(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")
+            sink(block)
+    except zstandard.ZstdError as exc:
+        raise UnknownFormat(f"{path}: not a readable zstd stream ({exc})") from None
+
+
+def decompress(path: Path) -> _Decompressed | None:
+    """Decompress the file at ``path`` into an anonymous temporary file (None when it is gone)."""
+    opened = _open_zst(path)
+    if opened is None:
+        return None
+    file, st = opened
+    with file:
+        out = tempfile.TemporaryFile(prefix="tracemirrord-zst-")
+        try:
+            size = _stream(file, path, out.write)
+            out.flush()
+        except BaseException:
+            out.close()
+            raise
+    return _Decompressed(_Key.of(st), out, size)
+
+
+def _summary(path: Path) -> tuple[FileStat, int, bytes, bytes] | None:
+    """(stat, decompressed size, first and last FINGERPRINT_BYTES) in one streaming pass, no copy."""
+    opened = _open_zst(path)
+    if opened is None:
+        return None
+    file, st = opened
+    head = bytearray()
+    tail = bytearray()
+
+    def keep(block: bytes) -> None:
+        if len(head) < FINGERPRINT_BYTES:
+            head.extend(block[: FINGERPRINT_BYTES - len(head)])
+        tail.extend(block[-FINGERPRINT_BYTES:])
+        del tail[:-FINGERPRINT_BYTES]
+
+    with file:
+        size = _stream(file, path, keep)
+    return st, size, bytes(head), bytes(tail)
+
+
+def read_decompressed(
+    data_file: _Decompressed,
+    *,
+    generation: int,
+    start: int,
+    expected: Fingerprint | None,
+    max_bytes: int,
+    max_line_bytes: int,
+) -> Chunk | Mismatch:
+    """Complete lines after ``start`` of the decompressed bytes (``jsonl.read_chunk``'s steps and results)."""
+    fd, size = data_file.fd, data_file.size
+    if size < start:
+        return Mismatch(f"decompressed file is shorter ({size} bytes) than the cursor ({start})")
+    mismatch = _verify(fd, start, expected)
+    if mismatch is not None:
+        return mismatch
+    read_limit = min(max_bytes, max_line_bytes)
+    data = _pread(fd, min(read_limit, size - start), start)
+    dropped = 0
+    raw = True
+    n = complete_len(data)
+    if n:
+        data = data[:n]
+    elif len(data) < read_limit:
+        data = b""
+    else:
+        data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)
+        n = line_end - start
+        raw = not dropped
+    end = start + n
+    if end == start:
+        fp = expected if expected is not None else Fingerprint.of(b"", b"")
+        return Chunk(generation, start, start, b"", fp)
+    return Chunk(generation, start, end, data, _fingerprint(fd, start, end, data, raw, expected), dropped)
+
+
+class ZstJsonlSource:
+    """A ``.jsonl.zst`` file as a ``source.Source``: the plain file's cursors, over its decompressed bytes."""
+
+    unit: CursorUnit = "bytes"
+
+    def __init__(
+        self, path: Path, *, max_line_bytes: int, describe: Callable[[list[bytes]], SessionInfo]
+    ) -> None:
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self._describe = describe
+        self._lock = threading.Lock()  # one decompressed copy, used from worker threads
+        self._copy: _Decompressed | None = None
+        self._size: int | None = None  # decompressed size, once known
+        self._stat_size = 0
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def probe(self) -> Probe | None:
+        st = stat_file(self.path)
+        if st is None:
+            return None
+        self._stat_size = st.size
+        return Probe(st, st.mtime)
+
+    def settled_at(self, position: Position) -> Probe | None:
+        try:
+            summary = _summary(self.path)
+        except UnknownFormat:
+            return None
+        if summary is None:
+            return None
+        st, size, head, tail = summary
+        self._size = size
+        if size != position.cursor:
+            return None
+        if position.cursor:
+            expected = _fingerprint_of(position.check)
+            if expected is None or expected.head_len > len(head):
+                return None
+            lookbehind = min(position.cursor, FINGERPRINT_BYTES)
+            if short_hash(head[: expected.head_len]) != expected.head:
+                return None
+            if short_hash(tail[-lookbehind:]) != expected.tail:
+                return None
+        return Probe(st, st.mtime)
+
+    async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
+        read = functools.partial(self._read_blocking, after, max_bytes)
+        chunk = await anyio.to_thread.run_sync(read)
+        if chunk is None:
+            return None
+        if isinstance(chunk, Mismatch):
+            return Discontinuity(chunk.reason)
+        if chunk.end == chunk.start:
+            return Records(after, after, b"", 0)
+        end = Position(after.generation, chunk.end, chunk.fingerprint.encode())
+        return Records(after, end, chunk.data, chunk.end - chunk.start, chunk.dropped)
+
+    def _read_blocking(self, after: Position, max_bytes: int) -> Chunk | Mismatch | None:
+        with self._lock:
+            st = stat_file(self.path)
+            if st is None:
+                self._drop()
+                return None
+            if self._copy is None or self._copy.key != _Key.of(st):
+                self._drop()
+                self._copy = decompress(self.path)
+                if self._copy is None:
+                    return None
+            copy = self._copy
+            self._size = copy.size
+            chunk = read_decompressed(
+                copy,
+                generation=after.generation,
+                start=after.cursor,
+                expected=_fingerprint_of(after.check),
+                max_bytes=max_bytes,
+                max_line_bytes=self.max_line_bytes,
+            )
+            if isinstance(chunk, Mismatch) or chunk.end == chunk.start:
+                self._drop()  # at the end (or done with this copy): a compressed file never grows
+            return chunk
+
+    def _drop(self) -> None:
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+    def behind(self, position: Position) -> int:
+        size = self._size if self._size is not None else self._stat_size
+        return max(0, size - position.cursor)
+
+    def describe(self, lines: list[bytes]) -> SessionInfo:
+        return self._describe(lines)
+
+    def committed(self, position: Position) -> None:
+        """Nothing to free: the copy is dropped when a read reaches its end."""
+
+    def relocate(self, location: object) -> bool:
+        """Follows another ``.zst`` path (an archive move); a plain path needs a ``JsonlSource``."""
+        path = Path(str(location))
+        if path == self.path or not is_zst(path):
+            return False
+        with self._lock:
+            self._drop()
+            self.path = path
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
