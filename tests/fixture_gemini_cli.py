@@ -1,0 +1,104 @@
+"""gemini-cli sessions for the harness contract suite, in the current (v0.39+) JSONL format.
+
+A session is ``~/.gemini/tmp/<project>/chats/session-<YYYY-MM-DDTHH-MM>-<sid[:8]>.jsonl``: a metadata
+line, then message lines appended one by one; now and then a message already written is appended
+again with the same ``id`` (its reply tokens arrived), and a ``{"$set": ...}`` line updates the
+metadata, as chatRecordingService.ts does. The bucket copy holds every line as written, so
+``expected()`` is the file's complete lines parsed, read back from disk (``append`` may run in
+another process).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+WORDS = ("read", "the", "file", "fix", "test", "bug", "run", "pytest", "ok", "refactor")
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+class GeminiSession:
+    harness = "gemini-cli"
+
+    def __init__(self, path: Path, session_id: str, seed: int) -> None:
+        self.path = path
+        self.session_id = session_id
+        self.seed = seed
+
+    def _lines(self) -> list[dict[str, Any]]:
+        data = self.path.read_bytes()
+        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+    def append(self, n: int) -> None:
+        existing = self._lines()
+        count = len(existing)
+        rng = random.Random(self.seed * 1_000_003 + count)
+        out = bytearray()
+        for i in range(count, count + n):
+            if i % 7 == 3 and i > 1:
+                out += _line({"$set": {"lastUpdated": _ts(i)}})
+            elif i % 5 == 4:
+                # a gemini message already written gets its tokens: appended again, same id
+                out += _line({**_message(i - 1, rng), "tokens": {"input": i, "output": 2, "total": i + 2}})
+            else:
+                out += _line(_message(i, rng))
+        with self.path.open("ab") as f:
+            f.write(bytes(out))
+
+    def expected(self) -> list[Any]:
+        return self._lines()
+
+    def remove(self) -> None:
+        self.path.unlink()  # gemini-cli's session cleanup deletes the file
+
+
+def _ts(i: int) -> str:
+    return f"2026-03-01T10:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
+
+
+def _message(i: int, rng: random.Random) -> dict[str, Any]:
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))
+    if i % 2:
+        return {
+            "id": f"m-{i}",
+            "timestamp": _ts(i),
+            "type": "gemini",
+            "content": text,
+            "toolCalls": [],
+            "tokens": None,
+            "model": "gemini-2.5-pro",
+        }
+    return {"id": f"m-{i}", "timestamp": _ts(i), "type": "user", "content": [{"text": text}]}
+
+
+class GeminiFixture:
+    harness = "gemini-cli"
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {"GEMINI_CLI_HOME": str(home / "gemini-home")}
+
+    def create(self, home: Path, rng: random.Random) -> GeminiSession:
+        sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        chats = home / "gemini-home" / ".gemini" / "tmp" / "proj" / "chats"
+        chats.mkdir(parents=True, exist_ok=True)
+        path = chats / f"session-2026-03-01T10-00-{sid[:8]}.jsonl"
+        first = {
+            "sessionId": sid,
+            "projectHash": "ab" * 32,
+            "startTime": _ts(0),
+            "lastUpdated": _ts(0),
+            "kind": "main",
+        }
+        path.write_bytes(_line(first))
+        session = GeminiSession(path, sid, rng.getrandbits(32))
+        session.append(1)
+        return session
+
+
+FIXTURE = GeminiFixture()
