@@ -7,18 +7,71 @@ and compaction transcripts sit below ``<session-uuid>/`` (``subagents/agent-*.js
 the id ``<session-uuid>__<stem>`` (other nesting: every directory name joined with ``__``).
 Claude Code deletes transcripts older than ``cleanupPeriodDays`` (30) at start-up: the bucket keeps
 them.
+
+Beside the transcripts, two more things users lose or want:
+
+- ``<session-uuid>/tool-results/toolu_*.txt`` (or ``.json``): large tool outputs the transcript only
+  points to, written once each and swept with the transcript. They are no sessions; the scan returns
+  them as ``Attachment``s (``tool-results/<file name>`` below the session's prefix), which
+  ``tracemirrord.attachments.AttachmentMirror`` uploads once each.
+- ``<config dir>/history.jsonl`` (the parent of the ``projects`` root): the global log of the user's
+  prompts, one JSON object per line (``display``, ``pastedContents``, ``timestamp`` in epoch ms,
+  ``project``), appended; it survives the sweep. It is mirrored as one session whose id names this
+  machine (``history__<agent id>``), so machines sharing a bucket never write the same session.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import time
+import weakref
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
-from tracemirrord.harnesses.base import JsonlHarness, env_path
+from tracemirrord.config import default_agent_id
+from tracemirrord.harnesses.base import Attachment, DirCache, Discovery, JsonlHarness, SessionRef, env_path
+from tracemirrord.harnesses.jsonl import JsonlSource, stat_file
+from tracemirrord.model import is_safe_segment
+from tracemirrord.source import SessionInfo, Source
+
+HISTORY_NAME = "history.jsonl"
+HISTORY_PREFIX = "history__"
+TOOL_RESULTS_DIR = "tool-results"
+TOOL_RESULT_SUFFIXES = (".txt", ".json")
+# Attachments younger than this are uploaded on a later scan (a half-written file is never uploaded);
+# AttachmentMirror applies the same age. While one is that young, each scan returns a new Discovery.
+ATTACHMENT_SETTLE_S = 2.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+def history_session_id(agent_id: str | None = None) -> str:
+    """``history__<agent id>``: one prompt-history session per machine, as a safe key segment.
+
+    The agent id is ``TRACEMIRROR_AGENT_ID`` when set, else the daemon's default ``<user>@<host>``;
+    it already has to be unique per machine (it names the writer holding a session's lease).
+    """
+    agent = agent_id or os.environ.get("TRACEMIRROR_AGENT_ID") or default_agent_id()
+    cleaned = re.sub(r"\.{2,}", ".", _UNSAFE.sub("-", agent)).strip(".") or "unknown"
+    session_id = (HISTORY_PREFIX + cleaned)[:120]
+    assert is_safe_segment(session_id), session_id
+    return session_id
 
 
 class ClaudeCode(JsonlHarness):
     name = "claude-code"
+    suffixes = (".jsonl", *TOOL_RESULT_SUFFIXES)
+
+    def __init__(self, history_id: str | None = None) -> None:
+        super().__init__()
+        self.history_id = history_id or history_session_id()
+        # per DirCache: (base Discovery, history ref, settle deadline, the Discovery handed out)
+        self._extra: weakref.WeakKeyDictionary[
+            DirCache, tuple[Discovery, SessionRef | None, float, Discovery]
+        ]
+        self._extra = weakref.WeakKeyDictionary()
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
         config_dir = env_path(env, "CLAUDE_CONFIG_DIR") or home / ".claude"
@@ -26,8 +79,97 @@ class ClaudeCode(JsonlHarness):
 
     def session_id(self, root: Path, path: Path) -> str | None:
         parts = path.relative_to(root).parts
-        if len(parts) < 2:
-            return None  # a file directly under projects/ is no session
+        if len(parts) < 2 or not parts[-1].endswith(".jsonl"):
+            return None  # a file directly under projects/, or a tool result, is no session
         stem = parts[-1].removesuffix(".jsonl")
         nested = [p for p in parts[1:-1] if p != "subagents"]
         return "__".join([*nested, stem])
+
+    def scan(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
+        """Transcripts (the base scan), plus the prompt history and the tool-results attachments.
+
+        Returns the previous Discovery object when nothing changed, except while an attachment is
+        younger than ATTACHMENT_SETTLE_S (and once more after): each such scan returns a new object,
+        so the harness task hands the settled file to the attachment mirror.
+        """
+        cache = cache or DirCache(self.suffixes)
+        base = super().scan(roots, cache)
+        history = self._history_ref(roots)
+        now = time.time()
+        held = self._extra.get(cache)
+        if held is not None and held[0] is base and held[1] == history:
+            _, _, settle_until, handed = held
+            if settle_until == 0.0:
+                return handed
+            fresh = Discovery(handed.sessions, handed.refused, handed.attachments)
+            self._extra[cache] = (base, history, settle_until if now <= settle_until else 0.0, fresh)
+            return fresh
+        attachments = self._attachments(roots, cache)
+        sessions = [*base.sessions, history] if history is not None else base.sessions
+        handed = Discovery(sessions, base.refused, attachments)
+        self._extra[cache] = (base, history, self._settle_deadline(attachments, now), handed)
+        return handed
+
+    def _history_ref(self, roots: list[Path]) -> SessionRef | None:
+        for root in roots:
+            path = root.parent / HISTORY_NAME
+            if stat_file(path) is not None:
+                return SessionRef(self.history_id, path)
+        return None
+
+    def _attachments(self, roots: list[Path], cache: DirCache) -> list[Attachment]:
+        """``<cwd>/<session-uuid>/tool-results/*.{txt,json}`` files, from the cached listings."""
+        found: list[Attachment] = []
+        for root in roots:
+            for project in _subdirs(cache, str(root)):
+                for session_dir in _subdirs(cache, project):
+                    session_id = os.path.basename(session_dir)
+                    tool_results = os.path.join(session_dir, TOOL_RESULTS_DIR)
+                    if not is_safe_segment(session_id) or tool_results not in _subdirs(cache, session_dir):
+                        continue
+                    listing = cache.listing(tool_results)
+                    for path in sorted(listing[1] if listing else []):
+                        name = os.path.basename(path)
+                        if name.endswith(TOOL_RESULT_SUFFIXES) and is_safe_segment(name):
+                            found.append(Attachment(session_id, f"{TOOL_RESULTS_DIR}/{name}", Path(path)))
+        return found
+
+    @staticmethod
+    def _settle_deadline(attachments: list[Attachment], now: float) -> float:
+        """When the youngest attachment is old enough to upload (0.0: all already are)."""
+        youngest = 0.0
+        for item in attachments:
+            st = stat_file(item.path)
+            if st is not None:
+                youngest = max(youngest, st.mtime)
+        deadline = youngest + ATTACHMENT_SETTLE_S
+        return deadline if deadline >= now else 0.0
+
+    def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
+        if ref.session_id == self.history_id:
+            return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=describe_history)
+        return super().open_source(ref, max_line_bytes=max_line_bytes)
+
+
+def _subdirs(cache: DirCache, directory: str) -> list[str]:
+    listing = cache.listing(directory)
+    return listing[0] if listing else []
+
+
+def describe_history(lines: list[bytes]) -> SessionInfo:
+    """The prompt log has no cwd of its own; its first entry's epoch-ms ``timestamp`` is the start."""
+    started = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        stamp = record.get("timestamp") if isinstance(record, dict) else None
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            try:
+                started = datetime.fromtimestamp(stamp / 1000, UTC).isoformat(timespec="milliseconds")
+            except (OverflowError, OSError, ValueError):
+                continue
+            started = started.replace("+00:00", "Z")
+            break
+    return SessionInfo(started_at=started, title="Claude Code prompt history")
