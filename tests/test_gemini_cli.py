@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,129 @@ def test_settled_at_parks_only_a_fully_mirrored_document(tmp_path: Path) -> None
     path.unlink()
     assert source.probe() is None
     assert read(source, pos) is None
+
+
+# ---------- end to end: the daemon on a temporary HOME ----------
+
+registered = pytest.mark.skipif(
+    "gemini-cli" not in __import__("tracemirrord.harnesses", fromlist=["REGISTRY"]).REGISTRY,
+    reason="gemini-cli is not registered yet",
+)
+
+
+def e2e_env(tmp_path: Path) -> dict[str, str]:
+    from daemon import daemon_env
+
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_HARNESSES": "gemini-cli"})
+    env.pop("GEMINI_CLI_HOME", None)
+    return env
+
+
+def bucket_generations(env: dict[str, str], sid: str) -> dict[int, bytes]:
+    from daemon import read_back
+
+    from tracemirrord.model import SessionKey
+
+    try:
+        return read_back(env["TRACEMIRROR_BUCKET"], SessionKey("gemini-cli", sid)).generations
+    except Exception:
+        return {}
+
+
+def parsed(data: bytes) -> list[Any]:
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@registered
+def test_daemon_mirrors_jsonl_lines_as_written_and_a_rewrite_as_a_new_generation(tmp_path: Path) -> None:
+    """Re-appended ids, $set and $rewindTo lines arrive byte for byte; a temp+rename rewrite is
+    generation 1 and generation 0 keeps everything mirrored before it."""
+    from daemon import Daemon, wait_for
+
+    env = e2e_env(tmp_path)
+    chats = chats_dir(Path(env["HOME"]))
+    sid = str(uuid.uuid4())
+    path = chats / f"session-2026-03-01T10-00-{sid[:8]}.jsonl"
+    body = jsonl(header(sid), message(0), message(1))
+    path.write_bytes(body)
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: bucket_generations(env, sid).get(0) == body, 15, "the first lines")
+        more = jsonl(
+            message(1, tokens={"input": 3, "output": 4, "cached": 0, "total": 7}),  # same id again
+            {"$set": {"summary": "Fix the parser"}},
+            message(2),
+            message(3),
+            {"$rewindTo": "msg-0002"},
+            message(4),
+        )
+        with path.open("ab") as f:
+            f.write(more[:40])  # a partial line waits for its newline
+        time.sleep(0.8)
+        assert bucket_generations(env, sid).get(0) == body
+        with path.open("ab") as f:
+            f.write(more[40:])
+        wait_for(lambda: bucket_generations(env, sid).get(0) == body + more, 15, "the update lines")
+        rewritten = jsonl(header(sid), message(0), message(1), message(4))
+        tmp = path.with_name(path.name + ".tmp-4242")  # as rewriteConversationFile does
+        tmp.write_bytes(rewritten)
+        os.replace(tmp, path)
+        wait_for(lambda: bucket_generations(env, sid) == {0: body + more, 1: rewritten}, 15, "generation 1")
+        assert daemon.stop() == 0, daemon.log()
+
+
+@registered
+def test_daemon_follows_a_growing_json_document_then_its_resumed_jsonl(tmp_path: Path) -> None:
+    """An old-format document written message by message while the daemon runs: each message once
+    (the last one again when its tokens arrive); resumed in v0.39 it continues as generation 1."""
+    from daemon import Daemon, wait_for
+
+    env = e2e_env(tmp_path)
+    chats = chats_dir(Path(env["HOME"]))
+    sid = str(uuid.uuid4())
+    path = chats / f"session-2026-03-01T10-00-{sid[:8]}.json"
+    meta = header(sid)
+    msgs = [message(0)]
+    write_doc(path, {**meta, "messages": msgs})
+    want = [meta, msgs[0]]
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: parsed(bucket_generations(env, sid).get(0, b"")) == want, 15, "metadata + message")
+        for i in range(1, 8):
+            msgs.append(message(i))
+            write_doc(path, {**meta, "lastUpdated": f"2026-03-01T11:00:{i:02d}.000Z", "messages": msgs})
+            want.append(msgs[i])
+            time.sleep(0.15)
+        wait_for(lambda: parsed(bucket_generations(env, sid).get(0, b"")) == want, 15, "each message once")
+        msgs[7] = message(7, tokens={"input": 9, "output": 9, "cached": 0, "total": 18})
+        write_doc(path, {**meta, "messages": msgs})
+        want.append(msgs[7])
+        wait_for(lambda: parsed(bucket_generations(env, sid).get(0, b"")) == want, 15, "its new version")
+        resumed = jsonl(header(sid), *msgs) + jsonl(message(8))
+        path.with_suffix(".jsonl").write_bytes(resumed)
+        wait_for(lambda: bucket_generations(env, sid).get(1) == resumed, 15, "the .jsonl as generation 1")
+        assert parsed(bucket_generations(env, sid)[0]) == want, "generation 0 untouched"
+        assert daemon.stop() == 0, daemon.log()
+    meta_json = json.loads(
+        (tmp_path / "bucket" / "default" / "sessions" / "gemini-cli" / sid / "meta.json").read_bytes()
+    )
+    assert meta_json["started_at"] == "2026-03-01T10:00:00.000Z"
+
+
+@registered
+def test_once_mirrors_documents_and_jsonl_and_a_second_run_adds_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = e2e_env(tmp_path)
+    chats = chats_dir(Path(env["HOME"]))
+    old_id, new_id = str(uuid.uuid4()), str(uuid.uuid4())
+    meta = header(old_id)
+    msgs = [message(i) for i in range(5)]
+    write_doc(chats / f"session-2026-03-01T10-00-{old_id[:8]}.json", {**meta, "messages": msgs})
+    body = jsonl(header(new_id), message(0), message(1), {"$rewindTo": "msg-0001"})
+    (chats / f"session-2026-03-01T11-00-{new_id[:8]}.jsonl").write_bytes(body)
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    for _ in range(2):
+        done = subprocess.run(once, env=env, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        assert parsed(bucket_generations(env, old_id)[0]) == [meta, *msgs]
+        assert bucket_generations(env, new_id) == {0: body}
