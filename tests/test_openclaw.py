@@ -6,11 +6,17 @@ pi-style records. Unit tests on real files; the end-to-end test runs the daemon 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+from daemon import Daemon, daemon_env, read_back, wait_for
+
+from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.openclaw import OpenClaw
+from tracemirrord.model import SessionKey
 
 
 def sessions_dir(state: Path, agent: str = "main") -> Path:
@@ -92,3 +98,54 @@ def test_describe_reads_cwd_start_and_model(tmp_path: Path) -> None:
         {"type": "message", "id": "b", "message": {"role": "assistant", "model": "gpt-z", "content": []}},
     ).splitlines()
     assert OpenClaw().describe(only_messages).model == "gpt-z"
+
+
+# ---------- end to end: the daemon on a temporary HOME ----------
+
+
+@pytest.mark.skipif("openclaw" not in REGISTRY, reason="openclaw is not registered yet")
+def test_daemon_mirrors_transcripts_topics_and_checkpoints_and_nothing_else(tmp_path: Path) -> None:
+    """Live appends to a transcript, its topic and its checkpoint successor are mirrored exactly under
+    ``<agentId>__<stem>``; the index, staging, archived and backup files never become sessions."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_HARNESSES": "openclaw"})
+    for name in ("OPENCLAW_HOME", "CLAWDBOT_STATE_DIR"):
+        env.pop(name, None)
+    env["OPENCLAW_STATE_DIR"] = str(tmp_path / "oc-state")
+    main = sessions_dir(tmp_path / "oc-state", "main")
+    sid, ckpt = str(uuid.uuid4()), str(uuid.uuid4())
+    files = {
+        f"main__{sid}": main / f"{sid}.jsonl",
+        f"main__{sid}-topic-7": main / f"{sid}-topic-7.jsonl",
+        f"main__{sid}.checkpoint.{ckpt}": main / f"{sid}.checkpoint.{ckpt}.jsonl",
+    }
+    for path in files.values():
+        path.write_bytes(jsonl(session_header(sid)))
+    (main / "sessions.json").write_text(json.dumps({"agent:main:main": {"sessionId": sid}}))
+    for junk in (f"{sid}.jsonl.tmp", f"{sid}.jsonl.deleted.2026-05-01T08-00-00.000Z", f"{sid}.jsonl.bak-1"):
+        (main / junk).write_bytes(jsonl(session_header(sid)))
+    sessions_root = tmp_path / "bucket" / "default" / "sessions" / "openclaw"
+
+    def copy(session_id: str) -> bytes:
+        try:
+            got = read_back(env["TRACEMIRROR_BUCKET"], SessionKey("openclaw", session_id))
+        except Exception:
+            return b""
+        return got.generations.get(0, b"")
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        for i in range(5):
+            for path in files.values():
+                with path.open("ab") as f:
+                    f.write(
+                        jsonl(
+                            {"type": "message", "id": f"e{i}", "message": {"role": "user", "content": "go"}}
+                        )
+                    )
+            time.sleep(0.1)
+        wait_for(
+            lambda: all(copy(k) == p.read_bytes() for k, p in files.items()), 20, "the three transcripts"
+        )
+        assert daemon.stop() == 0, daemon.log()
+    assert sorted(p.name for p in sessions_root.iterdir()) == sorted(files)
+    meta = json.loads((sessions_root / f"main__{sid}" / "meta.json").read_bytes())
+    assert meta["cwd"] == "/home/dev/bot"
