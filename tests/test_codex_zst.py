@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -190,3 +191,66 @@ def test_codex_scan_prefers_the_plain_file_while_both_exist(tmp_path: Path) -> N
     found = anyio.run(codex.discover, roots)
     assert [(r.session_id, r.path) for r in found.sessions] == [(SID, archived)]
     assert not any(r.path.name.endswith(".tmp") for r in found.sessions)
+
+
+# ---------- end to end: the daemon as a subprocess into a file:// bucket ----------
+
+
+def test_daemon_compression_uploads_nothing_again_and_a_zst_only_session_is_mirrored(tmp_path: Path) -> None:
+    """A mirrored rollout compressed (plain deleted) gets no new part and is not ended, and continues
+    when resumed (decompressed back and appended); a rollout that only exists compressed is mirrored
+    byte for byte as its decompressed lines."""
+    from daemon import Daemon, daemon_env, read_back, wait_for
+    from sessions import make_session
+
+    from tracemirrord.model import SessionKey
+
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+    home = Path(env["HOME"])
+    bucket = tmp_path / "bucket" / "default" / "sessions" / "codex"
+    mirrored = make_session(home, "codex")
+    body = b"".join(record("codex", mirrored.session_id, i, random.Random(i)) for i in range(12))
+    mirrored.path.write_bytes(body)
+    only_zst_id = str(uuid.UUID(int=random.Random(7).getrandbits(128), version=4))
+    only_zst_body = b"".join(record("codex", only_zst_id, i, random.Random(100 + i)) for i in range(9))
+
+    def generations(sid: str) -> dict[int, bytes]:
+        try:
+            return read_back(env["TRACEMIRROR_BUCKET"], SessionKey("codex", sid)).generations
+        except Exception:
+            return {}
+
+    def meta(sid: str) -> dict:
+        path = bucket / sid / "meta.json"
+        return json.loads(path.read_bytes()) if path.exists() else {}
+
+    def parts(sid: str) -> list[str]:
+        return sorted(p.name for p in (bucket / sid).glob("part-*.jsonl"))
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: generations(mirrored.session_id).get(0) == body, 15, "the plain rollout")
+        before = parts(mirrored.session_id)
+        zst = compress_like_codex(mirrored.path)
+        only_zst = mirrored.path.with_name(f"rollout-2026-11-23T11-00-00-{only_zst_id}.jsonl.zst")
+        only_zst.write_bytes(zstandard.ZstdCompressor(level=3).compress(only_zst_body + b'{"cut'))
+        wait_for(lambda: generations(only_zst_id).get(0) == only_zst_body, 15, "the .zst-only rollout")
+        time.sleep(1.5)  # several scans and probes after the switch to the .zst
+        assert parts(mirrored.session_id) == before, "nothing uploaded again"
+        assert meta(mirrored.session_id).get("ended_at") is None
+        # resumed: Codex decompresses it back to .jsonl (hard link of a temp file), drops the .zst, appends
+        tmp = mirrored.path.with_name(mirrored.path.name + ".decompress.1.0.tmp")
+        tmp.write_bytes(zstandard.ZstdDecompressor().decompress(zst.read_bytes()))
+        os.link(tmp, mirrored.path)
+        tmp.unlink()
+        zst.unlink()
+        more = b"".join(record("codex", mirrored.session_id, i, random.Random(i)) for i in range(12, 14))
+        with mirrored.path.open("ab") as f:
+            f.write(more)
+        wait_for(lambda: generations(mirrored.session_id).get(0) == body + more, 15, "the resumed rollout")
+        assert daemon.stop() == 0, daemon.log()
+    assert len(parts(mirrored.session_id)) == len(before) + 1, "only the appended lines are new"
+    assert generations(mirrored.session_id) == {0: body + more}
+    assert meta(mirrored.session_id).get("ended_at") is None
+    assert meta(mirrored.session_id)["generation"] == 0
+    assert generations(only_zst_id) == {0: only_zst_body}
+    assert meta(only_zst_id)["cwd"] == "/home/dev/proj"

@@ -230,8 +230,8 @@ class AttachmentMirror:
                     if_none_match=True,
                     content_type=prepared.content_type,
                 )
-            except PreconditionFailed:
-                pass  # already there (an earlier run, or another writer): done
+            except PreconditionFailed:  # already there (an earlier run, or another writer): done
+                log.debug("attachment already in the bucket", key=key)
             except StoreError as exc:
                 self.ctx.health.failed(exc)
                 self._fail_once(key, item, f"{type(exc).__name__}: {exc}")
