@@ -25,7 +25,8 @@ def part(seq: int, start: int, end: int, redactions: dict[str, int] | None = Non
         uploaded_bytes=end - start,
         redactions=redactions or {},
         uploaded_at="2026-11-23T10:00:00.000Z",
-        fingerprint=Fingerprint(1024, "0" * 16, "1" * 16),
+        check=Fingerprint(1024, "0" * 16, "1" * 16).encode(),
+        source_bytes=end - start,
     )
 
 
@@ -61,13 +62,13 @@ def test_part_metadata_round_trips() -> None:
     assert all(v.isascii() for v in meta.values()) and sum(len(k) + len(v) for k, v in meta.items()) < 400
     key = layout.format_part_key("p", KEY, 4)
     back = layout.decode_part_metadata(key, meta, 150, 1763892000.0)
-    assert (back.seq, back.start, back.end, back.sha256, back.redactions, back.fingerprint) == (
+    assert (back.seq, back.start, back.end, back.sha256, back.redactions, back.check) == (
         4,
         100,
         250,
         original.sha256,
         original.redactions,
-        original.fingerprint,
+        original.check,
     )
 
 
@@ -123,11 +124,11 @@ def test_meta_json_round_trips_to_state() -> None:
     """parse_meta(render_meta(state)) gives back the state that matters for resuming."""
     state = state_with_parts(40)
     back = layout.parse_meta(layout.render_meta(state, agent_id="a", host="h"), KEY)
-    assert (back.cursor, back.next_seq, back.generation, back.fingerprint) == (
+    assert (back.cursor, back.next_seq, back.generation, back.check) == (
         state.cursor,
         state.next_seq,
         state.generation,
-        state.fingerprint,
+        state.check,
     )
     assert back.redaction_counts == state.redaction_counts and back.lease == state.lease
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.harnesses import REGISTRY
+from tracemirrord.harnesses.base import SessionRef
 from tracemirrord.mirror import MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import reassemble
@@ -79,7 +80,9 @@ class World:
             max_line_bytes=1 << 20,
             limiter=anyio.CapacityLimiter(1),
         )
-        self.mirror = SessionMirror(KEY, self.path, REGISTRY["claude-code"](), ctx)
+        harness = REGISTRY["claude-code"]()
+        source = harness.open_source(SessionRef(KEY.session_id, self.path), max_line_bytes=1 << 20)
+        self.mirror = SessionMirror(KEY, source, ctx)
 
     async def close(self) -> None:
         if self.checkpoint is not None:

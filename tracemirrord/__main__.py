@@ -92,7 +92,7 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
             continue
         roots = harness_roots(name, settings, os.environ)
         found = [r for r in roots if r.is_dir()]
-        sessions = len(REGISTRY[name]().discover(found).sessions) if found else 0
+        sessions = len(REGISTRY[name]().discover_blocking(found).sessions) if found else 0
         where = ", ".join(str(r) for r in roots)
         state = f"{sessions} sessions" if found else "missing (will be picked up when it appears)"
         print(f"  {name:<12} {state:<44} {where}", file=out)

@@ -243,7 +243,9 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
                 redactions={str(k): int(v) for k, v in p.get("redactions", {}).items()},
                 uploaded_at=p.get("uploaded_at"),
                 check=_check_of(p),
-                source_bytes=int(p.get("source_bytes", int(p["cursor_range"][1]) - int(p["cursor_range"][0]))),
+                source_bytes=int(
+                    p.get("source_bytes", int(p["cursor_range"][1]) - int(p["cursor_range"][0]))
+                ),
             )
             for p in doc.get("parts", [])
         ]

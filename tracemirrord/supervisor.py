@@ -29,12 +29,12 @@ import structlog
 from tracemirrord import __version__, layout
 from tracemirrord.checkpoint import Checkpointer, parse_cached
 from tracemirrord.config import Settings
-from tracemirrord.harnesses import REGISTRY, JsonlHarness
-from tracemirrord.harnesses.base import DirCache, Discovery
-from tracemirrord.harnesses.jsonl import FileStat, stat_file, unchanged_at
+from tracemirrord.harnesses import REGISTRY
+from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
+from tracemirrord.source import Probe, Source
 from tracemirrord.store import ObjectStore, S3Options, open_store
 from tracemirrord.store.base import StoreError
 
@@ -75,10 +75,25 @@ class DaemonError(Exception):
     """A condition that stops the daemon from starting; the message says what to do."""
 
 
+class CheckpointCursors:
+    """``HarnessHooks.cursors`` for one harness: shared read positions kept in the local checkpoint."""
+
+    def __init__(self, checkpoint: Checkpointer, harness: str) -> None:
+        self._checkpoint = checkpoint
+        self._harness = harness
+
+    async def load(self, source: str) -> str | None:
+        return await self._checkpoint.load_cursor(self._harness, source)
+
+    async def save(self, source: str, value: str) -> None:
+        if not await self._checkpoint.save_cursor(self._harness, source, value):
+            log.warning("shared cursor not saved", harness=self._harness, error=self._checkpoint.last_error)
+
+
 class HarnessTask:
     """Discovers one harness's sessions and runs a follower for each."""
 
-    def __init__(self, harness: JsonlHarness, roots: list[Path], ctx: MirrorContext, scan_interval_s: float):
+    def __init__(self, harness: Harness, roots: list[Path], ctx: MirrorContext, scan_interval_s: float):
         self.harness = harness
         self.roots = roots
         self.ctx = ctx
@@ -86,43 +101,63 @@ class HarnessTask:
         self.followers: dict[str, SessionMirror] = {}
         self.state = "idle"
         self.error: str | None = None
-        self._refused: set[Path] = set()
-        self._dirs = DirCache()
+        self.refused: dict[Path, str] = {}
+        self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake)
+        harness.hooks = self.hooks
         self._last_found: Discovery | None = None
+        self._refs: dict[str, SessionRef] = {}
+        self._kick = anyio.Event()
+        self._to_start: list[SessionMirror] = []
 
     @property
     def name(self) -> str:
         return self.harness.name
+
+    def wake(self, session_id: str) -> None:
+        """A harness saw this session change: read it now (start it again if it was parked)."""
+        follower = self.followers.get(session_id)
+        if follower is None:
+            self._kick.set()  # a new session: discover now
+        elif follower.parked:
+            follower.parked = False
+            self._to_start.append(follower)
+            self._kick.set()
+        else:
+            follower.nudge()
+
+    def _open(self, ref: SessionRef) -> Source:
+        return self.harness.open_source(ref, max_line_bytes=self.ctx.max_line_bytes)
 
     async def discover(self) -> list[SessionMirror]:
         """Scan the roots; create followers for new sessions, move followers of moved ones."""
         if not any(root.is_dir() for root in self.roots):
             self.state = "missing"
             return []
-        found = await anyio.to_thread.run_sync(self.harness.discover, self.roots, self._dirs)
+        found = await self.harness.discover(self.roots)
         if found is self._last_found:
-            return []  # no directory changed: nothing new, nothing moved
+            return []  # nothing changed: nothing new, nothing moved
         self._last_found = found
         for problem in found.refused:
-            if problem.path not in self._refused:
-                self._refused.add(problem.path)
-                log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
+            if problem.path not in self.refused:
+                self.refused[problem.path] = str(problem)
+                log.error(
+                    "session refused", harness=self.name, path=str(problem.path), error=str(problem)
+                )
         new = []
         for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
-                follower = SessionMirror(
-                    SessionKey(self.name, ref.session_id), ref.path, self.harness, self.ctx
-                )
+                follower = SessionMirror(SessionKey(self.name, ref.session_id), self._open(ref), self.ctx)
                 self.followers[ref.session_id] = follower
                 new.append(follower)
-            else:
-                follower.relocate(ref.path)
+            elif self._refs.get(ref.session_id) != ref:
+                follower.relocate(self._open(ref))
+            self._refs[ref.session_id] = ref
         self.state = "running" if self.followers else "idle"
         return await self._triage(new)
 
     async def _triage(self, new: list[SessionMirror]) -> list[SessionMirror]:
-        """Park new followers of old, fully mirrored (or out-of-window) files without starting them.
+        """Park new followers of old, fully mirrored (or out-of-window) sources without starting them.
 
         On a first start over months of history most sessions have nothing to do; checking them in
         one worker-thread batch against the checkpoint avoids a task, a state and a read for each.
@@ -133,22 +168,22 @@ class HarnessTask:
         cached = await self.ctx.checkpoint.load_all_raw(self.name)
         cutoff = self.ctx.backfill_cutoff
 
-        def triage() -> list[tuple[SessionMirror, SessionState | None, FileStat | None]]:
-            """(follower, its cached state, the stat to park it at, or None to start it now)."""
+        def triage() -> list[tuple[SessionMirror, SessionState | None, Probe | None]]:
+            """(follower, its cached state, the probe to park it at, or None to start it now)."""
             now = time.time()
             verdicts = []
             for follower in new:
                 raw = cached.get(follower.key.session_id)
                 state = None if raw is None else parse_cached(raw, follower.key)
-                st = stat_file(follower.path)
+                probe = follower.source.probe()
                 park = None
-                if st is not None and now - st.mtime >= PARK_AFTER_S:
+                if probe is not None and now - probe.mtime >= PARK_AFTER_S:
                     if raw is None:
-                        if cutoff is not None and st.mtime < cutoff:
-                            park = st  # outside the backfill window until it changes
+                        if cutoff is not None and probe.mtime < cutoff:
+                            park = probe  # outside the backfill window until it changes
                     elif state is not None:
-                        if unchanged_at(follower.path, state.cursor, state.fingerprint) == st:
-                            park = st  # fully mirrored and untouched since
+                        if follower.source.settled_at(state.position) == probe:
+                            park = probe  # fully mirrored and untouched since
                 # a parked follower keeps no state: ten thousand old sessions must not cost memory
                 verdicts.append((follower, None, park) if park is not None else (follower, state, None))
             return verdicts
@@ -167,6 +202,8 @@ class HarnessTask:
         log.info("harness started", harness=self.name, roots=[str(r) for r in self.roots])
         try:
             async with anyio.create_task_group() as followers:
+                followers.start_soon(self._relay_stop, stopping)
+                followers.start_soon(self.harness.watch, self.roots, self.hooks, stopping)
                 scans = 0
                 while not stopping.is_set():
                     for follower in await self.discover():
@@ -176,10 +213,19 @@ class HarnessTask:
                             followers.start_soon(follower.run, stopping)
                     scans += 1
                     with anyio.move_on_after(self.scan_interval_s):
-                        await stopping.wait()
+                        await self._kick.wait()
+                    self._kick = anyio.Event()
+                    woken, self._to_start = self._to_start, []
+                    for follower in woken:
+                        if not stopping.is_set():
+                            followers.start_soon(follower.run, stopping)
                 self.nudge_all()
         finally:
             self.nudge_all()
+
+    async def _relay_stop(self, stopping: anyio.Event) -> None:
+        await stopping.wait()
+        self._kick.set()
 
     def nudge_all(self) -> None:
         for follower in self.followers.values():
@@ -321,6 +367,9 @@ class Daemon:
             self.ctx.health.failed(exc)
 
     async def close(self) -> None:
+        for task in self.tasks:
+            with contextlib.suppress(Exception):
+                await task.harness.close()
         with contextlib.suppress(Exception):
             await self.checkpoint.close()
         with contextlib.suppress(Exception):

@@ -5,11 +5,11 @@ Harnesses named in config.KNOWN_HARNESSES but absent here are reported as not ye
 
 from __future__ import annotations
 
-from tracemirrord.harnesses.base import JsonlHarness, SessionInfo, SessionRef, UnsafeSessionId
+from tracemirrord.harnesses.base import Harness, JsonlHarness, SessionRef, UnsafeSessionId
 from tracemirrord.harnesses.claude_code import ClaudeCode
 from tracemirrord.harnesses.codex import Codex
 from tracemirrord.harnesses.pi import Pi
 
-REGISTRY: dict[str, type[JsonlHarness]] = {h.name: h for h in (ClaudeCode, Codex, Pi)}
+REGISTRY: dict[str, type[Harness]] = {h.name: h for h in (ClaudeCode, Codex, Pi)}
 
-__all__ = ["REGISTRY", "JsonlHarness", "SessionInfo", "SessionRef", "UnsafeSessionId"]
+__all__ = ["REGISTRY", "Harness", "JsonlHarness", "SessionRef", "UnsafeSessionId"]

@@ -84,6 +84,9 @@ class Harness:
     name: ClassVar[str]
     kind: ClassVar[SourceKind]
     root_env: ClassVar[tuple[str, ...]] = ()  # the agent's own variables that move its root
+    # Set by the harness task before the first discover (also under --once, where watch() does not
+    # run): shared cursors and wake-ups.
+    hooks: HarnessHooks | None = None
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
         """Where this agent keeps sessions, from its own environment variables, else under home."""
@@ -164,8 +167,13 @@ class JsonlHarness(Harness):
         return cache.result
 
     def describe(self, lines: list[bytes]) -> SessionInfo:
-        """cwd and start time from a session's first records (top level or a ``payload``)."""
-        cwd = started = None
+        """Session metadata from its first records: top level, a ``payload``, or a ``message``.
+
+        Claude Code: ``cwd``, ``timestamp``, ``gitBranch``, ``version``, ``message.model``; Codex:
+        ``payload.cwd``, ``payload.cli_version``, ``payload.git.branch``, ``payload.model``; pi:
+        the header's ``cwd`` and ``timestamp``, ``model`` or ``message.model`` later.
+        """
+        found: dict[str, str] = {}
         for line in lines:
             if len(line) > _DESCRIBE_LINE_LIMIT:
                 continue
@@ -175,15 +183,33 @@ class JsonlHarness(Harness):
                 continue
             if not isinstance(record, dict):
                 continue
-            payload = record.get("payload")
-            for source in (record, payload if isinstance(payload, dict) else {}):
-                if cwd is None and isinstance(source.get("cwd"), str):
-                    cwd = source["cwd"]
-                if started is None and isinstance(source.get("timestamp"), str):
-                    started = source["timestamp"]
-            if cwd is not None and started is not None:
-                break
-        return SessionInfo(cwd, started)
+            nested = [record.get("payload"), record.get("message")]
+            git = [d.get("git") for d in (record, *nested) if isinstance(d, dict)]
+            for source in (record, *nested, *git):
+                if not isinstance(source, dict):
+                    continue
+                for name, keys in _DESCRIBE_KEYS.items():
+                    for key in keys:
+                        value = source.get(key)
+                        if name not in found and isinstance(value, str) and value:
+                            found[name] = value
+        return SessionInfo(
+            cwd=found.get("cwd"),
+            started_at=found.get("started_at"),
+            model=found.get("model"),
+            git_branch=found.get("git_branch"),
+            agent_version=found.get("agent_version"),
+        )
+
+
+# SessionInfo field -> the record keys that hold it in the JSONL agents' formats (harnesses.md).
+_DESCRIBE_KEYS = {
+    "cwd": ("cwd",),
+    "started_at": ("timestamp",),
+    "model": ("model",),
+    "git_branch": ("gitBranch", "branch"),
+    "agent_version": ("version", "cli_version"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,397 @@
+"""The sink of one session: parts, meta.json and its lease, the local checkpoint, and roll-forward.
+
+It knows nothing of files or tables: it is handed ``source.Records`` and keeps ``SessionState``
+(whose ``position`` is the source's Position). Order of effects: PUT part -> meta.json (when due)
+-> local checkpoint -> ``Source.committed``. A crash between any two leaves the bucket ahead of
+the checkpoint, and ``roll_forward`` adopts the parts the cache does not know instead of
+uploading them again.
+
+Part keys are fixed by (session, seq) (layout.part_token) and written create-only, so a second
+writer racing for the same seq loses with 412, reads what won, and continues after it: parts never
+overlap. The meta.json lease makes a second agent back off before it even tries.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from tracemirrord import layout
+from tracemirrord.checkpoint import Checkpointer
+from tracemirrord.frame import OVERSIZE_RULE
+from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
+from tracemirrord.redact import Redactor
+from tracemirrord.source import INFO_FIELDS, START, Position, Records, SessionInfo, Source
+from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
+
+log = structlog.get_logger("tracemirrord.mirror")
+
+LEASE_TTL_S = 120.0
+_INLINE_REDACT_BYTES = 256 * 1024
+_DESCRIBE_LINES = 8
+
+
+class LeaseHeld(Exception):
+    """Another agent holds a live lease on this session: back off, say so, do not write."""
+
+
+class WriterConflict(Exception):
+    """Another writer put a part at our seq: roll forward again from the bucket."""
+
+
+@dataclass
+class StoreHealth:
+    """The store's health as the followers see it; transitions are logged once, not per request."""
+
+    state: str = "ok"
+    last_error: str | None = None
+    last_ok_at: float | None = None
+
+    def ok(self) -> None:
+        if self.state != "ok":
+            log.info("store reachable again")
+        self.state = "ok"
+        self.last_ok_at = time.time()
+
+    def failed(self, exc: StoreError) -> None:
+        """Record a failure; only the first of an outage is logged as an error, the rest at debug."""
+        message = str(exc)
+        if self.state != "unreachable":
+            log.error("store error", error=message, kind=type(exc).__name__)
+        else:
+            log.debug("store error", error=message, kind=type(exc).__name__)
+        self.state = "unreachable"
+        self.last_error = message
+
+
+@dataclass
+class MirrorContext:
+    """Everything the followers share; built once by the supervisor."""
+
+    store: ObjectStore
+    checkpoint: Checkpointer
+    redactor: Redactor
+    project: str
+    agent_id: str
+    instance: str
+    host: str
+    flush_interval_s: float
+    part_max_bytes: int
+    meta_interval_s: float
+    max_line_bytes: int
+    limiter: anyio.CapacityLimiter
+    health: StoreHealth = field(default_factory=StoreHealth)
+    backfill_cutoff: float | None = None  # sessions last modified before this are not mirrored
+    parts_window: int = layout.META_PARTS_WINDOW
+
+
+class SessionWriter:
+    """Puts one session's records into the bucket, exactly once, and keeps its state."""
+
+    def __init__(self, key: SessionKey, ctx: MirrorContext) -> None:
+        self.key = key
+        self.ctx = ctx
+        self.state: SessionState | None = None
+        self.loaded = False
+        self.rolled_forward = False
+        self.once = False  # --once: mirror what is pending, then write meta.json once
+        self.unclaimed = False  # --once on a session new to the bucket: meta.json comes at the end
+        self.location = ""  # the source's location, for meta.json's source_path
+        self.unit = "bytes"
+        self.last_flush_at: str | None = None
+        self._meta_etag: str | None = None
+        self._meta_written_at: float | None = None
+        self._meta_seq = -1  # next_seq as of the last meta.json write
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        return log.bind(harness=self.key.harness, session=self.key.session_id)
+
+    @property
+    def position(self) -> Position:
+        return START if self.state is None else self.state.position
+
+    # ---------- state ----------
+
+    def use_cached(self, state: SessionState | None) -> None:
+        """Start from this cached state (read with others in one batch) instead of loading it."""
+        self.state = state
+        self.loaded = True
+
+    async def load_cached(self) -> None:
+        self.use_cached(await self.ctx.checkpoint.load(self.key))
+
+    def reset(self) -> None:
+        """Forget everything; the next read reloads the checkpoint and rolls forward (parking)."""
+        self.state = None
+        self.loaded = False
+        self.rolled_forward = False
+        self._meta_etag = None
+        self._meta_written_at = None
+        self._meta_seq = -1
+
+    def forget_position(self) -> None:
+        """Another writer moved the session on: roll forward again before the next part."""
+        self.rolled_forward = False
+
+    @property
+    def meta_behind(self) -> bool:
+        """Parts were written since meta.json last was (it trails by up to meta_interval)."""
+        return self.state is not None and self.state.next_seq > self._meta_seq >= 0
+
+    def meta_due(self) -> bool:
+        return (
+            self._meta_written_at is None
+            or time.monotonic() - self._meta_written_at >= self.ctx.meta_interval_s
+        )
+
+    async def roll_forward(self) -> None:
+        """Make ``state`` what the bucket says, adopting parts the cache does not know yet."""
+        store, key = self.ctx.store, self.key
+        # One listing shows the parts and whether meta.json exists: a session new to the bucket
+        # costs one request here, not a GET that fails and then a LIST.
+        prefix = layout.session_prefix(self.ctx.project, key)
+        listing = [info for info in await store.list(prefix) if "/" not in info.key[len(prefix) :]]
+        listed = {seq: info for info in listing if (seq := layout.parse_part_key(info.key)) is not None}
+        meta_key = layout.meta_key(self.ctx.project, key)
+        bucket_state: SessionState | None = None
+        self._meta_etag = None
+        if any(info.key == meta_key for info in listing):
+            try:
+                meta = await store.get(meta_key)
+                self._meta_etag = meta.info.etag
+                bucket_state = layout.parse_meta(meta.body, key)
+            except NotFound:
+                pass  # removed since the listing: written afresh below
+            except layout.LayoutError as exc:
+                self.log.warning("meta.json unusable; rebuilding it from the parts", error=str(exc))
+        if bucket_state is not None:
+            self.check_lease(bucket_state.lease)
+        state = self._pick_base(listed, self.state, bucket_state)
+        for seq in sorted(s for s in listed if s >= state.next_seq):
+            info = await store.head(listed[seq].key)
+            part = layout.decode_part_metadata(info.key, info.metadata, info.size, info.last_modified)
+            state.adopt(part, self.ctx.parts_window)
+        if bucket_state is not None and state.started_at is None:
+            state.started_at, state.cwd = bucket_state.started_at, bucket_state.cwd
+            state.info = state.info or dict(bucket_state.info)
+        state.unit = self.unit
+        self.state = state
+        self.ctx.health.ok()
+        self.rolled_forward = True
+        # New to the bucket, under --once: no lease for the few moments this takes. Parts are
+        # create-only at keys fixed by seq, so another writer still cannot interleave bytes;
+        # meta.json is written once, at the end (one object less per session on a backfill).
+        self.unclaimed = self.once and not listing
+        if self.unclaimed:
+            return
+        await self.write_meta()  # claims the lease before the first part of this run
+
+    def _pick_base(self, listed: dict[int, object], *candidates: SessionState | None) -> SessionState:
+        """The most advanced candidate whose last part is really in the bucket, else a fresh state."""
+        usable = [c for c in candidates if c is not None and (c.next_seq == 0 or c.next_seq - 1 in listed)]
+        if usable:
+            return copy.deepcopy(max(usable, key=lambda c: c.next_seq))
+        if any(c is not None for c in candidates):
+            self.log.warning("cached state does not match the bucket; rebuilding from the parts")
+        return SessionState(key=self.key, unit=self.unit)
+
+    def check_lease(self, lease: Lease | None) -> None:
+        if lease is None or lease.agent_id == self.ctx.agent_id:
+            return
+        try:
+            renewed = datetime.fromisoformat(lease.renewed_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return
+        if time.time() - renewed < LEASE_TTL_S:
+            raise LeaseHeld(
+                f"agent {lease.agent_id} is mirroring this session (lease renewed {lease.renewed_at}); "
+                "backing off"
+            )
+
+    # ---------- writing ----------
+
+    async def put_part(self, batch: list[Records], source: Source) -> PartRecord:
+        """Redact ``batch`` and put it as the next part; then meta.json (when due) and the checkpoint."""
+        assert self.state is not None and batch
+        written = self._meta_written_at
+        if not self.unclaimed and (written is None or time.monotonic() - written > LEASE_TTL_S / 2):
+            await self.write_meta()  # renew the lease before writing under it
+        raw = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
+        redaction = await self._redact(raw)
+        counts = dict(redaction.counts)
+        dropped = sum(r.dropped for r in batch)
+        if dropped:
+            counts[OVERSIZE_RULE] = counts.get(OVERSIZE_RULE, 0) + dropped
+        body = redaction.data
+        state = self.state
+        first, last = batch[0].start, batch[-1].end
+        if first.at_start and state.started_at is None:
+            self._describe(body, source)
+        part = PartRecord(
+            seq=state.next_seq,
+            token=layout.part_token(self.key, state.next_seq),
+            generation=first.generation,
+            start=first.cursor,
+            end=last.cursor,
+            sha256=hashlib.sha256(body).hexdigest(),
+            uploaded_bytes=len(body),
+            redactions=counts,
+            uploaded_at=utc_now_iso(),
+            check=last.check,
+            source_bytes=sum(r.source_bytes for r in batch),
+        )
+        object_key = layout.format_part_key(self.ctx.project, self.key, part.seq)
+        try:
+            await self.ctx.store.put(
+                object_key,
+                body,
+                metadata=layout.encode_part_metadata(part),
+                if_none_match=True,
+                content_type="application/x-ndjson",
+            )
+        except PreconditionFailed:
+            await self._resolve_taken_seq(object_key, part)
+        self.ctx.health.ok()
+        self.log.debug(
+            "part uploaded",
+            seq=part.seq,
+            generation=part.generation,
+            cursor_range=[part.start, part.end],
+            uploaded_bytes=part.uploaded_bytes,
+        )
+        state.adopt(part, self.ctx.parts_window)
+        state.source_path = self.location
+        if state.ended_at is not None:
+            state.ended_at = None  # the source came back and grew
+        self.last_flush_at = part.uploaded_at
+        if self.meta_due() and not self.unclaimed:
+            try:
+                await self.write_meta()
+            except StoreError as exc:  # the part is durable; meta.json catches up later
+                self.log.warning("meta.json update failed; will retry", error=str(exc))
+        await self.save_checkpoint()
+        source.committed(last)
+        return part
+
+    def _describe(self, body: bytes, source: Source) -> None:
+        """Session metadata from the first redacted records, plus what the source says (redacted too)."""
+        assert self.state is not None
+        info = source.describe(body.split(b"\n", _DESCRIBE_LINES)[:_DESCRIBE_LINES])
+        self.apply_info(info)
+
+    def apply_info(self, info: SessionInfo) -> None:
+        """Take the session metadata into the state, each field through the redactor first.
+
+        The records ``describe`` reads are redacted already; what a source adds from elsewhere
+        (hermes' sessions table, a title) is not, so every field passes the redactor here.
+        """
+        assert self.state is not None
+        fields = {name: getattr(info, name) for name in INFO_FIELDS if getattr(info, name)}
+        if fields:
+            line = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+            redacted = self.ctx.redactor.redact(line)
+            try:
+                fields = json.loads(redacted.data) if redacted.data.strip() else {}
+            except ValueError:
+                fields = {}
+        state = self.state
+        state.cwd = state.cwd or _str(fields.get("cwd"))
+        state.started_at = _str(fields.get("started_at")) or state.started_at
+        for name in layout.INFO_META_FIELDS:
+            value = _str(fields.get(name))
+            if value:
+                state.info[name] = value
+
+    async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
+        """Our seq's key exists: either an earlier attempt of ours landed, or another writer's did."""
+        info = await self.ctx.store.head(object_key)
+        theirs = layout.decode_part_metadata(object_key, info.metadata, info.size, info.last_modified)
+        if (theirs.generation, theirs.start, theirs.end, theirs.sha256) == (
+            part.generation,
+            part.start,
+            part.end,
+            part.sha256,
+        ):
+            return  # our own earlier attempt landed: adopt it, do not write it twice
+        self.forget_position()
+        raise WriterConflict(f"part {part.seq} already holds {theirs.start}-{theirs.end}")
+
+    async def _redact(self, raw: bytes):
+        if len(raw) <= _INLINE_REDACT_BYTES:
+            return self.ctx.redactor.redact(raw)
+        return await anyio.to_thread.run_sync(self.ctx.redactor.redact, raw)
+
+    async def write_meta(self, *, release: bool = False) -> None:
+        """Write meta.json under If-Match on the ETag we last saw; claim or renew (or release) the lease."""
+        assert self.state is not None
+        state = self.state
+        state.source_path = self.location
+        key = layout.meta_key(self.ctx.project, self.key)
+        for _ in range(5):
+            state.lease = None if release else Lease(self.ctx.agent_id, self.ctx.instance, utc_now_iso())
+            body = layout.render_meta(state, agent_id=self.ctx.agent_id, host=self.ctx.host)
+            try:
+                if self._meta_etag is None:
+                    etag = await self.ctx.store.put(
+                        key, body, if_none_match=True, content_type="application/json"
+                    )
+                else:
+                    etag = await self.ctx.store.put(
+                        key, body, if_match=self._meta_etag, content_type="application/json"
+                    )
+            except PreconditionFailed:
+                await self._reread_meta(key)
+                continue
+            self._meta_etag = etag
+            self._meta_written_at = time.monotonic()
+            self._meta_seq = state.next_seq
+            self.unclaimed = False
+            return
+        raise WriterConflict("meta.json kept changing under us")
+
+    async def _reread_meta(self, key: str) -> None:
+        try:
+            current = await self.ctx.store.get(key)
+        except NotFound:
+            self._meta_etag = None
+            return
+        self._meta_etag = current.info.etag
+        try:
+            theirs = layout.parse_meta(current.body, self.key)
+        except layout.LayoutError:
+            return  # not a meta.json we can read: ours replaces it
+        self.check_lease(theirs.lease)
+        if self.state is not None and theirs.next_seq > self.state.next_seq:
+            self.forget_position()
+            raise WriterConflict(f"meta.json says {theirs.next_seq} parts, we know {self.state.next_seq}")
+
+    async def save_checkpoint(self) -> None:
+        assert self.state is not None
+        if not await self.ctx.checkpoint.save(self.state):
+            self.log.warning(
+                "checkpoint not saved; the bucket stays the truth", error=self.ctx.checkpoint.last_error
+            )
+
+    async def mark_ended(self, ended_at: str | None = None) -> bool:
+        """The source is gone (or its agent says the session ended): say so in meta.json, once."""
+        if self.state is None or self.state.next_seq == 0 or self.state.ended_at is not None:
+            return False
+        if not self.rolled_forward:
+            await self.roll_forward()
+        self.state.ended_at = ended_at or utc_now_iso()
+        await self.write_meta(release=True)
+        await self.save_checkpoint()
+        return True
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
