@@ -258,3 +258,41 @@ def test_store_errors_are_retried_on_a_later_call_and_never_raise(tmp_path: Path
         == b"result\n"
     )
     assert not (tmp_path / "bucket" / "default" / "sessions" / "claude-code" / "escape.txt").exists()
+
+
+# ---------- end to end: the daemon as a subprocess into a file:// bucket ----------
+
+
+def test_daemon_mirrors_the_prompt_history_under_the_machines_id(tmp_path: Path) -> None:
+    """history.jsonl beside projects/ is mirrored, appends included, as history__<agent id>."""
+    from daemon import Daemon, daemon_env, read_back, wait_for
+
+    from tracemirrord.model import SessionKey
+
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")  # TRACEMIRROR_AGENT_ID=tester@host
+    tree = Tree(Path(env["HOME"]) / ".claude")
+    tree.transcript()
+    history = tree.config / "history.jsonl"
+    first = (
+        b'{"display":"fix it","pastedContents":{},"timestamp":1764000000000,"project":"/home/dev/a"}\n'
+        b'{"display":"now run it","pastedContents":{},"timestamp":1764000060000,"project":"/home/dev/a"}\n'
+    )
+    history.write_bytes(first)
+    key = SessionKey("claude-code", "history__tester@host")
+
+    def mirrored() -> bytes | None:
+        try:
+            return read_back(env["TRACEMIRROR_BUCKET"], key).generations.get(0)
+        except Exception:
+            return None
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: mirrored() == first, 15, "the history")
+        more = b'{"display":"thanks","pastedContents":{},"timestamp":1764000120000,"project":"/home/dev/b"}\n'
+        with history.open("ab") as f:
+            f.write(more)
+        wait_for(lambda: mirrored() == first + more, 15, "the appended prompt")
+        assert daemon.stop() == 0, daemon.log()
+    meta = json.loads((bucket_object(tmp_path / "bucket", key.session_id, "meta.json")).read_bytes())
+    assert meta["started_at"] == "2025-11-24T16:00:00.000Z"
+    assert meta["title"] == "Claude Code prompt history"
