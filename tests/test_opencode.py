@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ async def read_all(source, after: Position, max_bytes: int = BIG) -> tuple[list[
             return out, after
         out += lines_of(rec)
         after = rec.end
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
 
 
 # --- SQLite source ---
@@ -210,19 +217,13 @@ async def test_db_watch_wakes_changed_sessions_and_probe_follows_it(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(harness.watch, [root], HarnessHooks(Cursors(), woken.append), stopping)
-        with anyio.fail_after(5):
-            while source.probe().token[0] != "w":
-                await anyio.sleep(0.05)  # noqa: ASYNC110
+        await until(lambda: source.probe().token[0] == "w")
         before = source.probe()
         put_part(db, "prt_9", "msg_2", other, BASE_MS + 9, {"type": "text", "text": "x"})
-        with anyio.fail_after(5):
-            while other not in woken:
-                await anyio.sleep(0.05)  # noqa: ASYNC110
+        await until(lambda: other in woken)
         assert SID not in woken and source.probe() == before  # an unchanged session is not disturbed
         put_part(db, "prt_1", "msg_1", SID, BASE_MS + 10, {"type": "text", "text": "y"})
-        with anyio.fail_after(5):
-            while SID not in woken:
-                await anyio.sleep(0.05)  # noqa: ASYNC110
+        await until(lambda: SID in woken)
         assert source.probe() != before and source.probe().mtime == (BASE_MS + 10) / 1000
         stopping.set()
     assert source.probe().token[0] == "s"
