@@ -8,8 +8,9 @@ from __future__ import annotations
 from tracemirrord.harnesses.base import Harness, JsonlHarness, SessionRef, UnsafeSessionId
 from tracemirrord.harnesses.claude_code import ClaudeCode
 from tracemirrord.harnesses.codex import Codex
+from tracemirrord.harnesses.opencode import Opencode
 from tracemirrord.harnesses.pi import Pi
 
-REGISTRY: dict[str, type[Harness]] = {h.name: h for h in (ClaudeCode, Codex, Pi)}
+REGISTRY: dict[str, type[Harness]] = {h.name: h for h in (ClaudeCode, Codex, Pi, Opencode)}
 
 __all__ = ["REGISTRY", "Harness", "JsonlHarness", "SessionRef", "UnsafeSessionId"]
