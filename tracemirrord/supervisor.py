@@ -27,6 +27,7 @@ import anyio.to_thread
 import structlog
 
 from tracemirrord import __version__, layout
+from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
 from tracemirrord.config import Settings
 from tracemirrord.harnesses import REGISTRY
@@ -108,6 +109,7 @@ class HarnessTask:
         self._refs: dict[str, SessionRef] = {}
         self._kick = anyio.Event()
         self._to_start: list[SessionMirror] = []
+        self.attachments = AttachmentMirror(ctx)
 
     @property
     def name(self) -> str:
@@ -208,6 +210,7 @@ class HarnessTask:
                 while not stopping.is_set():
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
+                    await self.mirror_attachments()
                     if scans % IDLE_SWEEP_EVERY == 0:
                         for follower in await self.sweep_parked(cold=scans % COLD_SWEEP_EVERY == 0):
                             followers.start_soon(follower.run, stopping)
@@ -222,6 +225,12 @@ class HarnessTask:
                 self.nudge_all()
         finally:
             self.nudge_all()
+
+    async def mirror_attachments(self) -> None:
+        """Upload the files that belong to sessions but are no transcript (once each; cheap when done)."""
+        found = self._last_found
+        if found is not None and found.attachments:
+            await self.attachments.mirror(self.name, found.attachments)
 
     async def _relay_stop(self, stopping: anyio.Event) -> None:
         await stopping.wait()
@@ -270,6 +279,7 @@ class HarnessTask:
             progress.sessions += len(pending)
             for follower in pending:
                 tg.start_soon(sync, follower)
+            tg.start_soon(self.mirror_attachments)
         return failures
 
 
