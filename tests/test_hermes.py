@@ -1,0 +1,377 @@
+"""hermes: the Source and Harness against real WAL databases, then the real daemon end to end.
+
+Expected rows come from tests/hermes_writer.py, which records what it inserted; nothing expected is
+computed by tracemirrord's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hermes_writer import add_session, connect, create_db, delete_session, insert, message
+
+from tracemirrord.harnesses.base import HarnessHooks, UnknownSource, UnsafeSessionId
+from tracemirrord.harnesses.hermes import Hermes, HermesSource
+from tracemirrord.source import START, Discontinuity, Position, Records, UnknownFormat
+
+pytestmark = pytest.mark.anyio
+WRITER = Path(__file__).with_name("hermes_writer.py")
+MAX_LINE = 8 * 2**20
+
+
+class Cursors:
+    """The shared-cursor store as a plain dict (the checkpoint's role in the daemon)."""
+
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        self.values = dict(values or {})
+
+    async def load(self, source: str) -> str | None:
+        return self.values.get(source)
+
+    async def save(self, source: str, value: str) -> None:
+        self.values[source] = value
+
+
+def make_db(home: Path, sessions: list[str], rows: int, seed: int = 1) -> tuple[Path, dict[str, list[dict]]]:
+    """A state.db with ``rows`` messages interleaved over ``sessions``; expected objects by session."""
+    db = home / ".hermes" / "state.db"
+    create_db(db)
+    expected: dict[str, list[dict]] = {sid: [] for sid in sessions}
+    conn = connect(db)
+    for sid in sessions:
+        add_session(conn, sid, title=f"title of {sid}")
+    add_rows(conn, sessions, rows, expected, seed)
+    conn.close()
+    return db, expected
+
+
+def add_rows(
+    conn: Any, sessions: list[str], rows: int, expected: dict[str, list[dict]], seed: int = 2
+) -> None:
+    rng = random.Random(seed)
+    for k in range(rows):
+        sid = sessions[k % len(sessions)]
+        expected[sid].append(insert(conn, message(sid, len(expected[sid]), rng)))
+
+
+async def read_all(src: HermesSource, pos: Position, max_bytes: int = 4096) -> tuple[list[dict], Position]:
+    """Read until nothing is left; every part's lines parsed, the final position."""
+    out: list[dict] = []
+    while True:
+        got = await src.read(pos, max_bytes)
+        assert isinstance(got, Records), got
+        if got.empty:
+            return out, pos
+        assert got.start == pos and got.end.cursor > pos.cursor
+        out.extend(json.loads(line) for line in got.data.splitlines())
+        src.committed(got.end)
+        pos = got.end
+
+
+async def until(predicate: Callable[[], bool], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110 - polling a file or another task's list
+            await anyio.sleep(0.05)
+
+
+def sources(harness: Hermes, discovery: Any) -> dict[str, HermesSource]:
+    opened = {}
+    for ref in discovery.sessions:
+        src = harness.open_source(ref, max_line_bytes=MAX_LINE)
+        assert isinstance(src, HermesSource)
+        opened[ref.session_id] = src
+    return opened
+
+
+def sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+# ---------- the source against a real database ----------
+
+
+async def test_rows_split_by_session_in_rowid_order_with_json_content_decoded(tmp_path: Path) -> None:
+    """Without watch (per-session queries) and with the shared reader: each session gets its rows."""
+    sessions = ["20260501_080000_aaaaaa", "20260501_080001_bbbbbb", "20260501_080002_cccccc"]
+    db, expected = make_db(tmp_path, sessions, 60)
+    assert any(isinstance(row["content"], list) for rows in expected.values() for row in rows)
+    for shared in (False, True):
+        harness = Hermes()
+        found = await harness.discover(harness.default_roots({}, tmp_path))
+        assert sorted(ref.session_id for ref in found.sessions) == sessions and not found.refused
+        opened = sources(harness, found)
+        if shared:
+            harness.readers[db].enable_shared(0)
+        for sid, src in opened.items():
+            got, pos = await read_all(src, START)
+            assert got == expected[sid]
+            assert pos.cursor == expected[sid][-1]["id"] and pos.check and ";" not in pos.check
+        await harness.close()
+
+
+async def test_reread_after_a_position_adds_nothing(tmp_path: Path) -> None:
+    """A fresh harness (a restart) reading after a mirrored position returns only rows after it."""
+    sid = "20260501_080000_aaaaaa"
+    db, expected = make_db(tmp_path, [sid, "20260501_090000_other0"], 20)
+    harness = Hermes()
+    src = sources(harness, await harness.discover([tmp_path / ".hermes"]))[sid]
+    _, pos = await read_all(src, START)
+    await harness.close()
+
+    conn = connect(db)
+    add_rows(conn, [sid, "20260501_090000_other0"], 6, expected, seed=9)
+    conn.close()
+    again = Hermes()
+    src = sources(again, await again.discover([tmp_path / ".hermes"]))[sid]
+    again.readers[db].enable_shared(0)  # the shared read starts below the position: still nothing twice
+    got, end = await read_all(src, pos)
+    assert got == expected[sid][-3:]
+    assert await src.read(end, 4096) == Records(end, end, b"", 0)
+    await again.close()
+
+
+async def test_replaced_database_is_a_discontinuity(tmp_path: Path) -> None:
+    """A new state.db at the same path (same session id, even more rows) starts a new generation."""
+    sid = "20260501_080000_aaaaaa"
+    db, _ = make_db(tmp_path, [sid], 5)
+    harness = Hermes()
+    roots = [tmp_path / ".hermes"]
+    src = sources(harness, await harness.discover(roots))[sid]
+    _, pos = await read_all(src, START)
+
+    fresh, expected = make_db(tmp_path / "new", [sid], 9, seed=5)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{fresh}{suffix}", f"{db}{suffix}")
+    await harness.discover(roots)
+    assert isinstance(await src.read(pos, 4096), Discontinuity)
+    got, _ = await read_all(src, Position(pos.generation + 1))
+    assert got == expected[sid]
+    await harness.close()
+
+
+async def test_unknown_schema_is_refused_by_name_and_never_crashes(tmp_path: Path) -> None:
+    """A state.db without hermes' columns and a profile file that is no database are listed as refused."""
+    home = tmp_path / ".hermes"
+    home.mkdir()
+    import sqlite3
+
+    conn = sqlite3.connect(home / "state.db")
+    conn.executescript(
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY); CREATE TABLE messages (id INTEGER, body TEXT);"
+    )
+    conn.close()
+    (home / "profiles" / "work").mkdir(parents=True)
+    (home / "profiles" / "work" / "state.db").write_bytes(b"this is not sqlite" * 100)
+    harness = Hermes()
+    found = await harness.discover([home])
+    assert not found.sessions
+    assert {r.path for r in found.refused} == {home / "state.db", home / "profiles" / "work" / "state.db"}
+    assert all(isinstance(r, UnknownSource) for r in found.refused)
+    assert "session_id" in str(next(r for r in found.refused if r.path == home / "state.db"))
+
+    # a database followed and then replaced by one of an unknown shape: UnknownFormat from read
+    db, _ = make_db(tmp_path / "ok", ["s1"], 3)
+    ok = Hermes()
+    src = sources(ok, await ok.discover([db.parent]))["s1"]
+    os.replace(home / "state.db", db)
+    with pytest.raises(UnknownFormat, match="session_id"):
+        await src.read(START, 4096)
+    assert isinstance((await ok.discover([db.parent])).refused[0], UnknownSource)
+    await harness.close()
+    await ok.close()
+
+
+async def test_profiles_unsafe_ids_and_the_same_discovery_while_unchanged(tmp_path: Path) -> None:
+    home = tmp_path / ".hermes"
+    make_db(tmp_path, ["default1"], 1)
+    profile_db = home / "profiles" / "work" / "state.db"
+    create_db(profile_db)
+    conn = connect(profile_db)
+    add_session(conn, "p1")
+    add_session(conn, "bad/id")
+    conn.close()
+    (home / "profiles" / ".deleted").mkdir()
+    harness = Hermes()
+    first = await harness.discover([home])
+    assert sorted(r.session_id for r in first.sessions) == ["default1", "work__p1"]
+    assert [r.session_id for r in first.refused if isinstance(r, UnsafeSessionId)] == ["work__bad/id"]
+    assert await harness.discover([home]) is first
+    assert harness.discover_blocking([home]).sessions == first.sessions
+    conn = connect(profile_db)
+    add_session(conn, "p2")
+    conn.close()
+    assert "work__p2" in {r.session_id for r in (await harness.discover([home])).sessions}
+    await harness.close()
+
+
+async def test_describe_probe_and_settled_at(tmp_path: Path) -> None:
+    sid = "20260501_080000_aaaaaa"
+    db, expected = make_db(tmp_path, [sid], 4)
+    harness = Hermes()
+    src = sources(harness, await harness.discover([db.parent]))[sid]
+    info = src.describe([])
+    assert (info.model, info.title, info.cwd, info.git_branch) == (
+        "hermes-4-405b",
+        f"title of {sid}",
+        "/home/dev/proj",
+        "main",
+    )
+    assert info.started_at == "2026-09-21T14:13:20.000Z" and info.ended_at is None
+    assert info.extra["source"] == "cli"
+    assert src.settled_at(START) is None  # rows are there to read
+    _, pos = await read_all(src, START)
+    settled = src.settled_at(pos)
+    assert settled is not None and settled.mtime == pytest.approx(expected[sid][-1]["timestamp"])
+    harness.watching = True  # what probe() says with watch running must match the parked token
+    assert src.probe() == settled
+    conn = connect(db)
+    conn.execute("UPDATE sessions SET ended_at = 1790000100.5 WHERE id = ?", (sid,))
+    delete_session(conn, sid)
+    conn.close()
+    await harness.discover([db.parent])
+    assert src.probe() is None and await src.read(pos, 4096) is None
+    await harness.close()
+
+
+async def test_our_reads_leave_the_database_bytes_unchanged(tmp_path: Path) -> None:
+    """Discovery, shared and per-session reads and closing change neither state.db nor its -wal."""
+    sessions = ["a1", "b2"]
+    db, expected = make_db(tmp_path, sessions, 10)
+    writer = connect(db)  # the agent keeps its connection open (its close would checkpoint)
+    add_rows(writer, sessions, 10, expected, seed=3)
+    wal = Path(f"{db}-wal")
+    before = (sha(db), sha(wal))
+    assert before[1] is not None
+    harness = Hermes()
+    opened = sources(harness, await harness.discover([db.parent]))
+    hooks = HarnessHooks(Cursors(), lambda sid: None)
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(harness.watch, [db.parent], hooks, stopping)
+        await anyio.sleep(0.5)
+        for sid, src in opened.items():
+            got, _ = await read_all(src, START)
+            assert got == expected[sid]
+        stopping.set()
+    await harness.close()
+    assert (sha(db), sha(wal)) == before
+    writer.close()
+
+
+async def test_shared_reader_wakes_sessions_and_saves_the_global_durable_cursor(tmp_path: Path) -> None:
+    """One watch: new rows wake their sessions; the saved cursor is what every session made durable."""
+    sessions = ["s1", "s2", "s3"]
+    db, expected = make_db(tmp_path, sessions, 9)
+    harness = Hermes()
+    opened = sources(harness, await harness.discover([db.parent]))
+    woken: list[str] = []
+    cursors = Cursors()
+    stopping = anyio.Event()
+    positions = dict.fromkeys(sessions, START)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(harness.watch, [db.parent], HarnessHooks(cursors, woken.append), stopping)
+        await anyio.sleep(0.4)
+        conn = connect(db)
+        add_rows(conn, sessions, 6, expected, seed=4)
+        conn.close()
+        await until(lambda: {"s1", "s2", "s3"} <= set(woken), 5)
+        for sid in ("s1", "s2"):  # s3 is not read: the global cursor must stop below its first row
+            _, positions[sid] = await read_all(opened[sid], START)
+        await anyio.sleep(1.5)
+        assert int(cursors.values[str(db)]) == expected["s3"][0]["id"] - 1
+        _, positions["s3"] = await read_all(opened["s3"], START)
+        await until(lambda: cursors.values[str(db)] == str(expected["s3"][-1]["id"]), 5)
+        stopping.set()
+    await harness.close()
+
+    # a restart from the saved cursor: positions below it still get their rows, once
+    conn = connect(db)
+    add_rows(conn, sessions, 3, expected, seed=8)
+    conn.close()
+    again = Hermes()
+    opened = sources(again, await again.discover([db.parent]))
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            again.watch, [db.parent], HarnessHooks(Cursors(cursors.values), lambda s: None), stopping
+        )
+        await anyio.sleep(0.4)
+        got, _ = await read_all(opened["s1"], START)
+        assert got == expected["s1"]
+        got, _ = await read_all(opened["s2"], positions["s2"])
+        assert got == expected["s2"][-1:]
+        stopping.set()
+    await again.close()
+
+
+async def test_a_small_buffer_cap_still_delivers_every_row(tmp_path: Path) -> None:
+    """Read-ahead stops at the cap; sessions nobody reads are evicted; the others get everything."""
+    sessions = [f"s{i}" for i in range(5)]
+    db, expected = make_db(tmp_path, sessions, 500)
+    harness = Hermes()
+    opened = sources(harness, await harness.discover([db.parent]))
+    reader = harness.readers[db]
+    reader.buffer_cap = 8000
+    reader.enable_shared(0)
+    st = reader.stat(0)
+    assert st is not None
+    reader.refresh(st)
+    assert reader.more and reader.buffered < 8000 + 5 * 2000
+    for sid in sessions[:3]:
+        got, _ = await read_all(opened[sid], START, max_bytes=3000)
+        assert got == expected[sid]
+    await harness.close()
+
+
+def spawn_writer(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(WRITER), "--spec", json.dumps(spec)])
+
+
+def logged(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    return [json.loads(line)["row"] for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+async def test_a_locked_database_delays_but_loses_nothing(tmp_path: Path) -> None:
+    """A writer process holding the database exclusively: reads wait (nothing, no error), then catch up.
+
+    Another writer process queues behind the lock; every row of both arrives once, in order.
+    """
+    sid = "s1"
+    db, expected = make_db(tmp_path, [sid], 3)
+    harness = Hermes()
+    roots = [db.parent]
+    src = sources(harness, await harness.discover(roots))[sid]
+    got, pos = await read_all(src, START)
+    assert got == expected[sid]
+    harness.readers[db].close()  # idle: the watch closes it (an open WAL connection blocks exclusive mode)
+    lock_log, write_log = tmp_path / "lock.log", tmp_path / "rows.log"
+    holder = spawn_writer(
+        {"db": str(db), "log": str(lock_log), "sessions": [sid], "rows": 4, "hold_lock_s": 3}
+    )
+    await until(lambda: "locked" in (lock_log.read_text() if lock_log.exists() else ""), 10)
+    writer = spawn_writer(
+        {"db": str(db), "log": str(write_log), "sessions": [sid], "rows": 5, "rate": 50, "seed": 7}
+    )
+    probe_before = src.probe()
+    during = await src.read(pos, 4096)
+    assert isinstance(during, Records) and during.empty
+    assert src.probe() != probe_before  # the follower is told to read again
+    assert (await harness.discover(roots)).sessions  # discovery keeps what it knew
+    assert holder.wait(10) == 0 and writer.wait(30) == 0
+    got, _ = await read_all(src, pos)
+    assert got == logged(lock_log) + logged(write_log) and len(got) == 9
+    await harness.close()
