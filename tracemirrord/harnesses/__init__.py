@@ -8,9 +8,10 @@ from __future__ import annotations
 from tracemirrord.harnesses.base import Harness, JsonlHarness, SessionRef, UnsafeSessionId
 from tracemirrord.harnesses.claude_code import ClaudeCode
 from tracemirrord.harnesses.codex import Codex
+from tracemirrord.harnesses.hermes import Hermes
 from tracemirrord.harnesses.opencode import Opencode
 from tracemirrord.harnesses.pi import Pi
 
-REGISTRY: dict[str, type[Harness]] = {h.name: h for h in (ClaudeCode, Codex, Pi, Opencode)}
+REGISTRY: dict[str, type[Harness]] = {h.name: h for h in (ClaudeCode, Codex, Pi, Opencode, Hermes)}
 
 __all__ = ["REGISTRY", "Harness", "JsonlHarness", "SessionRef", "UnsafeSessionId"]
