@@ -149,21 +149,24 @@ def test_scan_lists_tool_results_as_attachments_and_history_as_a_session(tmp_pat
     assert "history__tester@host" not in {r.session_id for r in without.sessions}
 
 
-def test_a_young_tool_result_gets_a_fresh_discovery_until_it_has_settled(tmp_path: Path) -> None:
-    """While a tool result is too young to upload, each scan is a new object (the task looks again)."""
+def test_a_new_tool_result_is_a_new_discovery_and_an_unchanged_tree_the_same_one(tmp_path: Path) -> None:
     tree = Tree(tmp_path / ".claude")
     tree.transcript()
-    aged(tree.project)
     harness = ClaudeCode(history_id="history__x")
     first = anyio.run(harness.discover, [tree.projects])
+    assert first.attachments == []
     assert anyio.run(harness.discover, [tree.projects]) is first
-    tree.tool_result("toolu_young.txt", b"new\n")
-    seen = [anyio.run(harness.discover, [tree.projects]) for _ in range(3)]
-    assert len({id(d) for d in seen}) == 3 and all(len(d.attachments) == 1 for d in seen)
-    time.sleep(2.3)
-    after = anyio.run(harness.discover, [tree.projects])  # the one that sees it settled
-    assert after is not seen[-1]
-    assert anyio.run(harness.discover, [tree.projects]) is after
+    path = tree.tool_result("toolu_new.txt", b"new\n")
+    second = anyio.run(harness.discover, [tree.projects])
+    assert second.attachments == [Attachment(tree.session, "tool-results/toolu_new.txt", path)]
+    assert [r.session_id for r in second.sessions] == [tree.session]
+    (tree.config / "history.jsonl").write_bytes(b"{}\n")
+    third = anyio.run(harness.discover, [tree.projects])
+    assert third is not second and "history__x" in {r.session_id for r in third.sessions}
+    assert third.attachments == second.attachments
+    with (tree.config / "history.jsonl").open("ab") as f:
+        f.write(b"{}\n")
+    assert anyio.run(harness.discover, [tree.projects]) is third, "an append is no discovery change"
 
 
 def test_history_session_id_is_key_safe_and_names_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,6 +211,7 @@ def test_attachments_are_mirrored_once_redacted_and_not_again_after_a_restart(tm
 
     store.calls.clear()
     anyio.run(mirror.mirror, "claude-code", items)
+    anyio.run(mirror.mirror, "claude-code", list(items))  # a new scan's list, the same files
     assert store.calls == [], "known to be there: no request"
 
     restarted = AttachmentMirror(Ctx(store))
@@ -296,3 +300,48 @@ def test_daemon_mirrors_the_prompt_history_under_the_machines_id(tmp_path: Path)
     meta = json.loads((bucket_object(tmp_path / "bucket", key.session_id, "meta.json")).read_bytes())
     assert meta["started_at"] == "2025-11-24T16:00:00.000Z"
     assert meta["title"] == "Claude Code prompt history"
+
+
+def test_daemon_mirrors_tool_results_once_redacted_and_not_again_after_a_restart(tmp_path: Path) -> None:
+    """Tool results land below the session, a planted token redacted; a restart uploads none again."""
+    from daemon import Daemon, daemon_env, wait_for
+
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+    bucket = tmp_path / "bucket"
+    tree = Tree(Path(env["HOME"]) / ".claude")
+    tree.transcript()
+    aged(
+        tree.tool_result(
+            "toolu_01Secret.txt", b"$ gh auth status\nGH_TOKEN=" + TOKEN.encode() + b"\nLogged in\n"
+        )
+    )
+    aged(tree.tool_result("toolu_02Json.json", b'{"stdout": "ok", "exit": 0}'))
+    young = tree.tool_result("toolu_03Young.txt", b"written just now\n")
+
+    def got(name: str) -> bytes | None:
+        path = bucket_object(bucket, tree.session, f"tool-results/{name}")
+        return path.read_bytes() if path.exists() else None
+
+    with Daemon(env, tmp_path / "first.log") as daemon:
+        wait_for(lambda: got("toolu_01Secret.txt") is not None, 15, "the first tool result")
+        wait_for(lambda: got("toolu_03Young.txt") is not None, 15, "the young one, once settled")
+        assert daemon.stop() == 0, daemon.log()
+    assert got("toolu_01Secret.txt") == b"$ gh auth status\nGH_TOKEN=[REDACTED:github-token]\nLogged in\n"
+    assert got("toolu_02Json.json") == b'{"stdout": "ok", "exit": 0}'
+    assert got("toolu_03Young.txt") == young.read_bytes()
+    objects = sorted(p for p in bucket.rglob("toolu_*") if ".tracemirror" not in p.parts)
+    assert len(objects) == 3
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in objects}
+
+    with Daemon(env, tmp_path / "second.log") as daemon:
+        aged(tree.tool_result("toolu_04After.txt", b"after the restart\n"))
+        wait_for(lambda: got("toolu_04After.txt") == b"after the restart\n", 15, "a new tool result")
+        assert daemon.stop() == 0, daemon.log()
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in objects} == stamps
+    events = [
+        json.loads(line)
+        for line in (tmp_path / "second.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    touched = [e["key"] for e in events if e.get("event", "").startswith("attachment")]
+    assert [k.rsplit("/", 1)[-1] for k in touched] == ["toolu_04After.txt"], "no PUT of what was there"

@@ -143,7 +143,9 @@ class AttachmentMirror:
         self.stable_after_s = stable_after_s
         self._done: set[str] = set()  # object keys known to be in the bucket
         self._listed: set[str] = set()  # listing prefixes already listed
-        self._refused: set[str] = set()  # names that cannot be keys (logged once)
+        self._keys: dict[tuple[str, str, str], str | None] = {}  # (harness, session, name) -> key
+        self._last: tuple[str, list[Attachment]] | None = None  # the last call's list, by identity
+        self._waiting: dict[str, Attachment] = {}  # of it, what is not in the bucket yet
         self._failing: set[str] = set()  # keys whose failure was logged (once, until they succeed)
         self._limiter = anyio.CapacityLimiter(CONCURRENCY)
         self.counts: dict[str, int] = {}  # redactions and oversize placeholders, per rule, since start
@@ -151,26 +153,37 @@ class AttachmentMirror:
         self.pending = 0  # attachments not in the bucket after the last call (too young, or failed)
 
     def _key(self, harness: str, item: Attachment) -> str | None:
-        where = f"{harness}/{item.session_id}/{item.name}"
-        if where in self._refused:
-            return None
+        """The object key of an attachment (cached); None, logged once, when it cannot be one."""
+        where = (harness, item.session_id, item.name)
+        if where in self._keys:
+            return self._keys[where]
+        key = None
         try:
             if not _name_ok(item.name):
                 raise layout.LayoutError(f"attachment name {item.name!r} is not a safe key")
-            return layout.session_prefix(self.ctx.project, SessionKey(harness, item.session_id)) + item.name
+            key = layout.session_prefix(self.ctx.project, SessionKey(harness, item.session_id)) + item.name
         except layout.LayoutError as exc:
-            self._refused.add(where)
             log.error("attachment refused", harness=harness, path=str(item.path), error=str(exc))
-            return None
+        self._keys[where] = key
+        return key
 
     async def mirror(self, harness: str, items: list[Attachment]) -> None:
-        """Upload every stable attachment of ``items`` that the bucket does not hold yet."""
-        todo: dict[str, Attachment] = {}
-        for item in items:
-            key = self._key(harness, item)
-            if key is not None and key not in self._done:
-                todo[key] = item
+        """Upload every stable attachment of ``items`` that the bucket does not hold yet.
+
+        Called after every scan: the same list object as last time costs nothing once all of it is
+        in the bucket, and only a retry of what is still waiting (too young, or failed) otherwise.
+        """
+        if self._last is not None and self._last[0] == harness and self._last[1] is items:
+            todo = dict(self._waiting)
+        else:
+            todo = {}
+            for item in items:
+                key = self._key(harness, item)
+                if key is not None and key not in self._done:
+                    todo[key] = item
+            self._last = (harness, items)
         if not todo:
+            self._waiting = {}
             self.pending = 0
             return
         failed: set[str] = set()
@@ -182,7 +195,8 @@ class AttachmentMirror:
             for key, item in todo.items():
                 if key not in failed:
                     tg.start_soon(self._upload, harness, key, item, stable_before, gone)
-        self.pending = sum(1 for key in todo if key not in self._done and key not in gone)
+        self._waiting = {k: item for k, item in todo.items() if k not in self._done and k not in gone}
+        self.pending = len(self._waiting)
 
     async def _learn_listings(self, todo: Mapping[str, Attachment], failed: set[str]) -> None:
         """One LIST per listing prefix not yet listed; everything found there is done."""

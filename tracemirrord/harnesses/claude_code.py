@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -41,9 +40,6 @@ HISTORY_NAME = "history.jsonl"
 HISTORY_PREFIX = "history__"
 TOOL_RESULTS_DIR = "tool-results"
 TOOL_RESULT_SUFFIXES = (".txt", ".json")
-# Attachments younger than this are uploaded on a later scan (a half-written file is never uploaded);
-# AttachmentMirror applies the same age. While one is that young, each scan returns a new Discovery.
-ATTACHMENT_SETTLE_S = 2.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
 
@@ -67,11 +63,11 @@ class ClaudeCode(JsonlHarness):
     def __init__(self, history_id: str | None = None) -> None:
         super().__init__()
         self.history_id = history_id or history_session_id()
-        # per DirCache: (base Discovery, history ref, settle deadline, the Discovery handed out)
-        self._extra: weakref.WeakKeyDictionary[
-            DirCache, tuple[Discovery, SessionRef | None, float, Discovery]
-        ]
+        # per DirCache: (the base Discovery, the history ref, the Discovery handed out)
+        self._extra: weakref.WeakKeyDictionary[DirCache, tuple[Discovery, SessionRef | None, Discovery]]
         self._extra = weakref.WeakKeyDictionary()
+        # per tool-results directory: (its cached file listing, the attachments made of it)
+        self._tool_results: dict[str, tuple[list[str], list[Attachment]]] = {}
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
         config_dir = env_path(env, "CLAUDE_CONFIG_DIR") or home / ".claude"
@@ -88,26 +84,18 @@ class ClaudeCode(JsonlHarness):
     def scan(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
         """Transcripts (the base scan), plus the prompt history and the tool-results attachments.
 
-        Returns the previous Discovery object when nothing changed, except while an attachment is
-        younger than ATTACHMENT_SETTLE_S (and once more after): each such scan returns a new object,
-        so the harness task hands the settled file to the attachment mirror.
+        The previous Discovery object itself when no directory changed and the history file is
+        still there (or still absent); appending to it changes nothing here.
         """
         cache = cache or DirCache(self.suffixes)
         base = super().scan(roots, cache)
         history = self._history_ref(roots)
-        now = time.time()
         held = self._extra.get(cache)
         if held is not None and held[0] is base and held[1] == history:
-            _, _, settle_until, handed = held
-            if settle_until == 0.0:
-                return handed
-            fresh = Discovery(handed.sessions, handed.refused, handed.attachments)
-            self._extra[cache] = (base, history, settle_until if now <= settle_until else 0.0, fresh)
-            return fresh
-        attachments = self._attachments(roots, cache)
+            return held[2]
         sessions = [*base.sessions, history] if history is not None else base.sessions
-        handed = Discovery(sessions, base.refused, attachments)
-        self._extra[cache] = (base, history, self._settle_deadline(attachments, now), handed)
+        handed = Discovery(sessions, base.refused, self._attachments(roots, cache))
+        self._extra[cache] = (base, history, handed)
         return handed
 
     def _history_ref(self, roots: list[Path]) -> SessionRef | None:
@@ -118,37 +106,43 @@ class ClaudeCode(JsonlHarness):
         return None
 
     def _attachments(self, roots: list[Path], cache: DirCache) -> list[Attachment]:
-        """``<cwd>/<session-uuid>/tool-results/*.{txt,json}`` files, from the cached listings."""
+        """``<cwd>/<session-uuid>/tool-results/*.{txt,json}`` files, from the cached listings.
+
+        A tool-results directory whose listing did not change reuses its attachments as they were.
+        """
         found: list[Attachment] = []
+        seen: dict[str, tuple[list[str], list[Attachment]]] = {}
         for root in roots:
             for project in _subdirs(cache, str(root)):
                 for session_dir in _subdirs(cache, project):
-                    session_id = os.path.basename(session_dir)
                     tool_results = os.path.join(session_dir, TOOL_RESULTS_DIR)
-                    if not is_safe_segment(session_id) or tool_results not in _subdirs(cache, session_dir):
+                    if tool_results not in _subdirs(cache, session_dir):
                         continue
                     listing = cache.listing(tool_results)
-                    for path in sorted(listing[1] if listing else []):
-                        name = os.path.basename(path)
-                        if name.endswith(TOOL_RESULT_SUFFIXES) and is_safe_segment(name):
-                            found.append(Attachment(session_id, f"{TOOL_RESULTS_DIR}/{name}", Path(path)))
+                    files = listing[1] if listing else []
+                    held = self._tool_results.get(tool_results)
+                    if held is None or held[0] is not files:
+                        held = (files, _tool_results_of(os.path.basename(session_dir), files))
+                    seen[tool_results] = held
+                    found.extend(held[1])
+        self._tool_results = seen
         return found
-
-    @staticmethod
-    def _settle_deadline(attachments: list[Attachment], now: float) -> float:
-        """When the youngest attachment is old enough to upload (0.0: all already are)."""
-        youngest = 0.0
-        for item in attachments:
-            st = stat_file(item.path)
-            if st is not None:
-                youngest = max(youngest, st.mtime)
-        deadline = youngest + ATTACHMENT_SETTLE_S
-        return deadline if deadline >= now else 0.0
 
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         if ref.session_id == self.history_id:
             return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=describe_history)
         return super().open_source(ref, max_line_bytes=max_line_bytes)
+
+
+def _tool_results_of(session_id: str, files: list[str]) -> list[Attachment]:
+    if not is_safe_segment(session_id):
+        return []
+    out = []
+    for path in sorted(files):
+        name = os.path.basename(path)
+        if name.endswith(TOOL_RESULT_SUFFIXES) and is_safe_segment(name):
+            out.append(Attachment(session_id, f"{TOOL_RESULTS_DIR}/{name}", Path(path)))
+    return out
 
 
 def _subdirs(cache: DirCache, directory: str) -> list[str]:
