@@ -11,9 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tracemirrord.harnesses import REGISTRY
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import Reassembled, reassemble
 from tracemirrord.store import open_store
+
+# Every variable that moves an agent's root: a developer's own setting must not leak into a test.
+AGENT_VARIABLES = {"CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR", "HERMES_HOME", "OPENCODE_DB"} | {
+    name for cls in REGISTRY.values() for name in cls.root_env if not name.startswith("XDG_")
+}
 
 
 def daemon_env(tmp: Path, bucket: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -21,7 +27,7 @@ def daemon_env(tmp: Path, bucket: str, extra: dict[str, str] | None = None) -> d
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEMIRROR_", "AWS_", "XDG_"))}
-    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR"):
+    for name in AGENT_VARIABLES:
         env.pop(name, None)
     env.update(
         HOME=str(home),

@@ -28,11 +28,14 @@ configuration (environment over TOML file over defaults; see docs/configuration.
   TRACEMIRROR_BUCKET          s3://NAME[/PREFIX] or file:///DIR (default: the embedded bucket,
                               $XDG_DATA_HOME/tracemirror/bucket)
   TRACEMIRROR_PROJECT         top-level prefix in the bucket (default: default)
-  TRACEMIRROR_HARNESSES       comma list (default: all of claude-code,codex,pi)
+  TRACEMIRROR_HARNESSES       comma list (default: all of them; see "harnesses" below)
   TRACEMIRROR_REDACT          redact secrets before upload (default: true)
   TRACEMIRROR_BACKFILL        all | none | an age such as 7d (default: all)
   TRACEMIRROR_STATE_DIR       local checkpoint (default: $XDG_STATE_HOME/tracemirror)
   TRACEMIRROR_S3__ENDPOINT_URL and AWS_* variables for S3-compatible stores
+
+harnesses (where each agent keeps its sessions, and the variables that move it):
+{harnesses}
 
 examples:
   tracemirrord                                 mirror into the embedded local bucket
@@ -42,15 +45,26 @@ examples:
 """
 
 
+def _harness_help() -> str:
+    """One line per registered harness: its name, kind and default root (from the registry alone)."""
+    home = Path("~")
+    lines = []
+    for name, cls in REGISTRY.items():
+        roots = ", ".join(str(r) for r in cls().default_roots({}, home))
+        moved = f" ({', '.join(cls.root_env)})" if cls.root_env else ""
+        lines.append(f"  {name:<12} {cls.kind:<9} {roots}{moved}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tracemirrord",
         description=(
-            "Mirror AI coding-agent session transcripts (Claude Code, Codex, pi), with secrets "
+            "Mirror AI coding-agent session transcripts, with secrets "
             "redacted, into S3-compatible storage you own. Runs in the foreground until SIGTERM or "
             "SIGINT, then flushes what it holds and exits 0."
         ),
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(harnesses=_harness_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -87,15 +101,20 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     )
     print("harnesses:", file=out)
     for name in settings.harnesses:
-        if name not in REGISTRY:
-            print(f"  {name:<12} not supported yet in this version", file=out)
-            continue
         roots = harness_roots(name, settings, os.environ)
         found = [r for r in roots if r.is_dir()]
-        sessions = len(REGISTRY[name]().discover_blocking(found).sessions) if found else 0
         where = ", ".join(str(r) for r in roots)
-        state = f"{sessions} sessions" if found else "missing (will be picked up when it appears)"
-        print(f"  {name:<12} {state:<44} {where}", file=out)
+        if not found:
+            print(f"  {name:<12} {'missing (will be picked up when it appears)':<44} {where}", file=out)
+            continue
+        try:
+            discovery = REGISTRY[name]().discover_blocking(found)
+        except Exception as exc:  # a harness that cannot even be listed is reported, not fatal
+            print(f"  {name:<12} {'ERROR: ' + f'{type(exc).__name__}: {exc}':<44} {where}", file=out)
+            continue
+        print(f"  {name:<12} {f'{len(discovery.sessions)} sessions':<44} {where}", file=out)
+        for problem in discovery.refused:
+            print(f"  {'':<12} not followed: {problem}", file=out)
 
 
 async def _check(settings: Settings) -> int:

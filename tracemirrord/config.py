@@ -29,7 +29,19 @@ from tracemirrord.model import is_safe_segment
 from tracemirrord.store import parse_bucket_url
 
 ENV_PREFIX = "TRACEMIRROR_"
-KNOWN_HARNESSES = ("claude-code", "codex", "pi", "openclaw", "hermes", "opencode", "gemini-cli")
+
+
+def known_harnesses() -> tuple[str, ...]:
+    """Every harness name, from the registry alone (imported late: harness modules use this one)."""
+    from tracemirrord.harnesses import REGISTRY
+
+    return tuple(REGISTRY)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KNOWN_HARNESSES":
+        return known_harnesses()
+    raise AttributeError(name)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
@@ -111,7 +123,7 @@ class Settings(BaseSettings):
     bucket: str = Field(default_factory=default_bucket_url)
     project: str = "default"
     agent_id: str = Field(default_factory=default_agent_id)
-    harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_HARNESSES))
+    harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(known_harnesses()))
     roots: dict[str, Path] = Field(default_factory=dict)
     redact: bool = True
     backfill: str = "all"
@@ -145,19 +157,21 @@ class Settings(BaseSettings):
     def _split_harnesses(cls, value: Any) -> list[str]:
         names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
         names = list(dict.fromkeys(n for n in names if n))
+        known = known_harnesses()
         if not names:
-            raise ValueError(f"name at least one harness (known: {', '.join(KNOWN_HARNESSES)})")
-        unknown = sorted(set(names) - set(KNOWN_HARNESSES))
+            raise ValueError(f"name at least one harness (known: {', '.join(known)})")
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(KNOWN_HARNESSES)})")
+            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(known)})")
         return names
 
     @field_validator("roots")
     @classmethod
     def _check_roots(cls, value: dict[str, Path]) -> dict[str, Path]:
-        unknown = sorted(set(value) - set(KNOWN_HARNESSES))
+        known = known_harnesses()
+        unknown = sorted(set(value) - set(known))
         if unknown:
-            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(KNOWN_HARNESSES)})")
+            raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(known)})")
         return value
 
     @field_validator("backfill")

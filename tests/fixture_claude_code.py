@@ -1,0 +1,5 @@
+"""claude-code sessions for the harness contract suite (tests/fixture_jsonl.py)."""
+
+from fixture_jsonl import JsonlFixture
+
+FIXTURE = JsonlFixture("claude-code")

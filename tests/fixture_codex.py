@@ -1,0 +1,5 @@
+"""codex sessions for the harness contract suite (tests/fixture_jsonl.py)."""
+
+from fixture_jsonl import JsonlFixture
+
+FIXTURE = JsonlFixture("codex")
