@@ -13,16 +13,19 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from daemon import Daemon, daemon_env, read_back, wait_for
 from hermes_writer import add_session, connect, create_db, delete_session, insert, message
 
 from tracemirrord.harnesses.base import HarnessHooks, UnknownSource, UnsafeSessionId
 from tracemirrord.harnesses.hermes import Hermes, HermesSource
+from tracemirrord.model import SessionKey
 from tracemirrord.source import START, Discontinuity, Position, Records, UnknownFormat
 
 pytestmark = pytest.mark.anyio
@@ -374,4 +377,139 @@ async def test_a_locked_database_delays_but_loses_nothing(tmp_path: Path) -> Non
     assert holder.wait(10) == 0 and writer.wait(30) == 0
     got, _ = await read_all(src, pos)
     assert got == logged(lock_log) + logged(write_log) and len(got) == 9
+    await harness.close()
+
+
+# ---------- end to end through the real daemon ----------
+
+
+def hermes_env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    return daemon_env(
+        tmp_path,
+        f"file://{tmp_path / 'bucket'}",
+        {"HERMES_HOME": str(home / ".hermes"), "TRACEMIRROR_HARNESSES": "hermes"},
+    )
+
+
+def copy_of(env: dict[str, str], session_id: str) -> dict[int, list[dict]]:
+    """The bucket copy of one session: each generation's lines parsed."""
+    try:
+        copy = read_back(env["TRACEMIRROR_BUCKET"], SessionKey("hermes", session_id))
+    except Exception:
+        return {}
+    return {g: [json.loads(line) for line in data.splitlines()] for g, data in copy.generations.items()}
+
+
+def by_session(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["session_id"], []).append(row)
+    return out
+
+
+def test_daemon_kill9_repeatedly_while_a_writer_process_inserts_every_row_exactly_once(
+    tmp_path: Path,
+) -> None:
+    """A separate writer inserts into 5 sessions for 7 s while the daemon is killed -9 three times."""
+    env = hermes_env(tmp_path)
+    db = Path(env["HERMES_HOME"]) / "state.db"
+    create_db(db)
+    sessions = [f"20260501_0800{i:02d}_abc{i:03d}" for i in range(5)]
+    log = tmp_path / "writer.log"
+    writer = spawn_writer(
+        {"db": str(db), "log": str(log), "sessions": sessions, "rows": 700, "rate": 100, "batch": 2}
+    )
+    daemon_log = tmp_path / "daemon.log"
+    try:
+        for _ in range(3):
+            daemon = Daemon(env, daemon_log).start()
+            time.sleep(1.2 + random.random())
+            daemon.kill9()
+        assert writer.wait(30) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    expected = by_session(logged(log))
+    assert sorted(expected) == sessions and sum(map(len, expected.values())) == 700
+    with Daemon(env, daemon_log) as daemon:
+        wait_for(lambda: daemon.log().count('"harness started"') == 4, 15, "the last start")
+        wait_for(
+            lambda: all(copy_of(env, sid) == {0: rows} for sid, rows in expected.items()),
+            20,
+            "every row of every session once, in rowid order",
+        )
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_daemon_replaced_database_starts_a_new_generation(tmp_path: Path) -> None:
+    env = hermes_env(tmp_path)
+    db = Path(env["HERMES_HOME"]) / "state.db"
+    create_db(db)
+    sid = "20260501_080000_aaaaaa"
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    spawn_writer({"db": str(db), "log": str(first_log), "sessions": [sid], "rows": 6, "rate": 1000}).wait(30)
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: copy_of(env, sid) == {0: logged(first_log)}, 15, "generation 0")
+        fresh = tmp_path / "fresh" / "state.db"
+        create_db(fresh)
+        spawn_writer(
+            {"db": str(fresh), "log": str(second_log), "sessions": [sid], "rows": 9, "rate": 1000, "seed": 3}
+        ).wait(30)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{fresh}{suffix}", f"{db}{suffix}")
+        wait_for(
+            lambda: copy_of(env, sid) == {0: logged(first_log), 1: logged(second_log)}, 15, "generation 1"
+        )
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_once_mirrors_every_session_of_every_profile(tmp_path: Path) -> None:
+    env = hermes_env(tmp_path)
+    home = Path(env["HERMES_HOME"])
+    logs = []
+    work = home / "profiles" / "work" / "state.db"
+    for db, sessions in ((home / "state.db", ["d1", "d2"]), (work, ["w1"])):
+        create_db(db)
+        log = tmp_path / f"{db.parent.name}.log"
+        spec = {"db": str(db), "log": str(log), "sessions": sessions, "rows": 30, "rate": 1000}
+        assert spawn_writer(spec).wait(30) == 0
+        logs.append((db, log))
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    done = subprocess.run(once, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    for db, log in logs:
+        prefix = "work__" if "profiles" in str(db) else ""
+        for sid, rows in by_session(logged(log)).items():
+            assert copy_of(env, prefix + sid) == {0: rows}
+
+
+async def test_watch_runs_no_query_while_nothing_changed(tmp_path: Path) -> None:
+    """An idle database costs stats only: no statement reaches SQLite until a row is inserted."""
+    db, expected = make_db(tmp_path, ["s1"], 3)
+    harness = Hermes()
+    src = sources(harness, await harness.discover([db.parent]))["s1"]
+    woken: list[str] = []
+    stopping = anyio.Event()
+    statements: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(harness.watch, [db.parent], HarnessHooks(Cursors(), woken.append), stopping)
+        await anyio.sleep(0.5)
+        got, pos = await read_all(src, START)
+        assert got == expected["s1"]
+        reader = harness.readers[db]
+        assert reader._conn is not None
+        reader._conn.set_trace_callback(statements.append)
+        await anyio.sleep(1.5)
+        assert statements == []
+        woken.clear()
+        conn = connect(db)
+        add_rows(conn, ["s1"], 1, expected, seed=5)
+        conn.close()
+        await until(lambda: "s1" in woken, 3)
+        assert any("FROM messages WHERE id >" in s for s in statements), statements
+        got, _ = await read_all(src, pos)
+        assert got == expected["s1"][-1:]
+        stopping.set()
     await harness.close()
