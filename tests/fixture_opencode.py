@@ -1,7 +1,7 @@
 """opencode sessions for the harness contract suite, written as opencode v1.2+ writes its database.
 
 The schema is opencode's (``packages/opencode/src/session/session.sql.ts``: ``session``, ``message``,
-``part``, ``session_message``), WAL mode, at ``$OPENCODE_DB``. ``append(n)`` inserts n NEW rows (a
+``part``, ``session_message``), WAL mode, at ``$XDG_DATA_HOME/opencode/opencode.db``. ``append(n)`` inserts n NEW rows (a
 user message, then an assistant message followed by its parts), never updating one in place, with
 ``time_updated`` strictly increasing, so the copy's expected lines are just every row once, in
 ``(time_updated, id)`` order. ``expected()`` reads the rows back with plain sqlite3 and shapes each
@@ -163,7 +163,7 @@ class OpencodeFixture:
         return home / ".local" / "share" / "opencode" / "opencode.db"
 
     def env(self, home: Path) -> dict[str, str]:
-        return {"OPENCODE_DB": str(self.db_path(home))}
+        return {"XDG_DATA_HOME": str(home / ".local" / "share")}
 
     def create(self, home: Path, rng: random.Random) -> OpencodeSession:
         sid = "ses_" + "".join(rng.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(22))

@@ -59,7 +59,7 @@ SESSION_MESSAGE = {"id", "session_id", "type", "time_created", "time_updated", "
 LOOKBACK_MS = 2000  # how far below the mark a running daemon looks again (late commits, ms ties)
 RECENT_MS = 10_000  # ... but only at rows written this recently (wall clock): bounded work
 PAGE_ROWS = 500
-INDEX_WINDOW_MS = 10_000  # the change index re-counts rows this far below the newest it saw
+TIE_WINDOW_MS = 2000  # an unexplained change makes sessions written this recently read again
 KINDS = {"m": "message", "p": "part", "s": "session_message"}
 
 
@@ -68,7 +68,7 @@ class OpencodeDb:
 
     Holds one read-only connection (reopened when the file is replaced; used under a lock from
     worker threads), what its schema lacks, its session list, and the change index the watch keeps
-    (session id -> (newest time_updated, rows counted)) so that followers need not query to poll.
+    (session id -> (newest time_updated, rows counted, bumps)) so that followers need not query to poll.
     """
 
     def __init__(self, path: Path) -> None:
@@ -77,12 +77,13 @@ class OpencodeDb:
         self._conn: sqlite3.Connection | None = None
         self._ino: int | None = None
         self._schema: tuple[str | None, bool] | None = None  # (problem, has session_message)
-        self.index: dict[str, tuple[int, int]] = {}
+        self.index: dict[str, tuple[int, int, int]] = {}
         self.index_stat: DbStat | None = None
         self.index_high = 0
         self.watching = False
         self.sessions_stat: DbStat | None = None
         self.sessions: list[str] = []
+        self.session_set: frozenset[str] = frozenset()
 
     def ident(self, st: DbStat) -> str:
         return f"{st.ino:x}"
@@ -133,39 +134,48 @@ class OpencodeDb:
             return self.sessions
         rows = self.query("SELECT id FROM session ORDER BY id")
         self.sessions = [str(r[0]) for r in rows if isinstance(r[0], str)]
+        self.session_set = frozenset(self.sessions)
         self.sessions_stat = st
         return self.sessions
 
     def refresh_index(self) -> list[str]:
-        """Re-count recent rows per session after the database changed; the sessions that changed."""
+        """Re-count rows per session after the database changed; the sessions whose token changed.
+
+        One aggregate over the row tables (a scan: there is no index on ``time_updated``). A change
+        that moves no session's (newest time_updated, row count), such as a second write of a row
+        in the same millisecond or an update of the session row only, bumps the tokens of the
+        sessions written in the last TIE_WINDOW_MS, so that they read again.
+        """
         st = stat_db(self.path)
         if st is None or (self.index_stat is not None and st == self.index_stat):
             return []
         problem, has_sm = self.schema()
         if problem is not None:
             return []
-        full = self.index_stat is None or st.ino != self.index_stat.ino
-        lo = -(2**62) if full else self.index_high - INDEX_WINDOW_MS
         tables = ["message", "part", *(["session_message"] if has_sm else [])]
         sql = " UNION ALL ".join(
-            f"SELECT session_id, MAX(time_updated), COUNT(*) FROM {t}"
-            " WHERE time_updated >= ? GROUP BY session_id"
-            for t in tables
+            f"SELECT session_id, MAX(time_updated), COUNT(*) FROM {t} GROUP BY session_id" for t in tables
         )
         merged: dict[str, tuple[int, int]] = {}
-        for sid, high, count in self.query(sql, (lo,) * len(tables)):
+        for sid, high, count in self.query(sql):
             if not isinstance(sid, str) or not isinstance(high, int):
                 continue
             old = merged.get(sid, (high, 0))
             merged[sid] = (max(old[0], high), old[1] + count)
-        if full:
+        if self.index_stat is None or st.ino != self.index_stat.ino:
             self.index = {}
         changed = []
-        for sid, token in merged.items():
-            if self.index.get(sid) != token:
-                self.index[sid] = token
+        for sid, (high, count) in merged.items():
+            old_token = self.index.get(sid)
+            if old_token is None or old_token[:2] != (high, count):
+                self.index[sid] = (high, count, 0)
                 changed.append(sid)
-            self.index_high = max(self.index_high, token[0])
+            self.index_high = max(self.index_high, high)
+        if not changed:
+            for sid, (high, count, bump) in list(self.index.items()):
+                if high >= self.index_high - TIE_WINDOW_MS:
+                    self.index[sid] = (high, count, bump + 1)
+                    changed.append(sid)
         self.index_stat = st
         return changed
 
@@ -283,6 +293,8 @@ class OpencodeDbSource:
         st = stat_db(self.db.path)
         if st is None:
             return None
+        if self.db.sessions_stat is not None and self.session_id not in self.db.session_set:
+            return None  # the last discovery no longer found the session row: deleted
         if self.db.watching and self.db.index_stat is not None:
             token = self.db.index.get(self.session_id)
             mtime = token[0] / 1000 if token else st.mtime
