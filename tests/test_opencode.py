@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,12 @@ from typing import Any
 
 import anyio
 import pytest
-from fixture_opencode import BASE_MS, add_session, make_db, put_message, put_part
+from daemon import Daemon, daemon_env, read_back, wait_for
+from fixture_opencode import BASE_MS, add_session, connect, make_db, put_message, put_part
 
 from tracemirrord.harnesses.base import HarnessHooks, UnknownSource, UnsafeSessionId
 from tracemirrord.harnesses.opencode import Opencode
+from tracemirrord.model import SessionKey
 from tracemirrord.source import START, Discontinuity, Position, Records, UnknownFormat
 
 SID = "ses_0001aaaaaaaaaaaaaaaaaaaa"
@@ -345,3 +349,143 @@ async def test_json_store_growth_rewrite_half_written_and_resume(root: Path) -> 
     with pytest.raises(UnknownFormat, match="prt_2"):
         await read_all(Opencode().open_source(disc.sessions[0], max_line_bytes=BIG), START)
     assert session_file.exists()
+
+
+# --- end to end: the real daemon, a separate writer process ---
+
+
+def opencode_root(env: dict[str, str]) -> Path:
+    return Path(env["XDG_DATA_HOME"]) / "opencode"
+
+
+def copy_of(env: dict[str, str], sid: str) -> dict[int, list[dict[str, Any]]]:
+    try:
+        gens = read_back(env["TRACEMIRROR_BUCKET"], SessionKey("opencode", sid)).generations
+    except Exception:
+        return {}
+    return {g: [json.loads(x) for x in data.splitlines()] for g, data in gens.items()}
+
+
+def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+    return subprocess.run(once, env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_HARNESSES": "opencode"})
+
+
+def test_daemon_follows_rows_updated_in_place(env: dict[str, str], tmp_path: Path) -> None:
+    """A writer process updates part rows in place many times while the daemon runs: every version
+    the daemon appended appears once, in the order written, and the last version of every id is
+    the final row."""
+    root = opencode_root(env)
+    sids = ["ses_0010aaaaaaaaaaaaaaaaaaaa", "ses_0011bbbbbbbbbbbbbbbbbbbb"]
+    conn = make_db(root / "opencode.db")
+    initial: list[dict[str, Any]] = []
+    for sid in sids:
+        add_session(conn, sid)
+        first = {"id": f"msg_{sid[4:8]}", "session_id": sid, "t": now_ms(), "data": {"role": "user"}}
+        put_message(conn, first["id"], sid, first["t"], first["data"])
+        initial.append(first)
+    conn.close()
+    log_path = tmp_path / "writes.jsonl"
+    spec = {
+        "db": str(root / "opencode.db"),
+        "sessions": sids,
+        "messages": 6,
+        "updates": 25,
+        "rate": 200,
+        "log": str(log_path),
+    }
+    writer_script = Path(__file__).with_name("opencode_writer.py")
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: all(copy_of(env, sid) for sid in sids), 20, "the daemon to follow the sessions")
+        writer = subprocess.Popen([sys.executable, str(writer_script), json.dumps(spec)])
+        assert writer.wait(60) == 0
+        writes = [json.loads(x) for x in log_path.read_text().splitlines()]
+        final: dict[str, dict[str, Any]] = {}
+        for w in initial + writes:
+            final[w["id"]] = w
+
+        def caught_up() -> bool:
+            for sid in sids:
+                copy = copy_of(env, sid).get(0, [])
+                last = {x["id"]: x for x in copy}
+                want = {i: w for i, w in final.items() if w["session_id"] == sid}
+                if set(last) != set(want):
+                    return False
+                if any(
+                    (last[i]["time_updated"], last[i]["data"]) != (w["t"], w["data"]) for i, w in want.items()
+                ):
+                    return False
+            return True
+
+        wait_for(caught_up, 20, "the final version of every row in the copy")
+        assert daemon.stop() == 0, daemon.log()
+    versions = {(w["id"], w["t"], json.dumps(w["data"], sort_keys=True)): w["seq"] for w in writes}
+    total = 0
+    for sid in sids:
+        copies = copy_of(env, sid)
+        assert list(copies) == [0]
+        copy = copies[0]
+        seqs: dict[str, list[int]] = {}
+        for x in copy:
+            assert x["session_id"] == sid and x["type"] in ("message", "part")
+            if x["id"] == f"msg_{sid[4:8]}":
+                continue  # the first row, written before the writer started
+            key = (x["id"], x["time_updated"], json.dumps(x["data"], sort_keys=True))
+            assert key in versions, f"a version the writer never wrote: {x}"
+            seqs.setdefault(x["id"], []).append(versions[key])
+        for row_id, order in seqs.items():
+            assert order == sorted(set(order)), f"{row_id}: versions repeated or out of order: {order}"
+        total += len(copy)
+    # the daemon saw the rows stream: far more versions than rows (24 rows), never more than written
+    assert 24 < total <= len(writes)
+
+
+def test_once_mirrors_db_and_json_store_each_session_once(env: dict[str, str]) -> None:
+    """--once: database rows once each (current version); a session in both stores from the
+    database only; a JSON-store-only session from its files; an unknown database reported."""
+    root = opencode_root(env)
+    conn = make_db(root / "opencode.db")
+    add_session(conn, SID)
+    put_message(conn, "msg_1", SID, BASE_MS + 1, {"role": "user", "time": {"created": BASE_MS + 1}})
+    for i in range(3):
+        put_part(conn, "prt_1", "msg_1", SID, BASE_MS + 2 + i, {"type": "text", "text": f"v{i}"})
+    conn.close()
+    store_session(root, SID)  # migrated copy left in storage/
+    write_json(root / "storage" / "message" / SID / "msg_old.json", {"id": "msg_old", "role": "user"})
+    old = "ses_0003cccccccccccccccccccc"
+    store_session(root, old)
+    write_json(root / "storage" / "message" / old / "msg_7.json", {"id": "msg_7", "role": "user"})
+    write_json(
+        root / "storage" / "part" / "msg_7" / "prt_7.json", {"id": "prt_7", "type": "text", "text": "hi"}
+    )
+    bad = sqlite3.connect(root / "opencode-dev.db")
+    bad.execute("CREATE TABLE session (id text)")
+    bad.close()
+    result = run_once(env)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "opencode-dev.db" in result.stderr.decode()
+    from fixture_opencode import expected_rows
+
+    before = expected_rows(root / "opencode.db", SID)
+    assert copy_of(env, SID) == {0: before}
+    got = copy_of(env, old)[0]
+    assert [(x["type"], x["id"], x["data"].get("text")) for x in got] == [
+        ("message", "msg_7", None),
+        ("part", "prt_7", "hi"),
+    ]
+    meta = json.loads(
+        (Path(env["TRACEMIRROR_BUCKET"][7:]) / "default/sessions/opencode" / SID / "meta.json").read_text()
+    )
+    assert meta["cwd"] == "/home/dev/proj"
+    conn = connect(root / "opencode.db")
+    put_part(conn, "prt_1", "msg_1", SID, BASE_MS + 9, {"type": "text", "text": "v9"})
+    conn.close()
+    assert run_once(env).returncode == 0
+    again = copy_of(env, SID)[0]
+    assert again == [*before, expected_rows(root / "opencode.db", SID)[-1]]
+    assert again[-1]["data"]["text"] == "v9"
