@@ -14,6 +14,7 @@ own record of it), in order: no record missing, none twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,24 @@ def run_once(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
 
 
+def start(env: dict[str, str], log: Path) -> Daemon:
+    """A daemon that is up (its signal handlers in place, so a SIGTERM means a clean stop)."""
+    before = log.read_text().count(STARTED) if log.exists() else 0
+    daemon = Daemon(env, log).start()
+    wait_for(lambda: log.read_text().count(STARTED) > before, 30, "the daemon to start")
+    return daemon
+
+
+@contextlib.contextmanager
+def started(env: dict[str, str], log: Path) -> Iterator[Daemon]:
+    daemon = start(env, log)
+    try:
+        yield daemon
+    finally:
+        if daemon.alive():
+            daemon.kill9()
+
+
 class Writer(threading.Thread):
     """Appends a few records at a time to every session until stopped (the agent at work)."""
 
@@ -107,7 +127,7 @@ def test_harness_contract(harness: str, backend: str, tmp_path: Path, request: p
 
     # 1. continuous following
     sessions = [fixture.create(home, rng), fixture.create(home, rng)]
-    with Daemon(env, log) as daemon:
+    with started(env, log) as daemon:
         wait_for(lambda: current(bucket, sessions, s3_env), 30, "the first records")
         for _ in range(3):
             for s in sessions:
@@ -124,15 +144,13 @@ def test_harness_contract(harness: str, backend: str, tmp_path: Path, request: p
     writer.start()
     kills = 0
     while writer.is_alive() and kills < 3:
-        starts = log.read_text().count(STARTED)
-        daemon = Daemon(env, log).start()
-        wait_for(lambda n=starts: log.read_text().count(STARTED) > n, 30, "the daemon to start")
+        daemon = start(env, log)
         time.sleep(rng.uniform(0.3, 1.0))
         daemon.kill9()
         kills += 1
     writer.join(60)
     assert writer.error is None, writer.error
-    with Daemon(env, log) as daemon:
+    with started(env, log) as daemon:
         wait_for(lambda: current(bucket, sessions, s3_env), 40, "the copy after kill -9")
         assert daemon.stop() == 0, daemon.log()[-3000:]
     assert_exact(bucket, sessions, s3_env)
@@ -148,9 +166,7 @@ def test_harness_contract(harness: str, backend: str, tmp_path: Path, request: p
     if backend == "local":
         gone = sessions[0]
         before = copy_of(bucket, gone, None)
-        with Daemon(env, log) as daemon:
-            starts = log.read_text().count(STARTED)
-            wait_for(lambda: log.read_text().count(STARTED) > starts, 30, "the daemon to start")
+        with started(env, log) as daemon:
             time.sleep(1.0)  # the running daemon follows the session when it goes
             gone.remove()
             wait_for(
