@@ -17,7 +17,7 @@ import anyio
 from tracemirrord import __version__
 from tracemirrord.config import ConfigError, Settings, default_config_file, load_settings
 from tracemirrord.harnesses import REGISTRY
-from tracemirrord.logs import configure_logging
+from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
 from tracemirrord.supervisor import Daemon, DaemonError, harness_roots
 
@@ -110,11 +110,12 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
         try:
             discovery = REGISTRY[name]().discover_blocking(found)
         except Exception as exc:  # a harness that cannot even be listed is reported, not fatal
-            print(f"  {name:<12} {'ERROR: ' + f'{type(exc).__name__}: {exc}':<44} {where}", file=out)
+            error = secret_free(f"ERROR: {type(exc).__name__}: {exc}")
+            print(f"  {name:<12} {error:<44} {where}", file=out)
             continue
         print(f"  {name:<12} {f'{len(discovery.sessions)} sessions':<44} {where}", file=out)
         for problem in discovery.refused:
-            print(f"  {'':<12} not followed: {problem}", file=out)
+            print(f"  {'':<12} not followed: {secret_free(str(problem))}", file=out)
 
 
 async def _check(settings: Settings) -> int:

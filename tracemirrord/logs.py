@@ -33,6 +33,11 @@ class _SecretFreeRenderer:
         return cleaned.data[:-1].replace(b"\r", b"\n").decode("utf-8", "replace")
 
 
+def secret_free(text: str) -> str:
+    """``text`` as it may be shown to a person: URL credentials masked, secrets redacted."""
+    return _SecretFreeRenderer(lambda *_: text)(None, "", {})
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route structlog to ``stream`` (stderr) as console text on a TTY, JSON lines otherwise."""
     stream = stream or sys.stderr

@@ -160,6 +160,7 @@ class SessionMirror:
             self.log.info("session moved", old=self.source.location, new=source.location)
         self.source = source
         self.writer.location = source.location
+        self.writer.unit = source.unit
         self._last_probe = None
         self._missing_since = None
 

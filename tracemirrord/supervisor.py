@@ -132,7 +132,7 @@ class HarnessTask:
 
     async def discover(self) -> list[SessionMirror]:
         """Scan the roots; create followers for new sessions, move followers of moved ones."""
-        if not any(root.is_dir() for root in self.roots):
+        if not any(root.exists() for root in self.roots):
             self.state = "missing"
             return []
         found = await self.harness.discover(self.roots)

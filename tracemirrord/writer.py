@@ -37,6 +37,8 @@ log = structlog.get_logger("tracemirrord.mirror")
 LEASE_TTL_S = 120.0
 _INLINE_REDACT_BYTES = 256 * 1024
 _DESCRIBE_LINES = 8
+_DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
+_DESCRIBED_FIELDS = 2  # info fields most sessions have (model, agent version): stop looking then
 
 
 class LeaseHeld(Exception):
@@ -234,7 +236,7 @@ class SessionWriter:
         body = redaction.data
         state = self.state
         first, last = batch[0].start, batch[-1].end
-        if first.at_start and state.started_at is None:
+        if self._describing(first):
             self._describe(body, source)
         part = PartRecord(
             seq=state.next_seq,
@@ -282,6 +284,18 @@ class SessionWriter:
         source.committed(last)
         return part
 
+    def _describing(self, first: Position) -> bool:
+        """Describe the session from this part? Its first part, and a few more while fields are missing.
+
+        A live session's first part is often only a header and a prompt (no model yet).
+        """
+        state = self.state
+        assert state is not None
+        if first.at_start:
+            return True
+        missing = state.started_at is None or len(state.info) < _DESCRIBED_FIELDS
+        return missing and state.next_seq < _DESCRIBE_PARTS
+
     def _describe(self, body: bytes, source: Source) -> None:
         """Session metadata from the first redacted records, plus what the source says (redacted too)."""
         assert self.state is not None
@@ -305,10 +319,10 @@ class SessionWriter:
                 fields = {}
         state = self.state
         state.cwd = state.cwd or _str(fields.get("cwd"))
-        state.started_at = _str(fields.get("started_at")) or state.started_at
+        state.started_at = state.started_at or _str(fields.get("started_at"))
         for name in layout.INFO_META_FIELDS:
             value = _str(fields.get(name))
-            if value:
+            if value and name not in state.info:
                 state.info[name] = value
 
     async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
