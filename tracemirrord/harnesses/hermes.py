@@ -185,6 +185,7 @@ class Hermes(Harness):
         """Poll each database's stats every 0.2 s; on a change read new rows once and wake their sessions."""
         self.watching = True
         saved: dict[Path, int] = {}
+        seen_commits: dict[Path, int] = {}  # each database's commit count at its last save
         last_save = 0.0
         try:
             while not stopping.is_set():
@@ -203,9 +204,10 @@ class Hermes(Harness):
                             hooks.wake(reader.prefix + raw_id)
                     elif reader.connected and time.monotonic() - reader.used_at > IDLE_CLOSE_S:
                         await anyio.to_thread.run_sync(reader.close_if_idle, IDLE_CLOSE_S)
-                    if (reader.commits_pending or reader.next_id > saved[path]) and (
+                    if reader.commit_count != seen_commits.get(path) and (
                         time.monotonic() - last_save >= SAVE_EVERY_S
                     ):
+                        seen_commits[path] = reader.commit_count  # no commit since: idle costs nothing
                         durable = await anyio.to_thread.run_sync(reader.global_durable)
                         if durable > saved[path]:
                             await hooks.cursors.save(str(path), str(durable))
@@ -352,6 +354,3 @@ class HermesSource:
     def committed(self, position: Position) -> None:
         if position.cursor and position.check is not None:
             self.reader.commit(self.raw_id, position.cursor, position.check)
-
-    def relocate(self, location: object) -> bool:
-        return False

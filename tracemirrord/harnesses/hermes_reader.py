@@ -132,6 +132,7 @@ class DbReader:
         self.max_known = False
         self.session_columns: list[str] = []
         self.used_at = 0.0
+        self.commit_count = 0  # how many commits were reported (the watch saves after a change)
         self._commits: deque[tuple[str, int, str | None]] = (
             deque()
         )  # from the event loop, applied under the lock
@@ -446,10 +447,7 @@ class DbReader:
     def commit(self, raw_id: str, upto: int, check: str | None) -> None:
         """Rows of a session up to ``upto`` are durable: freed at the next locked step (never blocks)."""
         self._commits.append((raw_id, upto, check))
-
-    @property
-    def commits_pending(self) -> bool:
-        return bool(self._commits)
+        self.commit_count += 1
 
     def _apply_commits(self) -> None:
         while self._commits:
