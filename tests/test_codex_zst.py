@@ -175,8 +175,7 @@ def test_codex_scan_prefers_the_plain_file_while_both_exist(tmp_path: Path) -> N
     assert zst.stat().st_size > plain.stat().st_size
     found = anyio.run(codex.discover, roots)
     assert [(r.session_id, r.path) for r in found.sessions] == [(SID, plain)]
-    plain_src = codex.open_source(found.sessions[0], max_line_bytes=MAX_LINE)
-    assert plain_src.relocate(zst) is False, "a plain source never reads compressed bytes as JSONL"
+    assert isinstance(codex.open_source(found.sessions[0], max_line_bytes=MAX_LINE), JsonlSource)
     plain.unlink()
     time.sleep(0.01)
     found = anyio.run(codex.discover, roots)

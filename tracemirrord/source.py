@@ -159,7 +159,3 @@ class Source(Protocol):
     def committed(self, position: Position) -> None:
         """Everything up to ``position`` is durably in the bucket (a shared reader may now free it)."""
         ...
-
-    def relocate(self, location: object) -> bool:
-        """The same session was found elsewhere (an archive move): follow it there. True if moved."""
-        ...

@@ -142,9 +142,7 @@ class HarnessTask:
         for problem in found.refused:
             if problem.path not in self.refused:
                 self.refused[problem.path] = str(problem)
-                log.error(
-                    "session refused", harness=self.name, path=str(problem.path), error=str(problem)
-                )
+                log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
         new = []
         for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
@@ -339,7 +337,6 @@ class Daemon:
             for name in settings.harnesses
             if name in REGISTRY
         ]
-        self.unsupported = [name for name in settings.harnesses if name not in REGISTRY]
         self._lock_fd: int | None = None
 
     # ---------- start and stop ----------
@@ -368,8 +365,6 @@ class Daemon:
         await self.checkpoint.open()
         if self.checkpoint.last_error:
             log.warning("checkpoint reset", error=self.checkpoint.last_error)
-        for name in self.unsupported:
-            log.info("harness not supported yet in this version; skipped", harness=name)
         try:
             await self.store.check()
             self.ctx.health.ok()

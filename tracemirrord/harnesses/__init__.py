@@ -1,21 +1,31 @@
-"""The harness registry: every agent tracemirrord can follow, by name.
+"""The harness registry: every agent tracemirrord can follow, by name, one line each.
 
-Harnesses named in config.KNOWN_HARNESSES but absent here are reported as not yet supported.
+This list is the only one: config's accepted names, ``--help`` and ``--check`` read it. Adding an
+agent is one module in this package and one line below (docs/adding-a-harness.md).
 """
 
 from __future__ import annotations
 
-from tracemirrord.harnesses.base import Harness, JsonlHarness, SessionRef, UnsafeSessionId
-from tracemirrord.harnesses.claude_code import ClaudeCode
-from tracemirrord.harnesses.codex import Codex
-from tracemirrord.harnesses.gemini_cli import GeminiCli
-from tracemirrord.harnesses.hermes import Hermes
-from tracemirrord.harnesses.openclaw import OpenClaw
-from tracemirrord.harnesses.opencode import Opencode
-from tracemirrord.harnesses.pi import Pi
+import importlib
 
-REGISTRY: dict[str, type[Harness]] = {
-    h.name: h for h in (ClaudeCode, Codex, Pi, Opencode, Hermes, OpenClaw, GeminiCli)
-}
+from tracemirrord.harnesses.base import Harness, JsonlHarness, SessionRef, UnsafeSessionId
+
+_HARNESSES = (
+    "claude_code:ClaudeCode",
+    "codex:Codex",
+    "pi:Pi",
+    "openclaw:OpenClaw",
+    "hermes:Hermes",
+    "opencode:Opencode",
+    "gemini_cli:GeminiCli",
+)
+
+
+def _load(spec: str) -> type[Harness]:
+    module, cls = spec.split(":")
+    return getattr(importlib.import_module(f"tracemirrord.harnesses.{module}"), cls)
+
+
+REGISTRY: dict[str, type[Harness]] = {cls.name: cls for cls in map(_load, _HARNESSES)}
 
 __all__ = ["REGISTRY", "Harness", "JsonlHarness", "SessionRef", "UnsafeSessionId"]

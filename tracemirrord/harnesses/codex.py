@@ -28,15 +28,6 @@ from tracemirrord.source import Source
 _UUID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
 
 
-class _PlainRollout(JsonlSource):
-    """A plain rollout; it refuses to follow its session to a ``.zst`` (that needs ``ZstJsonlSource``)."""
-
-    def relocate(self, location: object) -> bool:
-        if is_zst(str(location)):
-            return False
-        return super().relocate(location)
-
-
 class Codex(JsonlHarness):
     name = "codex"
     suffixes = (".jsonl", ".jsonl.zst")
@@ -80,4 +71,4 @@ class Codex(JsonlHarness):
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         if is_zst(ref.path):
             return ZstJsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
-        return _PlainRollout(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
+        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)

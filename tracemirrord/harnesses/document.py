@@ -315,11 +315,3 @@ class DocumentSource:
 
     def committed(self, position: Position) -> None:
         """Nothing to free: the document itself is the buffer."""
-
-    def relocate(self, location: object) -> bool:
-        """Follow the document to a new path of the same kind; False for anything else."""
-        path = Path(str(location))
-        if path == self.path or path.suffix != self.path.suffix:
-            return False
-        self.path = path
-        return True

@@ -269,10 +269,3 @@ class JsonlSource:
 
     def committed(self, position: Position) -> None:
         """Nothing to free: the file itself is the buffer."""
-
-    def relocate(self, location: object) -> bool:
-        path = Path(str(location))
-        if path == self.path:
-            return False
-        self.path = path
-        return True

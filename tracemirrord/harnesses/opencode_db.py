@@ -406,6 +406,3 @@ class OpencodeDbSource:
         done = (position.generation, position.cursor)
         for old in [p for p in self._states if (p.generation, p.cursor) < done]:
             del self._states[old]
-
-    def relocate(self, location: object) -> bool:
-        return False

@@ -200,9 +200,6 @@ class OpencodeStoreSource:
         for old in [p for p in self._states if (p.generation, p.cursor) < done]:
             del self._states[old]
 
-    def relocate(self, location: object) -> bool:
-        return False
-
 
 def _file_sig(path: Path) -> str:
     try:

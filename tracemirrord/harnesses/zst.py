@@ -297,16 +297,6 @@ class ZstJsonlSource:
     def committed(self, position: Position) -> None:
         """Nothing to free: the copy is dropped when a read reaches its end."""
 
-    def relocate(self, location: object) -> bool:
-        """Follows another ``.zst`` path (an archive move); a plain path needs a ``JsonlSource``."""
-        path = Path(str(location))
-        if path == self.path or not is_zst(path):
-            return False
-        with self._lock:
-            self._drop()
-            self.path = path
-        return True
-
     def close(self) -> None:
         with self._lock:
             self._drop()
