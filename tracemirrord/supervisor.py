@@ -103,7 +103,7 @@ class HarnessTask:
         self.state = "idle"
         self.error: str | None = None
         self.refused: dict[Path, str] = {}
-        self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake)
+        self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id)
         harness.hooks = self.hooks
         self._last_found: Discovery | None = None
         self._refs: dict[str, SessionRef] = {}

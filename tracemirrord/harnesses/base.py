@@ -76,6 +76,7 @@ class HarnessHooks:
 
     cursors: SharedCursors
     wake: Callable[[str], None]
+    agent_id: str = ""  # this daemon's agent id (names per-machine sessions such as a prompt log)
 
 
 class Harness:

@@ -62,7 +62,7 @@ class ClaudeCode(JsonlHarness):
 
     def __init__(self, history_id: str | None = None) -> None:
         super().__init__()
-        self.history_id = history_id or history_session_id()
+        self._history_id = history_id
         # per DirCache: (the base Discovery, the history ref, the Discovery handed out)
         self._extra: weakref.WeakKeyDictionary[DirCache, tuple[Discovery, SessionRef | None, Discovery]]
         self._extra = weakref.WeakKeyDictionary()
@@ -97,6 +97,14 @@ class ClaudeCode(JsonlHarness):
         handed = Discovery(sessions, base.refused, self._attachments(roots, cache))
         self._extra[cache] = (base, history, handed)
         return handed
+
+    @property
+    def history_id(self) -> str:
+        """The prompt history's session id, from the daemon's configured agent id when it runs."""
+        if self._history_id is None:
+            agent_id = self.hooks.agent_id if self.hooks is not None else None
+            self._history_id = history_session_id(agent_id or None)
+        return self._history_id
 
     def _history_ref(self, roots: list[Path]) -> SessionRef | None:
         for root in roots:
