@@ -1,10 +1,10 @@
-"""The sink of one session: parts, meta.json and its lease, the local checkpoint, and roll-forward.
+"""The sink of one session: parts, meta.json and its lease, and the local checkpoint.
 
 It knows nothing of files or tables: it is handed ``source.Records`` and keeps ``SessionState``
 (whose ``position`` is the source's Position). Order of effects: PUT part -> meta.json (when due)
 -> local checkpoint -> ``Source.committed``. A crash between any two leaves the bucket ahead of
-the checkpoint, and ``roll_forward`` adopts the parts the cache does not know instead of
-uploading them again.
+the checkpoint, and ``roll_forward`` (rollforward.py) adopts the parts the cache does not know
+instead of uploading them again.
 
 Part keys are fixed by (session, seq) (layout.part_token) and written create-only, so a second
 writer racing for the same seq loses with 412, reads what won, and continues after it: parts never
@@ -13,7 +13,6 @@ overlap. The meta.json lease makes a second agent back off before it even tries.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -29,6 +28,7 @@ from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.frame import OVERSIZE_RULE
 from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
+from tracemirrord.rollforward import read_bucket
 from tracemirrord.source import INFO_FIELDS, START, Position, Records, SessionInfo, Source
 from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
 
@@ -156,55 +156,27 @@ class SessionWriter:
         )
 
     async def roll_forward(self) -> None:
-        """Make ``state`` what the bucket says, adopting parts the cache does not know yet."""
-        store, key = self.ctx.store, self.key
-        # One listing shows the parts and whether meta.json exists: a session new to the bucket
-        # costs one request here, not a GET that fails and then a LIST.
-        prefix = layout.session_prefix(self.ctx.project, key)
-        listing = [info for info in await store.list(prefix) if "/" not in info.key[len(prefix) :]]
-        listed = {seq: info for info in listing if (seq := layout.parse_part_key(info.key)) is not None}
-        meta_key = layout.meta_key(self.ctx.project, key)
-        bucket_state: SessionState | None = None
-        self._meta_etag = None
-        if any(info.key == meta_key for info in listing):
-            try:
-                meta = await store.get(meta_key)
-                self._meta_etag = meta.info.etag
-                bucket_state = layout.parse_meta(meta.body, key)
-            except NotFound:
-                pass  # removed since the listing: written afresh below
-            except layout.LayoutError as exc:
-                self.log.warning("meta.json unusable; rebuilding it from the parts", error=str(exc))
-        if bucket_state is not None:
-            self.check_lease(bucket_state.lease)
-        state = self._pick_base(listed, self.state, bucket_state)
-        for seq in sorted(s for s in listed if s >= state.next_seq):
-            info = await store.head(listed[seq].key)
-            part = layout.decode_part_metadata(info.key, info.metadata, info.size, info.last_modified)
-            state.adopt(part, self.ctx.parts_window)
-        if bucket_state is not None and state.started_at is None:
-            state.started_at, state.cwd = bucket_state.started_at, bucket_state.cwd
-            state.info = state.info or dict(bucket_state.info)
-        state.unit = self.unit
-        self.state = state
+        """Make ``state`` what the bucket says (rollforward.py), then claim the lease."""
+        view = await read_bucket(
+            self.ctx.store,
+            self.ctx.project,
+            self.key,
+            self.state,
+            unit=self.unit,
+            parts_window=self.ctx.parts_window,
+            check_lease=self.check_lease,
+            log=self.log,
+        )
+        self.state, self._meta_etag = view.state, view.meta_etag
         self.ctx.health.ok()
         self.rolled_forward = True
         # New to the bucket, under --once: no lease for the few moments this takes. Parts are
         # create-only at keys fixed by seq, so another writer still cannot interleave bytes;
         # meta.json is written once, at the end (one object less per session on a backfill).
-        self.unclaimed = self.once and not listing
+        self.unclaimed = self.once and view.empty
         if self.unclaimed:
             return
         await self.write_meta()  # claims the lease before the first part of this run
-
-    def _pick_base(self, listed: dict[int, object], *candidates: SessionState | None) -> SessionState:
-        """The most advanced candidate whose last part is really in the bucket, else a fresh state."""
-        usable = [c for c in candidates if c is not None and (c.next_seq == 0 or c.next_seq - 1 in listed)]
-        if usable:
-            return copy.deepcopy(max(usable, key=lambda c: c.next_seq))
-        if any(c is not None for c in candidates):
-            self.log.warning("cached state does not match the bucket; rebuilding from the parts")
-        return SessionState(key=self.key, unit=self.unit)
 
     def check_lease(self, lease: Lease | None) -> None:
         if lease is None or lease.agent_id == self.ctx.agent_id:
