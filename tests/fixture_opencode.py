@@ -1,8 +1,9 @@
 """opencode sessions for the harness contract suite, written as opencode v1.2+ writes its database.
 
 The schema is opencode's (``packages/opencode/src/session/session.sql.ts``: ``session``, ``message``,
-``part``, ``session_message``), WAL mode, at ``$XDG_DATA_HOME/opencode/opencode.db``. ``append(n)`` inserts n NEW rows (a
-user message, then an assistant message followed by its parts), never updating one in place, with
+``part``, ``session_message``), WAL mode, at ``$XDG_DATA_HOME/opencode/opencode.db``.
+``append(n)`` inserts n NEW rows (a user message, then an assistant message followed by its
+parts), never updating one in place, with
 ``time_updated`` strictly increasing, so the copy's expected lines are just every row once, in
 ``(time_updated, id)`` order. ``expected()`` reads the rows back with plain sqlite3 and shapes each
 as the line docs/harnesses/opencode.md specifies; ``remove()`` deletes the session as opencode does

@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 from typing import Any, Protocol
 
+from tracemirrord.harnesses import REGISTRY
+
 
 class FixtureSession(Protocol):
     harness: str
@@ -43,18 +45,11 @@ class HarnessFixture(Protocol):
         ...
 
 
-HARNESS_FIXTURES = ("claude_code", "codex", "pi", "openclaw", "hermes", "opencode", "gemini_cli")
-
-
 def load_fixtures() -> dict[str, HarnessFixture]:
-    """Every fixture module present, by harness name."""
+    """The fixture of every registered harness, by name; a harness without one is an error."""
     found: dict[str, HarnessFixture] = {}
-    for name in HARNESS_FIXTURES:
-        try:
-            module = importlib.import_module(f"fixture_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"fixture_{name}":
-                continue
-            raise
-        found[module.FIXTURE.harness] = module.FIXTURE
+    for name in REGISTRY:
+        module = importlib.import_module(f"fixture_{name.replace('-', '_')}")
+        assert module.FIXTURE.harness == name, f"tests/fixture_{name}.py describes {module.FIXTURE.harness}"
+        found[name] = module.FIXTURE
     return found

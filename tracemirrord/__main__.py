@@ -102,7 +102,7 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     print("harnesses:", file=out)
     for name in settings.harnesses:
         roots = harness_roots(name, settings, os.environ)
-        found = [r for r in roots if r.is_dir()]
+        found = [r for r in roots if r.exists()]
         where = ", ".join(str(r) for r in roots)
         if not found:
             print(f"  {name:<12} {'missing (will be picked up when it appears)':<44} {where}", file=out)

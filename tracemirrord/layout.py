@@ -183,6 +183,7 @@ def render_meta(state: SessionState, *, agent_id: str, host: str) -> bytes:
         "cursor_unit": state.unit,
         "check": state.check,
         **{name: state.info.get(name) for name in INFO_META_FIELDS},
+        "source_info": dict(sorted(state.extra.items())),
         "host": host,
         "writer": (
             {
@@ -251,6 +252,8 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
         ]
         check = _check_of(doc)
         info = {name: doc[name] for name in INFO_META_FIELDS if isinstance(doc.get(name), str)}
+        source_info = doc.get("source_info") or {}
+        extra = {str(k): v for k, v in source_info.items() if isinstance(v, str)}
         unit = doc.get("cursor_unit", "bytes")
         if unit not in ("bytes", "rows", "records"):
             raise ValueError(f"cursor_unit {unit!r}")
@@ -277,6 +280,7 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
         check=check,
         unit=unit,
         info=info,
+        extra=extra,
         next_seq=_int(doc, "part_count"),
         total_source_bytes=_int(doc, "total_source_bytes"),
         total_uploaded_bytes=_int(doc, "total_uploaded_bytes"),

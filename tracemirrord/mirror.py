@@ -109,6 +109,7 @@ class SessionMirror:
         self.writer = SessionWriter(key, ctx)
         self.writer.location = source.location
         self.writer.unit = source.unit
+        self.writer.source = source
         self.status = "idle"
         self.last_error: str | None = None
         self.lag_s: float | None = None
@@ -161,6 +162,7 @@ class SessionMirror:
         self.source = source
         self.writer.location = source.location
         self.writer.unit = source.unit
+        self.writer.source = source
         self._last_probe = None
         self._missing_since = None
 
@@ -273,6 +275,8 @@ class SessionMirror:
                 if changed or self._more_to_read:
                     await self._read()
                     self._last_probe = probe
+                    if changed and not self._batch:
+                        await self.writer.update_info()
                 if self._batch and (flush_all or self._flush_due()):
                     await self._flush()
             if self._more_to_read:

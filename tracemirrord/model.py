@@ -144,6 +144,7 @@ class SessionState:
     lease: Lease | None = None
     unit: str = "bytes"  # what the cursor counts (source.CursorUnit)
     info: dict[str, str] = field(default_factory=dict)  # model, git_branch, title, agent_version
+    extra: dict[str, str] = field(default_factory=dict)  # what else the source says (hermes' source)
 
     @property
     def position(self) -> Position:

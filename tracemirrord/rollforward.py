@@ -67,6 +67,7 @@ async def read_bucket(
     if bucket_state is not None and state.started_at is None:
         state.started_at, state.cwd = bucket_state.started_at, bucket_state.cwd
         state.info = state.info or dict(bucket_state.info)
+        state.extra = state.extra or dict(bucket_state.extra)
     state.unit = unit
     return BucketView(state, etag, not listing)
 

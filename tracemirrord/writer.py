@@ -107,6 +107,7 @@ class SessionWriter:
         self.once = False  # --once: mirror what is pending, then write meta.json once
         self.unclaimed = False  # --once on a session new to the bucket: meta.json comes at the end
         self.location = ""  # the source's location, for meta.json's source_path
+        self.source: Source | None = None
         self.unit = "bytes"
         self.last_flush_at: str | None = None
         self._meta_etag: str | None = None
@@ -208,6 +209,8 @@ class SessionWriter:
         body = redaction.data
         state = self.state
         first, last = batch[0].start, batch[-1].end
+        if last.check is not None and not layout.check_value_ok(last.check):
+            raise ValueError(f"the source gave a check value that cannot travel in metadata: {last.check!r}")
         if self._describing(first):
             self._describe(body, source)
         part = PartRecord(
@@ -281,7 +284,11 @@ class SessionWriter:
         (hermes' sessions table, a title) is not, so every field passes the redactor here.
         """
         assert self.state is not None
-        fields = {name: getattr(info, name) for name in INFO_FIELDS if getattr(info, name)}
+        fields: dict[str, object] = {name: getattr(info, name) for name in INFO_FIELDS if getattr(info, name)}
+        if info.ended_at:
+            fields["ended_at"] = info.ended_at
+        if info.extra:
+            fields["extra"] = dict(info.extra)
         if fields:
             line = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
             redacted = self.ctx.redactor.redact(line)
@@ -296,6 +303,35 @@ class SessionWriter:
             value = _str(fields.get(name))
             if value and name not in state.info:
                 state.info[name] = value
+        extra = fields.get("extra")
+        if isinstance(extra, dict):
+            state.extra.update({str(k): v for k, v in extra.items() if isinstance(v, str)})
+        ended = _str(fields.get("ended_at"))
+        if ended and state.ended_at is None:
+            state.ended_at = ended  # the agent itself says the session ended (hermes)
+
+    def refresh_info(self) -> bool:
+        """What the source knows besides its records (a title set later, the agent's own end of the
+        session), taken in before each meta.json write. True when it changed the state; sources
+        that only read records add nothing."""
+        state = self.state
+        if self.source is None or state is None:
+            return False
+        before = (state.cwd, state.started_at, state.ended_at, dict(state.info), dict(state.extra))
+        self.apply_info(self.source.describe([]))
+        return before != (state.cwd, state.started_at, state.ended_at, state.info, state.extra)
+
+    async def update_info(self) -> None:
+        """The source changed but held no new record: put what it says of the session in meta.json
+        if that changed (hermes sets ``ended_at`` or a title on a session with no new row)."""
+        if self.state is None or self.state.next_seq == 0 or self.unclaimed:
+            return  # nothing in the bucket yet: meta.json comes with the first part
+        if not self.refresh_info():
+            return
+        if self.rolled_forward:
+            await self.write_meta()
+        else:
+            await self.roll_forward()  # reads the bucket first, then writes meta.json (refreshed)
 
     async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
         """Our seq's key exists: either an earlier attempt of ours landed, or another writer's did."""
@@ -321,6 +357,7 @@ class SessionWriter:
         assert self.state is not None
         state = self.state
         state.source_path = self.location
+        self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
         for _ in range(5):
             state.lease = None if release else Lease(self.ctx.agent_id, self.ctx.instance, utc_now_iso())

@@ -58,6 +58,7 @@ def history_session_id(agent_id: str | None = None) -> str:
 
 class ClaudeCode(JsonlHarness):
     name = "claude-code"
+    root_env = ("CLAUDE_CONFIG_DIR",)
     suffixes = (".jsonl", *TOOL_RESULT_SUFFIXES)
 
     def __init__(self, history_id: str | None = None) -> None:

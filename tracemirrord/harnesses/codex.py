@@ -30,6 +30,7 @@ _UUID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 
 class Codex(JsonlHarness):
     name = "codex"
+    root_env = ("CODEX_HOME",)
     suffixes = (".jsonl", ".jsonl.zst")
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from tracemirrord.harnesses.base import JsonlHarness, env_path
 
 class Pi(JsonlHarness):
     name = "pi"
+    root_env = ("PI_CODING_AGENT_DIR",)
     max_depth = 1
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
