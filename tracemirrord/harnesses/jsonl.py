@@ -145,33 +145,54 @@ def read_chunk(
             return None
         raise
     try:
-        size = os.fstat(fd).st_size
-        if size < start:
-            return Mismatch(f"file is shorter ({size} bytes) than the cursor ({start})")
-        mismatch = _verify(fd, start, expected)
-        if mismatch is not None:
-            return mismatch
-        read_limit = min(max_bytes, max_line_bytes)  # a longer line always takes the long-line path
-        data = _pread(fd, min(read_limit, size - start), start)
-        dropped = 0
-        raw = True
-        n = complete_len(data)
-        if n:
-            data = data[:n]
-        elif len(data) < read_limit:
-            data = b""  # a partial line: it waits for its newline
-        else:
-            data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)
-            n = line_end - start
-            raw = not dropped
-        end = start + n
-        if end == start:
-            fp = expected if expected is not None else Fingerprint.of(b"", b"")
-            return Chunk(generation, start, start, b"", fp)
-        fp = _fingerprint(fd, start, end, data, raw, expected)
-        return Chunk(generation, start, end, data, fp, dropped)
+        return read_chunk_fd(
+            fd,
+            os.fstat(fd).st_size,
+            generation=generation,
+            start=start,
+            expected=expected,
+            max_bytes=max_bytes,
+            max_line_bytes=max_line_bytes,
+        )
     finally:
         os.close(fd)
+
+
+def read_chunk_fd(
+    fd: int,
+    size: int,
+    *,
+    generation: int,
+    start: int,
+    expected: Fingerprint | None,
+    max_bytes: int,
+    max_line_bytes: int,
+) -> Chunk | Mismatch:
+    """``read_chunk`` on an open file of ``size`` bytes (a JSONL file, or a decompressed copy of one)."""
+    if size < start:
+        return Mismatch(f"file is shorter ({size} bytes) than the cursor ({start})")
+    mismatch = _verify(fd, start, expected)
+    if mismatch is not None:
+        return mismatch
+    read_limit = min(max_bytes, max_line_bytes)  # a longer line always takes the long-line path
+    data = _pread(fd, min(read_limit, size - start), start)
+    dropped = 0
+    raw = True
+    n = complete_len(data)
+    if n:
+        data = data[:n]
+    elif len(data) < read_limit:
+        data = b""  # a partial line: it waits for its newline
+    else:
+        data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)
+        n = line_end - start
+        raw = not dropped
+    end = start + n
+    if end == start:
+        fp = expected if expected is not None else Fingerprint.of(b"", b"")
+        return Chunk(generation, start, start, b"", fp)
+    fp = _fingerprint(fd, start, end, data, raw, expected)
+    return Chunk(generation, start, end, data, fp, dropped)
 
 
 def _read_long_line(fd: int, start: int, first: bytes, max_line_bytes: int) -> tuple[bytes, int, int]:
@@ -203,7 +224,7 @@ def _read_long_line(fd: int, start: int, first: bytes, max_line_bytes: int) -> t
             return oversize_placeholder(offset - start, digest.hexdigest()), offset, 1
 
 
-def _fingerprint_of(check: str | None) -> Fingerprint | None:
+def fingerprint_of(check: str | None) -> Fingerprint | None:
     """The Fingerprint a check value holds (None when absent or not one: the read then mismatches)."""
     if check is None:
         return None
@@ -238,7 +259,7 @@ class JsonlSource:
         return Probe(st, st.mtime)
 
     def settled_at(self, position: Position) -> Probe | None:
-        st = unchanged_at(self.path, position.cursor, _fingerprint_of(position.check))
+        st = unchanged_at(self.path, position.cursor, fingerprint_of(position.check))
         return None if st is None else Probe(st, st.mtime)
 
     async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
@@ -247,7 +268,7 @@ class JsonlSource:
             self.path,
             generation=after.generation,
             start=after.cursor,
-            expected=_fingerprint_of(after.check),
+            expected=fingerprint_of(after.check),
             max_bytes=max_bytes,
             max_line_bytes=self.max_line_bytes,
         )

@@ -30,17 +30,7 @@ from typing import BinaryIO
 import anyio.to_thread
 import zstandard
 
-from tracemirrord.frame import complete_len
-from tracemirrord.harnesses.jsonl import (
-    FileStat,
-    Mismatch,
-    _fingerprint,
-    _fingerprint_of,
-    _pread,
-    _read_long_line,
-    _verify,
-    stat_file,
-)
+from tracemirrord.harnesses.jsonl import FileStat, Mismatch, fingerprint_of, read_chunk_fd, stat_file
 from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
 from tracemirrord.source import (
     CursorUnit,
@@ -169,31 +159,16 @@ def read_decompressed(
     max_bytes: int,
     max_line_bytes: int,
 ) -> Chunk | Mismatch:
-    """Complete lines after ``start`` of the decompressed bytes (``jsonl.read_chunk``'s steps and results)."""
-    fd, size = data_file.fd, data_file.size
-    if size < start:
-        return Mismatch(f"decompressed file is shorter ({size} bytes) than the cursor ({start})")
-    mismatch = _verify(fd, start, expected)
-    if mismatch is not None:
-        return mismatch
-    read_limit = min(max_bytes, max_line_bytes)
-    data = _pread(fd, min(read_limit, size - start), start)
-    dropped = 0
-    raw = True
-    n = complete_len(data)
-    if n:
-        data = data[:n]
-    elif len(data) < read_limit:
-        data = b""
-    else:
-        data, line_end, dropped = _read_long_line(fd, start, data, max_line_bytes)
-        n = line_end - start
-        raw = not dropped
-    end = start + n
-    if end == start:
-        fp = expected if expected is not None else Fingerprint.of(b"", b"")
-        return Chunk(generation, start, start, b"", fp)
-    return Chunk(generation, start, end, data, _fingerprint(fd, start, end, data, raw, expected), dropped)
+    """Complete lines after ``start`` of the decompressed bytes (``jsonl.read_chunk``'s results)."""
+    return read_chunk_fd(
+        data_file.fd,
+        data_file.size,
+        generation=generation,
+        start=start,
+        expected=expected,
+        max_bytes=max_bytes,
+        max_line_bytes=max_line_bytes,
+    )
 
 
 class ZstJsonlSource:
@@ -235,7 +210,7 @@ class ZstJsonlSource:
         if size != position.cursor:
             return None
         if position.cursor:
-            expected = _fingerprint_of(position.check)
+            expected = fingerprint_of(position.check)
             if expected is None or expected.head_len > len(head):
                 return None
             lookbehind = min(position.cursor, FINGERPRINT_BYTES)
@@ -274,7 +249,7 @@ class ZstJsonlSource:
                 copy,
                 generation=after.generation,
                 start=after.cursor,
-                expected=_fingerprint_of(after.check),
+                expected=fingerprint_of(after.check),
                 max_bytes=max_bytes,
                 max_line_bytes=self.max_line_bytes,
             )
