@@ -234,6 +234,18 @@ def fingerprint_of(check: str | None) -> Fingerprint | None:
         return None
 
 
+def as_records(after: Position, chunk: Chunk | Mismatch | None) -> Records | Discontinuity | None:
+    """A read's result in the source contract's terms (the check value is the encoded fingerprint)."""
+    if chunk is None:
+        return None
+    if isinstance(chunk, Mismatch):
+        return Discontinuity(chunk.reason)
+    if chunk.end == chunk.start:
+        return Records(after, after, b"", 0)
+    end = Position(after.generation, chunk.end, chunk.fingerprint.encode())
+    return Records(after, end, chunk.data, chunk.end - chunk.start, chunk.dropped)
+
+
 class JsonlSource:
     """An append-only JSONL file as a ``source.Source``: byte cursor, fingerprint as check value."""
 
@@ -272,15 +284,7 @@ class JsonlSource:
             max_bytes=max_bytes,
             max_line_bytes=self.max_line_bytes,
         )
-        chunk = await anyio.to_thread.run_sync(read)
-        if chunk is None:
-            return None
-        if isinstance(chunk, Mismatch):
-            return Discontinuity(chunk.reason)
-        if chunk.end == chunk.start:
-            return Records(after, after, b"", 0)
-        end = Position(after.generation, chunk.end, chunk.fingerprint.encode())
-        return Records(after, end, chunk.data, chunk.end - chunk.start, chunk.dropped)
+        return as_records(after, await anyio.to_thread.run_sync(read))
 
     def behind(self, position: Position) -> int:
         return max(0, self._size - position.cursor)

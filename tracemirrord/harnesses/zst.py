@@ -30,7 +30,14 @@ from typing import BinaryIO
 import anyio.to_thread
 import zstandard
 
-from tracemirrord.harnesses.jsonl import FileStat, Mismatch, fingerprint_of, read_chunk_fd, stat_file
+from tracemirrord.harnesses.jsonl import (
+    FileStat,
+    Mismatch,
+    as_records,
+    fingerprint_of,
+    read_chunk_fd,
+    stat_file,
+)
 from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
 from tracemirrord.source import (
     CursorUnit,
@@ -222,15 +229,7 @@ class ZstJsonlSource:
 
     async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
         read = functools.partial(self._read_blocking, after, max_bytes)
-        chunk = await anyio.to_thread.run_sync(read)
-        if chunk is None:
-            return None
-        if isinstance(chunk, Mismatch):
-            return Discontinuity(chunk.reason)
-        if chunk.end == chunk.start:
-            return Records(after, after, b"", 0)
-        end = Position(after.generation, chunk.end, chunk.fingerprint.encode())
-        return Records(after, end, chunk.data, chunk.end - chunk.start, chunk.dropped)
+        return as_records(after, await anyio.to_thread.run_sync(read))
 
     def _read_blocking(self, after: Position, max_bytes: int) -> Chunk | Mismatch | None:
         with self._lock:
