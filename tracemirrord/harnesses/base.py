@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -175,15 +175,7 @@ class JsonlHarness(Harness):
         the header's ``cwd`` and ``timestamp``, ``model`` or ``message.model`` later.
         """
         found: dict[str, str] = {}
-        for line in lines:
-            if len(line) > _DESCRIBE_LINE_LIMIT:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(record, dict):
-                continue
+        for record in json_records(lines):
             nested = [record.get("payload"), record.get("message")]
             git = [d.get("git") for d in (record, *nested) if isinstance(d, dict)]
             for source in (record, *nested, *git):
@@ -323,6 +315,19 @@ def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> list[str]:
             stack.extend((sub, depth + 1) for sub in subdirs)
         found.extend(files)
     return found
+
+
+def json_records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among a session's first lines (skipping huge, non-JSON and non-object ones)."""
+    for line in lines:
+        if len(line) > _DESCRIBE_LINE_LIMIT:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
 
 
 def env_path(env: Mapping[str, str], name: str) -> Path | None:

@@ -50,6 +50,7 @@ from tracemirrord.harnesses.base import (
     UnsafeSessionId,
     _walk_jsonl,
     env_path,
+    json_records,
 )
 from tracemirrord.harnesses.document import DocumentSource, NotReady, Snapshot
 from tracemirrord.harnesses.jsonl import JsonlSource
@@ -129,15 +130,7 @@ def describe_session(path: Path, lines: list[bytes]) -> SessionInfo:
     """cwd, start, model and kind from a session's first lines (JSONL, or a mirrored document)."""
     meta: dict[str, Any] = {}
     model = None
-    for line in lines:
-        if len(line) > _DESCRIBE_LINE_LIMIT:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
+    for record in json_records(lines):
         if isinstance(record.get("sessionId"), str) and not meta:
             meta = dict(record)
         elif isinstance(record.get("$set"), dict):

@@ -21,12 +21,11 @@ Session id: ``<agentId>__<file stem>`` (one key segment).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from tracemirrord.harnesses.base import JsonlHarness, env_path
+from tracemirrord.harnesses.base import JsonlHarness, env_path, json_records
 from tracemirrord.source import SessionInfo
 
 _LEGACY_STATE_DIRS = (".clawdbot", ".moldbot", ".moltbot")
@@ -60,15 +59,7 @@ class OpenClaw(JsonlHarness):
         """cwd and start from the session header, the model from the first that names one."""
         cwd = started = model = None
         extra: dict[str, str] = {}
-        for line in lines:
-            if len(line) > _DESCRIBE_LINE_LIMIT:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(record, dict):
-                continue
+        for record in json_records(lines):
             if record.get("type") == "session":
                 cwd = _str(record.get("cwd")) or cwd
                 started = _str(record.get("timestamp")) or started
