@@ -43,6 +43,9 @@ UNKNOWN_FORMAT_RETRY_S = 60.0
 # probes it with all the other parked sources in one batch and starts it again when it changes.
 PARK_AFTER_S = 3600.0
 PARKED_POLL_S = 600.0
+# A source whose harness watches it and calls ``wake`` on every change (``Source.woken`` true) needs
+# no fast polling of its own: this is only the fallback.
+WOKEN_POLL_S = 5.0
 
 
 def poll_interval_s(mtime: float, now: float) -> float:
@@ -267,7 +270,7 @@ class SessionMirror:
             if cutoff is not None and probe.mtime < cutoff and writer.state is None:
                 self.status = "idle"
                 self._last_probe = probe  # the idle sweep wakes us when it changes
-                return poll_interval_s(probe.mtime, now)
+                return self._interval(probe, now)
             self._eligible = True
         changed = probe != self._last_probe
         if changed or self._more_to_read or (self._batch and (flush_all or self._flush_due())):
@@ -284,11 +287,18 @@ class SessionMirror:
         if self._batch:
             assert self._batch.since is not None
             due_in = self._batch.since + self.ctx.flush_interval_s - time.monotonic()
-            return max(0.01, min(due_in, poll_interval_s(probe.mtime, now)))
+            return max(0.01, min(due_in, self._interval(probe, now)))
         if writer.meta_behind and writer.meta_due():
             await writer.write_meta()
         self.status = "following" if now - probe.mtime < 300 else "idle"
-        return None if flush_all else poll_interval_s(probe.mtime, now)
+        return None if flush_all else self._interval(probe, now)
+
+    def _interval(self, probe: Probe, now: float) -> float:
+        """Seconds to the next look; a source its harness wakes on every change is polled as a fallback."""
+        interval = poll_interval_s(probe.mtime, now)
+        if interval < PARKED_POLL_S and getattr(self.source, "woken", False):
+            return max(interval, WOKEN_POLL_S)
+        return interval
 
     async def sync_once(self) -> None:
         """Mirror everything pending now, write meta.json, and return (``tracemirrord --once``)."""

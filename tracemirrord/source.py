@@ -15,6 +15,10 @@ A ``Position`` is opaque to the writer:
   database identity, a hash of what was emitted or the change cursor to resume from. It is stored
   with every part (object metadata) and in meta.json, so the bucket alone tells where to resume.
 
+A source whose harness watches it and calls ``HarnessHooks.wake`` on every change (one database
+for many sessions) may have a ``woken`` attribute that is true while that watch runs; its follower
+then polls it only as a fallback, every few seconds, instead of four times a second.
+
 Reading is pure in one sense: ``read(after)`` for the same ``after`` on an unchanged source gives
 the same records, so a part that landed before a crash is recognised and never duplicated.
 """
