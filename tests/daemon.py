@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import Reassembled, reassemble
 from tracemirrord.store import open_store
+from tracemirrord.store.base import NotFound
 
 # Every variable that moves an agent's root: a developer's own setting must not leak into a test.
 AGENT_VARIABLES = {"CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR", "HERMES_HOME", "OPENCODE_DB"} | {
@@ -87,27 +90,49 @@ class Daemon:
             self.kill9()
 
 
+def _store(bucket: str, s3_env: dict[str, str] | None):  # type: ignore[no-untyped-def]
+    from tracemirrord.store import S3Options
+
+    options = None
+    if s3_env:
+        options = S3Options(
+            endpoint_url=s3_env["TRACEMIRROR_S3__ENDPOINT_URL"],
+            region="us-east-1",
+            access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        )
+    return open_store(bucket, options)
+
+
 def read_back(
     bucket: str, key: SessionKey, project: str = "default", s3_env: dict[str, str] | None = None
 ) -> Reassembled:
     """Reassemble one session from the bucket (a fresh store client each call)."""
 
     async def go() -> Reassembled:
-        from tracemirrord.store import S3Options
-
-        options = None
-        if s3_env:
-            options = S3Options(
-                endpoint_url=s3_env["TRACEMIRROR_S3__ENDPOINT_URL"],
-                region="us-east-1",
-                access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-                secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-            )
-        store = open_store(bucket, options)
+        store = _store(bucket, s3_env)
         try:
             return await reassemble(store, project, key)
         finally:
             await store.close()
+
+    return asyncio.run(go())
+
+
+def read_meta(
+    bucket: str, key: SessionKey, project: str = "default", s3_env: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """A session's meta.json from the bucket, parsed (None while there is none)."""
+
+    async def go() -> dict[str, Any] | None:
+        store = _store(bucket, s3_env)
+        try:
+            got = await store.get(f"{project}/sessions/{key.harness}/{key.session_id}/meta.json")
+        except NotFound:
+            return None
+        finally:
+            await store.close()
+        return json.loads(got.body)
 
     return asyncio.run(go())
 

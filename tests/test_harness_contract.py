@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, daemon_env, read_back, wait_for
+from daemon import Daemon, daemon_env, read_back, read_meta, wait_for
 from harness_fixtures import FixtureSession, HarnessFixture, load_fixtures
 
 from tracemirrord.model import SessionKey
@@ -57,11 +57,6 @@ def assert_exact(bucket: str, sessions: list[FixtureSession], s3_env: dict[str, 
         assert got is not None, f"{s.harness}/{s.session_id}: no readable copy"
         assert len(got) == len(want), f"{s.harness}/{s.session_id}: {len(got)} records, wrote {len(want)}"
         assert got == want, f"{s.harness}/{s.session_id}: the copy differs from what was written"
-
-
-def meta_of(bucket_dir: Path, s: FixtureSession) -> dict[str, Any] | None:
-    path = bucket_dir / "default" / "sessions" / s.harness / s.session_id / "meta.json"
-    return json.loads(path.read_bytes()) if path.exists() else None
 
 
 def run_once(env: dict[str, str]) -> None:
@@ -113,12 +108,11 @@ class Writer(threading.Thread):
 def test_harness_contract(harness: str, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     fixture: HarnessFixture = FIXTURES[harness]
     s3_env: dict[str, str] | None = None
-    bucket_dir = tmp_path / "bucket"
     if backend == "s3":
         s3_env = request.getfixturevalue("s3_env")
         bucket = f"s3://{request.getfixturevalue('s3_bucket')}"
     else:
-        bucket = f"file://{bucket_dir}"
+        bucket = f"file://{tmp_path / 'bucket'}"
     home = tmp_path / "home"
     home.mkdir()
     env = daemon_env(tmp_path, bucket, {**(s3_env or {}), **fixture.env(home)})
@@ -162,18 +156,18 @@ def test_harness_contract(harness: str, backend: str, tmp_path: Path, request: p
     run_once(env)
     assert_exact(bucket, sessions, s3_env)
 
-    # 4. source gone (checked on the embedded bucket, where meta.json is a file to read)
-    if backend == "local":
-        gone = sessions[0]
-        before = copy_of(bucket, gone, None)
-        with started(env, log) as daemon:
-            time.sleep(1.0)  # the running daemon follows the session when it goes
-            gone.remove()
-            wait_for(
-                lambda: (meta_of(bucket_dir, gone) or {}).get("ended_at") is not None,
-                30,
-                "the removed session to be marked ended",
-            )
-            assert daemon.stop() == 0, daemon.log()[-3000:]
-        assert copy_of(bucket, gone, None) == before, "the copy of a removed session stays as it was"
-        assert_exact(bucket, sessions[1:], None)
+    # 4. source gone: marked ended in meta.json, the copy stays as it was
+    gone = sessions[0]
+    before = copy_of(bucket, gone, s3_env)
+    key = SessionKey(gone.harness, gone.session_id)
+    with started(env, log) as daemon:
+        time.sleep(1.0)  # the running daemon follows the session when it goes
+        gone.remove()
+        wait_for(
+            lambda: (read_meta(bucket, key, s3_env=s3_env) or {}).get("ended_at") is not None,
+            30,
+            "the removed session to be marked ended",
+        )
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+    assert copy_of(bucket, gone, s3_env) == before, "the copy of a removed session stays as it was"
+    assert_exact(bucket, sessions[1:], s3_env)

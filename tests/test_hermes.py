@@ -500,6 +500,9 @@ async def test_watch_runs_no_query_while_nothing_changed(tmp_path: Path) -> None
         assert got == expected["s1"]
         reader = harness.readers[db]
         assert reader._conn is not None
+        for path in (db, db.with_name(db.name + "-wal")):  # last written a minute ago: idle
+            os.utime(path, (time.time() - 60, time.time() - 60))
+        await anyio.sleep(0.5)  # the watch looks once more at the changed stat, then rests
         reader._conn.set_trace_callback(statements.append)
         await anyio.sleep(1.5)
         assert statements == []
@@ -513,3 +516,38 @@ async def test_watch_runs_no_query_while_nothing_changed(tmp_path: Path) -> None
         assert got == expected["s1"][-1:]
         stopping.set()
     await harness.close()
+
+
+def test_daemon_puts_the_agents_own_session_fields_into_meta_json(tmp_path: Path) -> None:
+    """Title and end set on the sessions row after the rows were mirrored reach meta.json, redacted."""
+    token = "ghp_" + "Qw3Er5Ty7Ui9Op1As3Df5Gh7Jk9Lz1Xc3Vb5N"  # a GitHub token's shape; not a real one
+    env = hermes_env(tmp_path)
+    db = Path(env["HERMES_HOME"]) / "state.db"
+    create_db(db)
+    sid = "20260501_080000_cccccc"
+    log = tmp_path / "rows.log"
+    spawn_writer({"db": str(db), "log": str(log), "sessions": [sid], "rows": 4, "rate": 1000}).wait(30)
+    meta_path = tmp_path / "bucket" / "default" / "sessions" / "hermes" / sid / "meta.json"
+
+    def meta() -> dict[str, Any]:
+        return json.loads(meta_path.read_bytes()) if meta_path.exists() else {}
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: copy_of(env, sid) == {0: logged(log)}, 15, "the rows")
+        wait_for(lambda: meta().get("cursor") == logged(log)[-1]["id"], 15, "meta.json")
+        assert meta()["title"] is None and meta()["ended_at"] is None
+        conn = connect(db)
+        conn.execute(
+            "UPDATE sessions SET ended_at = ?, title = ? WHERE id = ?",
+            (1_790_000_500.0, f"rotate {token} today", sid),
+        )
+        conn.close()
+        wait_for(lambda: meta().get("ended_at") == "2026-09-21T14:21:40.000Z", 20, "ended_at in meta.json")
+        assert daemon.stop() == 0, daemon.log()
+    assert token.encode() not in meta_path.read_bytes()
+    doc = meta()
+    assert doc["title"] == "rotate [REDACTED:github-token] today"
+    assert (doc["model"], doc["cwd"], doc["git_branch"]) == ("hermes-4-405b", "/home/dev/proj", "main")
+    assert doc["source_info"]["source"] == "cli"
+    assert doc["cursor_unit"] == "rows"
+    assert copy_of(env, sid) == {0: logged(log)}, "no row twice, none lost"

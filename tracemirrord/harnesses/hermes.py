@@ -269,7 +269,10 @@ class HermesSource:
     def _token(self, st: sqlite_ro.DbStat | None) -> tuple[object, ...]:
         reader = self.reader
         dirty = None if self.harness.watching or st == self._seen_stat else st
-        return (reader.resets, reader.ino, reader.max_id.get(self.raw_id, 0), self._retries, dirty)
+        meta = reader.meta.get(self.raw_id)
+        # the session row too: hermes sets ended_at or a title without a new message
+        row = None if meta is None else (meta.info.get("ended_at"), meta.info.get("title"))
+        return (reader.resets, reader.ino, reader.max_id.get(self.raw_id, 0), self._retries, dirty, row)
 
     def _mtime(self, st: sqlite_ro.DbStat) -> float:
         ts = self.reader.last_ts.get(self.raw_id)
@@ -293,7 +296,7 @@ class HermesSource:
         if position.cursor and reader.identity(self.raw_id) != position.check:
             return None
         self._seen_stat = st
-        return Probe((reader.resets, reader.ino, position.cursor, self._retries, None), self._mtime(st))
+        return Probe(self._token(st), self._mtime(st))
 
     async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
         st = sqlite_ro.stat_db(self.reader.path)
