@@ -59,11 +59,6 @@ from tracemirrord.source import (
 log = structlog.get_logger(__name__)
 
 DB_NAME = "state.db"
-POLL_S = 0.2
-# A database unchanged for this long is looked at every IDLE_POLL_S (its first new row then waits up
-# to that long; from then on POLL_S again): an idle database costs a stat a second.
-IDLE_AFTER_S = 300.0
-IDLE_POLL_S = 1.0
 SAVE_EVERY_S = 1.0
 IDLE_CLOSE_S = 10.0  # close a database's connection after this long without a query
 
@@ -186,13 +181,13 @@ class Hermes(Harness):
         return HermesSource(self, reader, raw_id, max_line_bytes=max_line_bytes)
 
     async def watch(self, roots: list[Path], hooks: HarnessHooks, stopping: anyio.Event) -> None:
-        """Poll each database's stats every 0.2 s (1 s once idle for 5 minutes); on a change read new rows
-        once and wake their sessions."""
+        """Poll each database's stats (sqlite_ro.WatchPace: 0.2 s, 1 s once idle); on a change read new
+        rows once and wake their sessions."""
         self.watching = True
         saved: dict[Path, int] = {}
         seen_commits: dict[Path, int] = {}  # each database's commit count at its last save
         last_save = 0.0
-        changed_at = time.monotonic()
+        pace = sqlite_ro.WatchPace()
         try:
             while not stopping.is_set():
                 for path, reader in list(self.readers.items()):
@@ -208,7 +203,7 @@ class Hermes(Harness):
                             continue
                         for raw_id in got:
                             hooks.wake(reader.prefix + raw_id)
-                        changed_at = time.monotonic()
+                        pace.changed()
                     elif reader.connected and time.monotonic() - reader.used_at > IDLE_CLOSE_S:
                         await anyio.to_thread.run_sync(reader.close_if_idle, IDLE_CLOSE_S)
                     if reader.commit_count != seen_commits.get(path) and (
@@ -220,8 +215,7 @@ class Hermes(Harness):
                             await hooks.cursors.save(str(path), str(durable))
                             saved[path] = durable
                         last_save = time.monotonic()
-                idle = time.monotonic() - changed_at > IDLE_AFTER_S
-                with anyio.move_on_after(IDLE_POLL_S if idle else POLL_S):
+                with anyio.move_on_after(pace.interval(bool(self.readers))):
                     await stopping.wait()
         finally:
             self.watching = False

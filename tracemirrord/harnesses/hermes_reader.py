@@ -43,9 +43,6 @@ FETCH_ROWS = 1000  # rows per shared query
 DIRECT_ROWS = 256  # rows per per-session query
 EVICT_IDLE_S = 30.0  # a buffer not read for this long may be evicted when over the cap
 READ_BUSY_TIMEOUT_MS = 1000  # a locked database delays a read by at most this, then it is retried
-# A database changed this recently may hide a later commit in its stat (coarse file timestamps, a
-# WAL reused at the same size): it is read once more on each poll until its stat is older.
-STAT_TRUST_AFTER_S = 2.0
 
 # What we need to understand a hermes database (hermes_state_common.SCHEMA_SQL, schema v30).
 REQUIRED_MESSAGE_COLUMNS = frozenset({"id", "session_id", "role", "content", "timestamp"})
@@ -292,8 +289,7 @@ class DbReader:
         size) would not show in the stat."""
         if st is None:
             return False
-        recent = time.time() - st.mtime < STAT_TRUST_AFTER_S
-        return st != self.refreshed_stat or self.more or recent
+        return st != self.refreshed_stat or self.more or not sqlite_ro.stat_settled(st)
 
     def refresh(self, st: sqlite_ro.DbStat) -> set[str]:
         """Fetch new rows into the followed sessions' buffers; the raw ids that got rows."""

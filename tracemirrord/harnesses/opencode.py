@@ -33,10 +33,10 @@ from tracemirrord.harnesses.base import (
 )
 from tracemirrord.harnesses.opencode_db import OpencodeDb, OpencodeDbSource
 from tracemirrord.harnesses.opencode_store import OpencodeStoreSource
+from tracemirrord.harnesses.sqlite_ro import WatchPace, stat_db, stat_settled
 from tracemirrord.model import is_safe_segment
 from tracemirrord.source import Source
 
-WATCH_INTERVAL_S = 0.2
 WATCH_MAX_SHARE = 0.2  # the watch waits at least 1/share times as long as its last query took
 
 
@@ -158,21 +158,26 @@ class Opencode(Harness):
 
     async def watch(self, roots: list[Path], hooks: HarnessHooks, stopping: anyio.Event) -> None:
         """Poll each database's stats; after a change, one query finds the sessions to wake."""
+        pace = WatchPace()
         try:
             while not stopping.is_set():
                 started = time.monotonic()
                 for db in list(self._dbs.values()):
                     db.watching = True
                     first = db.index_stat is None
+                    st = stat_db(db.path)
+                    if not first and (st is None or (st == db.index_stat and stat_settled(st))):
+                        continue  # unchanged: no thread hop, no query
                     try:
                         changed = await anyio.to_thread.run_sync(db.refresh_index)
                     except (sqlite3.Error, OSError):
                         continue  # reported by discovery and the followers' reads
+                    pace.changed()
                     if not first:
                         for sid in changed:
                             hooks.wake(sid)
                 took = time.monotonic() - started
-                with anyio.move_on_after(max(WATCH_INTERVAL_S, took / WATCH_MAX_SHARE)):
+                with anyio.move_on_after(max(pace.interval(bool(self._dbs)), took / WATCH_MAX_SHARE)):
                     await stopping.wait()
         finally:
             for db in self._dbs.values():

@@ -38,7 +38,7 @@ from tracemirrord.harnesses.opencode_versions import (
     is_new,
     prune,
 )
-from tracemirrord.harnesses.sqlite_ro import DbStat, open_readonly_blocking, stat_db
+from tracemirrord.harnesses.sqlite_ro import DbStat, open_readonly_blocking, stat_db, stat_settled
 from tracemirrord.source import (
     CursorUnit,
     Discontinuity,
@@ -147,7 +147,7 @@ class OpencodeDb:
         sessions written in the last TIE_WINDOW_MS, so that they read again.
         """
         st = stat_db(self.path)
-        if st is None or (self.index_stat is not None and st == self.index_stat):
+        if st is None or (self.index_stat is not None and st == self.index_stat and stat_settled(st)):
             return []
         problem, has_sm = self.schema()
         if problem is not None:

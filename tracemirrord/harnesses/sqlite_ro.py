@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,3 +77,34 @@ async def table_columns(db: aiosqlite.Connection, table: str) -> set[str]:
     """The columns of ``table`` (empty when it does not exist): to tell a format we do not know."""
     rows = await db.execute_fetchall(f"PRAGMA table_info({table})")
     return {str(row[1]) for row in rows}
+
+
+# A database changed this recently may hide a later commit in its stat (coarse file timestamps, a
+# WAL reused at the same size): a watch reads it once more on each poll until its stat is older.
+STAT_TRUST_AFTER_S = 2.0
+
+
+def stat_settled(st: DbStat, now: float | None = None) -> bool:
+    """Whether ``st`` is old enough that an unchanged stat means an unchanged database."""
+    return (time.time() if now is None else now) - st.mtime >= STAT_TRUST_AFTER_S
+
+
+class WatchPace:
+    """How often a harness's watch looks at its databases: every 0.2 s while they change, every
+    second once they have been idle for five minutes (or when there is nothing to watch), so an
+    idle daemon does not wake five times a second per harness."""
+
+    ACTIVE_S = 0.2
+    IDLE_S = 1.0
+    IDLE_AFTER_S = 300.0
+
+    def __init__(self) -> None:
+        self._changed_at = time.monotonic()
+
+    def changed(self) -> None:
+        self._changed_at = time.monotonic()
+
+    def interval(self, watching: bool = True) -> float:
+        if not watching or time.monotonic() - self._changed_at > self.IDLE_AFTER_S:
+            return self.IDLE_S
+        return self.ACTIVE_S
