@@ -551,3 +551,24 @@ def test_daemon_puts_the_agents_own_session_fields_into_meta_json(tmp_path: Path
     assert doc["source_info"]["source"] == "cli"
     assert doc["cursor_unit"] == "rows"
     assert copy_of(env, sid) == {0: logged(log)}, "no row twice, none lost"
+
+
+async def test_a_read_that_does_the_shared_read_wakes_the_other_sessions(tmp_path: Path) -> None:
+    """Whoever reads new rows for everyone (the watch, or a follower's own read) wakes their sessions:
+    while the watch runs, followers poll only as a fallback, so a missed wake-up is a 5 s lag."""
+    db, expected = make_db(tmp_path, ["s1", "s2"], 4)
+    harness = Hermes()
+    opened = sources(harness, await harness.discover([db.parent]))
+    woken: list[str] = []
+    hooks = HarnessHooks(Cursors(), woken.append)
+    harness.hooks = hooks
+    await harness._start_shared(harness.readers[db], hooks)  # the shared read on, the watch not running
+    _, pos = await read_all(opened["s1"], START)
+    conn = connect(db)
+    add_rows(conn, ["s1", "s2"], 4, expected, seed=9)
+    conn.close()
+    woken.clear()
+    got = await opened["s1"].read(pos, 1 << 20)  # this read does the shared read
+    assert isinstance(got, Records) and [json.loads(x) for x in got.data.splitlines()] == expected["s1"][-2:]
+    assert woken == ["s2"]
+    await harness.close()

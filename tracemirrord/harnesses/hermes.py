@@ -297,7 +297,7 @@ class HermesSource:
         if st is None or self._gone():
             return None
         try:
-            return await anyio.to_thread.run_sync(self._read, after, max_bytes, st)
+            result, refreshed = await anyio.to_thread.run_sync(self._read, after, max_bytes, st)
         except SchemaUnknown as exc:
             raise UnknownFormat(f"{self.reader.path}: {exc}") from exc
         except sqlite3.OperationalError as exc:
@@ -305,11 +305,24 @@ class HermesSource:
                 raise
             self._retries += 1  # the agent holds the database: nothing now, read again soon
             return Records(after, after, b"", 0)
+        # This read did the shared read for everyone: wake the other sessions it found rows for, as
+        # the watch would have (their followers poll only as a fallback while the watch runs).
+        hooks = self.harness.hooks
+        if hooks is not None:
+            for raw_id in refreshed - {self.raw_id}:
+                hooks.wake(self.reader.prefix + raw_id)
+        return result
 
-    def _read(self, after: Position, max_bytes: int, st: sqlite_ro.DbStat) -> Records | Discontinuity:
+    def _read(
+        self, after: Position, max_bytes: int, st: sqlite_ro.DbStat
+    ) -> tuple[Records | Discontinuity, set[str]]:
+        """The read (in a worker thread), and the sessions a shared read it did found rows for."""
         reader = self.reader
-        if reader.needs_refresh(st):
-            reader.refresh(st)
+        refreshed = reader.refresh(st) if reader.needs_refresh(st) else set()
+        return self._take(after, max_bytes, st), refreshed
+
+    def _take(self, after: Position, max_bytes: int, st: sqlite_ro.DbStat) -> Records | Discontinuity:
+        reader = self.reader
         self._seen_stat = st
         check = reader.identity(self.raw_id)
         if after.cursor > 0:
