@@ -61,6 +61,8 @@ log = structlog.get_logger(__name__)
 DB_NAME = "state.db"
 SAVE_EVERY_S = 1.0
 IDLE_CLOSE_S = 10.0  # close a database's connection after this long without a query
+# The watch alone reads new rows while it runs: its period is most of a row's way into a part.
+ACTIVE_POLL_S = 0.1
 
 
 def databases(root: Path) -> list[tuple[Path, str]]:
@@ -181,13 +183,13 @@ class Hermes(Harness):
         return HermesSource(self, reader, raw_id, max_line_bytes=max_line_bytes)
 
     async def watch(self, roots: list[Path], hooks: HarnessHooks, stopping: anyio.Event) -> None:
-        """Poll each database's stats (sqlite_ro.WatchPace: 0.2 s, 1 s once idle); on a change read new
-        rows once and wake their sessions."""
+        """Poll each database's stats (every 0.1 s, every second once idle: sqlite_ro.WatchPace); on a
+        change read new rows once and wake their sessions."""
         self.watching = True
         saved: dict[Path, int] = {}
         seen_commits: dict[Path, int] = {}  # each database's commit count at its last save
         last_save = 0.0
-        pace = sqlite_ro.WatchPace()
+        pace = sqlite_ro.WatchPace(ACTIVE_POLL_S)
         try:
             while not stopping.is_set():
                 for path, reader in list(self.readers.items()):
@@ -318,7 +320,11 @@ class HermesSource:
     ) -> tuple[Records | Discontinuity, set[str]]:
         """The read (in a worker thread), and the sessions a shared read it did found rows for."""
         reader = self.reader
-        refreshed = reader.refresh(st) if reader.needs_refresh(st) else set()
+        # While the watch runs it alone does the shared read (5 times a second) and wakes whom it
+        # concerns; reads that each did it as well woke each other in a storm (3x the CPU).
+        shared_by_watch = self.harness.watching and reader.shared
+        refresh = not shared_by_watch and reader.needs_refresh(st)
+        refreshed = reader.refresh(st) if refresh else set()
         return self._take(after, max_bytes, st), refreshed
 
     def _take(self, after: Position, max_bytes: int, st: sqlite_ro.DbStat) -> Records | Discontinuity:

@@ -90,15 +90,15 @@ def stat_settled(st: DbStat, now: float | None = None) -> bool:
 
 
 class WatchPace:
-    """How often a harness's watch looks at its databases: every 0.2 s while they change, every
-    second once they have been idle for five minutes (or when there is nothing to watch), so an
-    idle daemon does not wake five times a second per harness."""
+    """How often a harness's watch looks at its databases: every ``active_s`` while they change,
+    every second once they have been idle for five minutes (or when there is nothing to watch), so
+    an idle daemon does not wake several times a second per harness."""
 
-    ACTIVE_S = 0.2
     IDLE_S = 1.0
     IDLE_AFTER_S = 300.0
 
-    def __init__(self) -> None:
+    def __init__(self, active_s: float = 0.2) -> None:
+        self.active_s = active_s
         self._changed_at = time.monotonic()
 
     def changed(self) -> None:
@@ -107,4 +107,4 @@ class WatchPace:
     def interval(self, watching: bool = True) -> float:
         if not watching or time.monotonic() - self._changed_at > self.IDLE_AFTER_S:
             return self.IDLE_S
-        return self.ACTIVE_S
+        return self.active_s
