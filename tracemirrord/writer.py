@@ -38,6 +38,7 @@ LEASE_TTL_S = 120.0
 _INLINE_REDACT_BYTES = 256 * 1024
 _DESCRIBE_LINES = 8
 _DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
+_DESCRIBE_PART_BYTES = 64 * 1024  # ... and small (a live session's, not a backfill's)
 _DESCRIBED_FIELDS = 2  # info fields most sessions have (model, agent version): stop looking then
 
 
@@ -211,7 +212,7 @@ class SessionWriter:
         first, last = batch[0].start, batch[-1].end
         if last.check is not None and not layout.check_value_ok(last.check):
             raise ValueError(f"the source gave a check value that cannot travel in metadata: {last.check!r}")
-        if self._describing(first):
+        if self._describing(first, len(body)):
             self._describe(body, source)
         part = PartRecord(
             seq=state.next_seq,
@@ -259,17 +260,16 @@ class SessionWriter:
         source.committed(last)
         return part
 
-    def _describing(self, first: Position) -> bool:
-        """Describe the session from this part? Its first part, and a few more while fields are missing.
-
-        A live session's first part is often only a header and a prompt (no model yet).
-        """
+    def _describing(self, first: Position, size: int) -> bool:
+        """Describe the session from this part? Its first part, and a few more small ones while
+        fields are missing: a live session's first part is often only a header and a prompt (no
+        model yet). A backfill's parts are large and its first one already held the first records."""
         state = self.state
         assert state is not None
         if first.at_start:
             return True
         missing = state.started_at is None or len(state.info) < _DESCRIBED_FIELDS
-        return missing and state.next_seq < _DESCRIBE_PARTS
+        return missing and state.next_seq < _DESCRIBE_PARTS and size <= _DESCRIBE_PART_BYTES
 
     def _describe(self, body: bytes, source: Source) -> None:
         """Session metadata from the first redacted records, plus what the source says (redacted too)."""
