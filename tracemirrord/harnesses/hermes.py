@@ -196,6 +196,7 @@ class Hermes(Harness):
                     if path not in saved:
                         saved[path] = await self._start_shared(reader, hooks)
                     st = reader.stat(0)
+                    pace.observe(st)
                     if reader.needs_refresh(st):
                         assert st is not None
                         try:
@@ -205,7 +206,6 @@ class Hermes(Harness):
                             continue
                         for raw_id in got:
                             hooks.wake(reader.prefix + raw_id)
-                        pace.changed()
                     elif reader.connected and time.monotonic() - reader.used_at > IDLE_CLOSE_S:
                         await anyio.to_thread.run_sync(reader.close_if_idle, IDLE_CLOSE_S)
                     if reader.commit_count != seen_commits.get(path) and (

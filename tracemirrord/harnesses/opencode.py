@@ -166,13 +166,13 @@ class Opencode(Harness):
                     db.watching = True
                     first = db.index_stat is None
                     st = stat_db(db.path)
+                    pace.observe(st)
                     if not first and (st is None or (st == db.index_stat and stat_settled(st))):
                         continue  # unchanged: no thread hop, no query
                     try:
                         changed = await anyio.to_thread.run_sync(db.refresh_index)
                     except (sqlite3.Error, OSError):
                         continue  # reported by discovery and the followers' reads
-                    pace.changed()
                     if not first:
                         for sid in changed:
                             hooks.wake(sid)

@@ -90,21 +90,23 @@ def stat_settled(st: DbStat, now: float | None = None) -> bool:
 
 
 class WatchPace:
-    """How often a harness's watch looks at its databases: every ``active_s`` while they change,
-    every second once they have been idle for five minutes (or when there is nothing to watch), so
-    an idle daemon does not wake several times a second per harness."""
+    """How often a harness's watch looks at its databases: every ``active_s`` while one of them was
+    modified in the last five minutes, every second otherwise (or when there is nothing to watch),
+    so an idle daemon does not wake several times a second per harness."""
 
     IDLE_S = 1.0
     IDLE_AFTER_S = 300.0
 
     def __init__(self, active_s: float = 0.2) -> None:
         self.active_s = active_s
-        self._changed_at = time.monotonic()
+        self._newest = 0.0  # the newest database mtime seen (epoch seconds)
 
-    def changed(self) -> None:
-        self._changed_at = time.monotonic()
+    def observe(self, st: DbStat | None) -> None:
+        """Take in a database's stat (every poll: it costs nothing more than the stat itself)."""
+        if st is not None:
+            self._newest = max(self._newest, st.mtime)
 
     def interval(self, watching: bool = True) -> float:
-        if not watching or time.monotonic() - self._changed_at > self.IDLE_AFTER_S:
+        if not watching or time.time() - self._newest > self.IDLE_AFTER_S:
             return self.IDLE_S
         return self.active_s
