@@ -11,6 +11,7 @@ another process).
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from pathlib import Path
@@ -102,3 +103,54 @@ class GeminiFixture:
 
 
 FIXTURE = GeminiFixture()
+
+
+class GeminiDocumentSession:
+    """A session as gemini-cli wrote it before v0.39: one ``session-*.json`` document, rewritten whole
+    on every message. The copy holds the metadata (the document without ``messages``) once, then
+    each message once, in order (docs/harnesses/gemini-cli.md); ``lastUpdated`` is left as it was
+    so that the metadata line does not depend on when the daemon first read the document."""
+
+    harness = "gemini-cli"
+
+    def __init__(self, path: Path, meta: dict[str, Any], seed: int) -> None:
+        self.path = path
+        self.session_id = meta["sessionId"]
+        self.meta = meta
+        self.messages: list[dict[str, Any]] = []
+        self.seed = seed
+
+    def append(self, n: int) -> None:
+        rng = random.Random(self.seed * 1_000_003 + len(self.messages))
+        self.messages += [_message(len(self.messages) + i, rng) for i in range(n)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({**self.meta, "messages": self.messages}, indent=2))
+        os.replace(tmp, self.path)
+
+    def expected(self) -> list[Any]:
+        return [dict(self.meta), *self.messages]
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+
+class GeminiDocumentFixture:
+    harness = "gemini-cli"
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {"GEMINI_CLI_HOME": str(home / "gemini-home")}
+
+    def create(self, home: Path, rng: random.Random) -> GeminiDocumentSession:
+        sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        chats = home / "gemini-home" / ".gemini" / "tmp" / "proj" / "chats"
+        chats.mkdir(parents=True, exist_ok=True)
+        meta = {"sessionId": sid, "projectHash": "cd" * 32, "startTime": _ts(0), "lastUpdated": _ts(0)}
+        session = GeminiDocumentSession(
+            chats / f"session-2026-03-01T10-00-{sid[:8]}.json", meta, rng.getrandbits(32)
+        )
+        session.append(1)
+        return session
+
+
+# Other on-disk formats of this harness, run through the contract suite as well.
+VARIANTS = {"json-document": GeminiDocumentFixture()}

@@ -16,8 +16,10 @@ tests/opencode_writer.py.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,95 @@ class OpencodeFixture:
 
 
 FIXTURE = OpencodeFixture()
+
+
+class OpencodeStoreSession:
+    """A session in opencode's JSON store (before v1.2): one file per record, each written once here
+    through a temp file and a rename, dated one millisecond after the previous one so that the
+    store's order (mtime, kind, id) is the order written. Each record's expected line is the shape
+    docs/harnesses/opencode.md gives, built from what was written."""
+
+    harness = "opencode"
+
+    def __init__(self, storage: Path, session_id: str, seed: int) -> None:
+        self.storage = storage
+        self.session_id = session_id
+        self.seed = seed
+        self.lines: list[dict[str, Any]] = []
+        self.files: list[Path] = []
+        self._t_ns = 0
+
+    def _write(self, path: Path, doc: dict[str, Any]) -> int:
+        """Write ``doc`` at ``path`` as opencode does (temp file, rename), dated; its mtime in ns."""
+        self._t_ns = max(self._t_ns + 1_000_000, time.time_ns())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.utime(tmp, ns=(self._t_ns, self._t_ns))  # before the rename: the file appears dated
+        os.replace(tmp, path)
+        self.files.append(path)
+        return self._t_ns
+
+    def append(self, n: int) -> None:
+        rng = random.Random(self.seed * 1_000_003 + len(self.lines))
+        mid = None
+        for i in range(len(self.lines), len(self.lines) + n):
+            created = BASE_MS + i
+            if i % 4 == 0 or mid is None:
+                mid = f"msg_{self.session_id[4:]}{i:06d}"
+                doc = {
+                    "id": mid,
+                    "sessionID": self.session_id,
+                    "role": "assistant",
+                    "time": {"created": created},
+                }
+                t = self._write(self.storage / "message" / self.session_id / f"{mid}.json", doc)
+                line = {"type": "message", "id": mid, "session_id": self.session_id}
+            else:
+                pid = f"prt_{self.session_id[4:]}{i:06d}"
+                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))
+                doc = {
+                    "id": pid,
+                    "sessionID": self.session_id,
+                    "messageID": mid,
+                    "type": "text",
+                    "text": text,
+                    "time": {"start": created},
+                }
+                t = self._write(self.storage / "part" / mid / f"{pid}.json", doc)
+                line = {"type": "part", "id": pid, "session_id": self.session_id, "message_id": mid}
+            self.lines.append({**line, "time_created": created, "time_updated": t // 1_000_000, "data": doc})
+
+    def expected(self) -> list[Any]:
+        return list(self.lines)
+
+    def remove(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+class OpencodeStoreFixture:
+    harness = "opencode"
+
+    def env(self, home: Path) -> dict[str, str]:
+        return {"XDG_DATA_HOME": str(home / ".local" / "share")}
+
+    def create(self, home: Path, rng: random.Random) -> OpencodeStoreSession:
+        sid = "ses_" + "".join(rng.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(22))
+        storage = home / ".local" / "share" / "opencode" / "storage"
+        session = OpencodeStoreSession(storage, sid, rng.randrange(1 << 30))
+        info = {
+            "id": sid,
+            "projectID": "prj1",
+            "directory": "/home/dev/proj",
+            "title": "Fix the bug",
+            "version": "0.15.0",
+            "time": {"created": BASE_MS, "updated": BASE_MS},
+        }
+        session._write(storage / "session" / "prj1" / f"{sid}.json", info)
+        session.append(1)
+        return session
+
+
+# Other on-disk formats of this harness, run through the contract suite as well.
+VARIANTS = {"json-store": OpencodeStoreFixture()}

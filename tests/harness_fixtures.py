@@ -46,10 +46,15 @@ class HarnessFixture(Protocol):
 
 
 def load_fixtures() -> dict[str, HarnessFixture]:
-    """The fixture of every registered harness, by name; a harness without one is an error."""
+    """The fixture of every registered harness by name, and its variants (other on-disk formats of
+    the same agent, a module's ``VARIANTS``) as ``<name>/<variant>``; a harness without one is an
+    error."""
     found: dict[str, HarnessFixture] = {}
     for name in REGISTRY:
         module = importlib.import_module(f"fixture_{name.replace('-', '_')}")
         assert module.FIXTURE.harness == name, f"tests/fixture_{name}.py describes {module.FIXTURE.harness}"
         found[name] = module.FIXTURE
+        for variant, fixture in getattr(module, "VARIANTS", {}).items():
+            assert fixture.harness == name
+            found[f"{name}/{variant}"] = fixture
     return found

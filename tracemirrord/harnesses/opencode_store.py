@@ -93,8 +93,8 @@ class OpencodeStoreSource:
     def probe(self) -> Probe | None:
         """Stats of the session's directories and of the newest messages' files (no file reads)."""
         tokens = [_stat_token(self.session_file), _stat_token(self._message_dir())]
-        if tokens == [None, None]:
-            return None
+        if tokens[0] is None:
+            return None  # the session file is the session (opencode deletes it; empty dirs may stay)
         tokens += [_stat_token(self.storage / "part" / stem) for stem in self._messages]
         for stem in self._messages[-2:]:
             tokens.append(_stat_token(self._message_dir() / f"{stem}.json"))
