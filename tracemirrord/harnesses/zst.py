@@ -32,15 +32,15 @@ import zstandard
 
 from tracemirrord.harnesses.jsonl import (
     FileStat,
+    JsonlSource,
     Mismatch,
     as_records,
     fingerprint_of,
     read_chunk_fd,
     stat_file,
 )
-from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
+from tracemirrord.model import FINGERPRINT_BYTES, Chunk, short_hash
 from tracemirrord.source import (
-    CursorUnit,
     Discontinuity,
     Position,
     Probe,
@@ -157,53 +157,19 @@ def _summary(path: Path) -> tuple[FileStat, int, bytes, bytes] | None:
     return st, size, bytes(head), bytes(tail)
 
 
-def read_decompressed(
-    data_file: _Decompressed,
-    *,
-    generation: int,
-    start: int,
-    expected: Fingerprint | None,
-    max_bytes: int,
-    max_line_bytes: int,
-) -> Chunk | Mismatch:
-    """Complete lines after ``start`` of the decompressed bytes (``jsonl.read_chunk``'s results)."""
-    return read_chunk_fd(
-        data_file.fd,
-        data_file.size,
-        generation=generation,
-        start=start,
-        expected=expected,
-        max_bytes=max_bytes,
-        max_line_bytes=max_line_bytes,
-    )
+class ZstJsonlSource(JsonlSource):
+    """A ``.jsonl.zst`` file as a ``source.Source``: the plain file's cursors, over its decompressed bytes.
 
-
-class ZstJsonlSource:
-    """A ``.jsonl.zst`` file as a ``source.Source``: the plain file's cursors, over its decompressed bytes."""
-
-    unit: CursorUnit = "bytes"
+    Location, probe (a stat of the compressed file), describe and committed are the plain file's.
+    """
 
     def __init__(
         self, path: Path, *, max_line_bytes: int, describe: Callable[[list[bytes]], SessionInfo]
     ) -> None:
-        self.path = path
-        self.max_line_bytes = max_line_bytes
-        self._describe = describe
+        super().__init__(path, max_line_bytes=max_line_bytes, describe=describe)
         self._lock = threading.Lock()  # one decompressed copy, used from worker threads
         self._copy: _Decompressed | None = None
-        self._size: int | None = None  # decompressed size, once known
-        self._stat_size = 0
-
-    @property
-    def location(self) -> str:
-        return str(self.path)
-
-    def probe(self) -> Probe | None:
-        st = stat_file(self.path)
-        if st is None:
-            return None
-        self._stat_size = st.size
-        return Probe(st, st.mtime)
+        self._plain_size: int | None = None  # decompressed size, once known
 
     def settled_at(self, position: Position) -> Probe | None:
         try:
@@ -213,7 +179,7 @@ class ZstJsonlSource:
         if summary is None:
             return None
         st, size, head, tail = summary
-        self._size = size
+        self._plain_size = size
         if size != position.cursor:
             return None
         if position.cursor:
@@ -243,9 +209,10 @@ class ZstJsonlSource:
                 if self._copy is None:
                     return None
             copy = self._copy
-            self._size = copy.size
-            chunk = read_decompressed(
-                copy,
+            self._plain_size = copy.size
+            chunk = read_chunk_fd(
+                copy.fd,
+                copy.size,
                 generation=after.generation,
                 start=after.cursor,
                 expected=fingerprint_of(after.check),
@@ -262,14 +229,8 @@ class ZstJsonlSource:
             self._copy = None
 
     def behind(self, position: Position) -> int:
-        size = self._size if self._size is not None else self._stat_size
+        size = self._plain_size if self._plain_size is not None else self._size
         return max(0, size - position.cursor)
-
-    def describe(self, lines: list[bytes]) -> SessionInfo:
-        return self._describe(lines)
-
-    def committed(self, position: Position) -> None:
-        """Nothing to free: the copy is dropped when a read reaches its end."""
 
     def close(self) -> None:
         with self._lock:
