@@ -127,14 +127,6 @@ class SessionMirror:
 
     # ---------- what the harness task uses ----------
 
-    @property
-    def state(self) -> SessionState | None:
-        return self.writer.state
-
-    @property
-    def last_flush_at(self) -> str | None:
-        return self.writer.last_flush_at
-
     def park_at(self, probe: Probe) -> None:
         """Start parked: the source is known to need nothing until its probe differs from ``probe``."""
         self._last_probe = probe
@@ -315,9 +307,7 @@ class SessionMirror:
         try:
             if self._batch:
                 await self._flush()
-            if writer.rolled_forward and (
-                writer.state.next_seq != writer._meta_seq or writer.state.lease is not None
-            ):
+            if writer.unreleased:
                 await writer.write_meta(release=True)
         except (StoreError, LeaseHeld, WriterConflict) as exc:
             self.log.warning("could not flush on the way out; the source keeps the records", error=str(exc))

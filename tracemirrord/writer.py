@@ -151,6 +151,16 @@ class SessionWriter:
         """Parts were written since meta.json last was (it trails by up to meta_interval)."""
         return self.state is not None and self.state.next_seq > self._meta_seq >= 0
 
+    @property
+    def unreleased(self) -> bool:
+        """On the way out: meta.json misses parts written since, or still holds our lease."""
+        state = self.state
+        return (
+            self.rolled_forward
+            and state is not None
+            and (state.next_seq != self._meta_seq or state.lease is not None)
+        )
+
     def meta_due(self) -> bool:
         return (
             self._meta_written_at is None
