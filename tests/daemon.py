@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tracemirrord import layout
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.model import SessionKey
 from tracemirrord.reassemble import Reassembled, reassemble
@@ -127,7 +128,7 @@ def read_meta(
     async def go() -> dict[str, Any] | None:
         store = _store(bucket, s3_env)
         try:
-            got = await store.get(f"{project}/sessions/{key.harness}/{key.session_id}/meta.json")
+            got = await store.get(layout.meta_key(project, key))
         except NotFound:
             return None
         finally:

@@ -17,24 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fixture_jsonl import AppendedFileSession, json_line
+
 WORDS = ("read", "the", "file", "fix", "test", "bug", "run", "pytest", "ok", "refactor")
 
 
-def _line(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
-
-
-class GeminiSession:
+class GeminiSession(AppendedFileSession):
     harness = "gemini-cli"
-
-    def __init__(self, path: Path, session_id: str, seed: int) -> None:
-        self.path = path
-        self.session_id = session_id
-        self.seed = seed
-
-    def _lines(self) -> list[dict[str, Any]]:
-        data = self.path.read_bytes()
-        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
     def append(self, n: int) -> None:
         existing = self._lines()
@@ -43,20 +32,18 @@ class GeminiSession:
         out = bytearray()
         for i in range(count, count + n):
             if i % 7 == 3 and i > 1:
-                out += _line({"$set": {"lastUpdated": _ts(i)}})
+                out += json_line({"$set": {"lastUpdated": _ts(i)}})
             elif i % 5 == 4:
                 # a gemini message already written gets its tokens: appended again, same id
-                out += _line({**_message(i - 1, rng), "tokens": {"input": i, "output": 2, "total": i + 2}})
+                out += json_line(
+                    {**_message(i - 1, rng), "tokens": {"input": i, "output": 2, "total": i + 2}}
+                )
             else:
-                out += _line(_message(i, rng))
+                out += json_line(_message(i, rng))
         with self.path.open("ab") as f:
             f.write(bytes(out))
 
-    def expected(self) -> list[Any]:
-        return self._lines()
-
-    def remove(self) -> None:
-        self.path.unlink()  # gemini-cli's session cleanup deletes the file
+    # remove(): gemini-cli's session cleanup deletes the file, as AppendedFileSession does
 
 
 def _ts(i: int) -> str:
@@ -84,11 +71,15 @@ class GeminiFixture:
     def env(self, home: Path) -> dict[str, str]:
         return {"GEMINI_CLI_HOME": str(home / "gemini-home")}
 
-    def create(self, home: Path, rng: random.Random) -> GeminiSession:
+    def _new(self, home: Path, rng: random.Random, suffix: str) -> tuple[str, Path]:
+        """A new session id and the path gemini-cli names its file by (8 characters of the id)."""
         sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         chats = home / "gemini-home" / ".gemini" / "tmp" / "proj" / "chats"
         chats.mkdir(parents=True, exist_ok=True)
-        path = chats / f"session-2026-03-01T10-00-{sid[:8]}.jsonl"
+        return sid, chats / f"session-2026-03-01T10-00-{sid[:8]}{suffix}"
+
+    def create(self, home: Path, rng: random.Random) -> GeminiSession:
+        sid, path = self._new(home, rng, ".jsonl")
         first = {
             "sessionId": sid,
             "projectHash": "ab" * 32,
@@ -96,7 +87,7 @@ class GeminiFixture:
             "lastUpdated": _ts(0),
             "kind": "main",
         }
-        path.write_bytes(_line(first))
+        path.write_bytes(json_line(first))
         session = GeminiSession(path, sid, rng.getrandbits(32))
         session.append(1)
         return session
@@ -134,20 +125,11 @@ class GeminiDocumentSession:
         self.path.unlink()
 
 
-class GeminiDocumentFixture:
-    harness = "gemini-cli"
-
-    def env(self, home: Path) -> dict[str, str]:
-        return {"GEMINI_CLI_HOME": str(home / "gemini-home")}
-
-    def create(self, home: Path, rng: random.Random) -> GeminiDocumentSession:
-        sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        chats = home / "gemini-home" / ".gemini" / "tmp" / "proj" / "chats"
-        chats.mkdir(parents=True, exist_ok=True)
+class GeminiDocumentFixture(GeminiFixture):
+    def create(self, home: Path, rng: random.Random) -> GeminiDocumentSession:  # type: ignore[override]
+        sid, path = self._new(home, rng, ".json")
         meta = {"sessionId": sid, "projectHash": "cd" * 32, "startTime": _ts(0), "lastUpdated": _ts(0)}
-        session = GeminiDocumentSession(
-            chats / f"session-2026-03-01T10-00-{sid[:8]}.json", meta, rng.getrandbits(32)
-        )
+        session = GeminiDocumentSession(path, meta, rng.getrandbits(32))
         session.append(1)
         return session
 

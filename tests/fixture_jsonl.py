@@ -15,6 +15,33 @@ from typing import Any
 from sessions import make_session, record
 
 
+def json_line(record: dict[str, Any]) -> bytes:
+    """One compact JSONL line, as the agents write them."""
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+class AppendedFileSession:
+    """A session file the test appends to; what the copy must hold is the file's own complete lines,
+    parsed (a subclass writes ``append`` in its agent's format; ``remove`` deletes the file)."""
+
+    harness: str
+
+    def __init__(self, path: Path, session_id: str, seed: int) -> None:
+        self.path = path
+        self.session_id = session_id
+        self.seed = seed
+
+    def _lines(self) -> list[dict[str, Any]]:
+        data = self.path.read_bytes()
+        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+    def expected(self) -> list[Any]:
+        return self._lines()
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+
 class JsonlSession:
     def __init__(self, home: Path, harness: str, rng: random.Random) -> None:
         made = make_session(home, harness, str(uuid.UUID(int=rng.getrandbits(128))))

@@ -10,34 +10,22 @@ another process). ``remove()`` archives the file as openclaw's cleanup does
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from pathlib import Path
 from typing import Any
 
+from fixture_jsonl import AppendedFileSession, json_line
+
 WORDS = ("read", "the", "file", "fix", "test", "bug", "run", "pytest", "ok", "deploy")
-
-
-def _line(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def _ts(i: int) -> str:
     return f"2026-05-01T08:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
 
 
-class OpenClawSession:
+class OpenClawSession(AppendedFileSession):
     harness = "openclaw"
-
-    def __init__(self, path: Path, session_id: str, seed: int) -> None:
-        self.path = path
-        self.session_id = session_id
-        self.seed = seed
-
-    def _lines(self) -> list[dict[str, Any]]:
-        data = self.path.read_bytes()
-        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
     def append(self, n: int) -> None:
         count = len(self._lines())
@@ -53,12 +41,9 @@ class OpenClawSession:
                 entry.update(
                     type="message", message={"role": role, "content": [{"type": "text", "text": text}]}
                 )
-            out += _line(entry)
+            out += json_line(entry)
         with self.path.open("ab") as f:
             f.write(bytes(out))
-
-    def expected(self) -> list[Any]:
-        return self._lines()
 
     def remove(self) -> None:
         self.path.rename(self.path.with_name(self.path.name + ".deleted.2026-05-02T08-00-00.000Z"))
@@ -81,7 +66,7 @@ class OpenClawFixture:
         stem = f"{sid}-topic-{self._made}" if self._made % 3 == 0 else sid
         path = sessions / f"{stem}.jsonl"
         header = {"type": "session", "version": 3, "id": sid, "timestamp": _ts(0), "cwd": "/home/dev/bot"}
-        path.write_bytes(_line(header))
+        path.write_bytes(json_line(header))
         session = OpenClawSession(path, f"main__{stem}", rng.getrandbits(32))
         session.append(1)
         return session

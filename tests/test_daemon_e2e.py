@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, daemon_env, read_back, wait_for
+from daemon import Daemon, daemon_env, read_back, read_meta, wait_for
 from s3server import BytesCountingProxy, s3_subprocess_env
 from sessions import SessionFile, complete_lines, make_session, record
 
@@ -82,28 +82,9 @@ def test_live_sessions_mirror_exactly(backend: str, tmp_path: Path, request: pyt
 
 
 def _meta(bucket: str, s: SessionFile, s3_env: dict[str, str] | None) -> dict:
-    import asyncio
-
-    from tracemirrord import layout
-    from tracemirrord.store import S3Options, open_store
-
-    async def go() -> dict:
-        options = None
-        if s3_env:
-            options = S3Options(
-                endpoint_url=s3_env["TRACEMIRROR_S3__ENDPOINT_URL"],
-                region="us-east-1",
-                access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-                secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-            )
-        store = open_store(bucket, options)
-        try:
-            obj = await store.get(layout.meta_key("default", SessionKey(s.harness, s.session_id)))
-            return json.loads(obj.body)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    doc = read_meta(bucket, SessionKey(s.harness, s.session_id), s3_env=s3_env)
+    assert doc is not None, f"no meta.json for {s.harness}/{s.session_id}"
+    return doc
 
 
 def test_a_burst_is_one_part_and_an_idle_session_sends_nothing(

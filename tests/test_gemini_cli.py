@@ -335,11 +335,6 @@ def test_settled_at_parks_only_a_fully_mirrored_document(tmp_path: Path) -> None
 
 # ---------- end to end: the daemon on a temporary HOME ----------
 
-registered = pytest.mark.skipif(
-    "gemini-cli" not in __import__("tracemirrord.harnesses", fromlist=["REGISTRY"]).REGISTRY,
-    reason="gemini-cli is not registered yet",
-)
-
 
 def e2e_env(tmp_path: Path) -> dict[str, str]:
     from daemon import daemon_env
@@ -364,7 +359,6 @@ def parsed(data: bytes) -> list[Any]:
     return [json.loads(line) for line in data.splitlines()]
 
 
-@registered
 def test_daemon_mirrors_jsonl_lines_as_written_and_a_rewrite_as_a_new_generation(tmp_path: Path) -> None:
     """Re-appended ids, $set and $rewindTo lines arrive byte for byte; a temp+rename rewrite is
     generation 1 and generation 0 keeps everything mirrored before it."""
@@ -401,7 +395,6 @@ def test_daemon_mirrors_jsonl_lines_as_written_and_a_rewrite_as_a_new_generation
         assert daemon.stop() == 0, daemon.log()
 
 
-@registered
 def test_daemon_follows_a_growing_json_document_then_its_resumed_jsonl(tmp_path: Path) -> None:
     """An old-format document written message by message while the daemon runs: each message once
     (the last one again when its tokens arrive); resumed in v0.39 it continues as generation 1."""
@@ -438,7 +431,6 @@ def test_daemon_follows_a_growing_json_document_then_its_resumed_jsonl(tmp_path:
     assert meta_json["started_at"] == "2026-03-01T10:00:00.000Z"
 
 
-@registered
 def test_once_mirrors_documents_and_jsonl_and_a_second_run_adds_nothing(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -11,10 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from daemon import Daemon, daemon_env, read_back, wait_for
 
-from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.openclaw import OpenClaw
 from tracemirrord.model import SessionKey
 
@@ -103,7 +101,6 @@ def test_describe_reads_cwd_start_and_model(tmp_path: Path) -> None:
 # ---------- end to end: the daemon on a temporary HOME ----------
 
 
-@pytest.mark.skipif("openclaw" not in REGISTRY, reason="openclaw is not registered yet")
 def test_daemon_mirrors_transcripts_topics_and_checkpoints_and_nothing_else(tmp_path: Path) -> None:
     """Live appends to a transcript, its topic and its checkpoint successor are mirrored exactly under
     ``<agentId>__<stem>``; the index, staging, archived and backup files never become sessions."""
