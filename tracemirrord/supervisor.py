@@ -102,7 +102,7 @@ class HarnessTask:
         self.followers: dict[str, SessionMirror] = {}
         self.state = "idle"
         self.error: str | None = None
-        self.refused: dict[Path, str] = {}
+        self._refused: set[Path] = set()  # logged once each
         self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id)
         harness.hooks = self.hooks
         self._last_found: Discovery | None = None
@@ -140,8 +140,8 @@ class HarnessTask:
             return []  # nothing changed: nothing new, nothing moved
         self._last_found = found
         for problem in found.refused:
-            if problem.path not in self.refused:
-                self.refused[problem.path] = str(problem)
+            if problem.path not in self._refused:
+                self._refused.add(problem.path)
                 log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
         new = []
         for ref in found.sessions:
@@ -334,8 +334,7 @@ class Daemon:
             HarnessTask(
                 REGISTRY[name](), harness_roots(name, settings, self.env), self.ctx, settings.scan_interval
             )
-            for name in settings.harnesses
-            if name in REGISTRY
+            for name in settings.harnesses  # config accepts registered names only
         ]
         self._lock_fd: int | None = None
 
