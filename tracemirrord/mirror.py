@@ -107,12 +107,8 @@ class SessionMirror:
 
     def __init__(self, key: SessionKey, source: Source, ctx: MirrorContext) -> None:
         self.key = key
-        self.source = source
         self.ctx = ctx
-        self.writer = SessionWriter(key, ctx)
-        self.writer.location = source.location
-        self.writer.unit = source.unit
-        self.writer.source = source
+        self.writer = SessionWriter(key, ctx, source)
         self.status = "idle"
         self.last_error: str | None = None
         self.lag_s: float | None = None
@@ -126,6 +122,10 @@ class SessionMirror:
         self._wake = anyio.Event()
 
     # ---------- what the harness task uses ----------
+
+    @property
+    def source(self) -> Source:
+        return self.writer.source
 
     def park_at(self, probe: Probe) -> None:
         """Start parked: the source is known to need nothing until its probe differs from ``probe``."""
@@ -154,9 +154,6 @@ class SessionMirror:
         """The same session now lives elsewhere (an archive move, a compressed file): follow it there."""
         if source.location != self.source.location:
             self.log.info("session moved", old=self.source.location, new=source.location)
-        self.source = source
-        self.writer.location = source.location
-        self.writer.unit = source.unit
         self.writer.source = source
         self._last_probe = None
         self._missing_since = None
@@ -361,7 +358,7 @@ class SessionMirror:
 
     async def _flush(self) -> None:
         since = self._batch.since
-        await self.writer.put_part(self._batch.records, self.source)
+        await self.writer.put_part(self._batch.records)
         if since is not None:
             self.lag_s = time.monotonic() - since
         self._batch.clear()

@@ -99,7 +99,7 @@ class MirrorContext:
 class SessionWriter:
     """Puts one session's records into the bucket, exactly once, and keeps its state."""
 
-    def __init__(self, key: SessionKey, ctx: MirrorContext) -> None:
+    def __init__(self, key: SessionKey, ctx: MirrorContext, source: Source) -> None:
         self.key = key
         self.ctx = ctx
         self.state: SessionState | None = None
@@ -107,9 +107,7 @@ class SessionWriter:
         self.rolled_forward = False
         self.once = False  # --once: mirror what is pending, then write meta.json once
         self.unclaimed = False  # --once on a session new to the bucket: meta.json comes at the end
-        self.location = ""  # the source's location, for meta.json's source_path
-        self.source: Source | None = None
-        self.unit = "bytes"
+        self.source = source  # replaced when the session moves (SessionMirror.relocate)
         self.last_flush_at: str | None = None
         self._meta_etag: str | None = None
         self._meta_written_at: float | None = None
@@ -174,7 +172,7 @@ class SessionWriter:
             self.ctx.project,
             self.key,
             self.state,
-            unit=self.unit,
+            unit=self.source.unit,
             parts_window=self.ctx.parts_window,
             check_lease=self.check_lease,
             log=self.log,
@@ -205,7 +203,7 @@ class SessionWriter:
 
     # ---------- writing ----------
 
-    async def put_part(self, batch: list[Records], source: Source) -> PartRecord:
+    async def put_part(self, batch: list[Records]) -> PartRecord:
         """Redact ``batch`` and put it as the next part; then meta.json (when due) and the checkpoint."""
         assert self.state is not None and batch
         written = self._meta_written_at
@@ -223,7 +221,7 @@ class SessionWriter:
         if last.check is not None and not layout.check_value_ok(last.check):
             raise ValueError(f"the source gave a check value that cannot travel in metadata: {last.check!r}")
         if self._describing(first, len(body)):
-            self._describe(body, source)
+            self._describe(body)
         part = PartRecord(
             seq=state.next_seq,
             token=layout.part_token(self.key, state.next_seq),
@@ -257,7 +255,7 @@ class SessionWriter:
             uploaded_bytes=part.uploaded_bytes,
         )
         state.adopt(part, self.ctx.parts_window)
-        state.source_path = self.location
+        state.source_path = self.source.location
         if state.ended_at is not None:
             state.ended_at = None  # the source came back and grew
         self.last_flush_at = part.uploaded_at
@@ -267,7 +265,7 @@ class SessionWriter:
             except StoreError as exc:  # the part is durable; meta.json catches up later
                 self.log.warning("meta.json update failed; will retry", error=str(exc))
         await self.save_checkpoint()
-        source.committed(last)
+        self.source.committed(last)
         return part
 
     def _describing(self, first: Position, size: int) -> bool:
@@ -281,10 +279,10 @@ class SessionWriter:
         missing = state.started_at is None or len(state.info) < _DESCRIBED_FIELDS
         return missing and state.next_seq < _DESCRIBE_PARTS and size <= _DESCRIBE_PART_BYTES
 
-    def _describe(self, body: bytes, source: Source) -> None:
+    def _describe(self, body: bytes) -> None:
         """Session metadata from the first redacted records, plus what the source says (redacted too)."""
         assert self.state is not None
-        info = source.describe(body.split(b"\n", _DESCRIBE_LINES)[:_DESCRIBE_LINES])
+        info = self.source.describe(body.split(b"\n", _DESCRIBE_LINES)[:_DESCRIBE_LINES])
         self.apply_info(info)
 
     def apply_info(self, info: SessionInfo) -> None:
@@ -325,7 +323,7 @@ class SessionWriter:
         session), taken in before each meta.json write. True when it changed the state; sources
         that only read records add nothing."""
         state = self.state
-        if self.source is None or state is None:
+        if state is None:
             return False
         before = (state.cwd, state.started_at, state.ended_at, dict(state.info), dict(state.extra))
         self.apply_info(self.source.describe([]))
@@ -366,7 +364,7 @@ class SessionWriter:
         """Write meta.json under If-Match on the ETag we last saw; claim or renew (or release) the lease."""
         assert self.state is not None
         state = self.state
-        state.source_path = self.location
+        state.source_path = self.source.location
         self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
         for _ in range(5):
