@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from tracemirrord.model import is_safe_segment
-from tracemirrord.store import parse_bucket_url
+from tracemirrord.store import ObjectStore, S3Options, open_store, parse_bucket_url
 
 ENV_PREFIX = "TRACEMIRROR_"
 
@@ -73,6 +73,17 @@ def parse_size_bytes(value: Any) -> int:
         raise ValueError(f"{value!r} is not a size (examples: 4194304, 512KiB, 4MiB)")
     unit = (match.group(2) or "b").lower()
     return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_metrics_addr(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` on a loopback address (metrics say what is mirrored: not for the network)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (example: 127.0.0.1:9464)")
+    if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+        raise ValueError(f"{host!r} is not a loopback address; metrics are served on loopback only")
+    return host, int(port)
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -136,6 +147,8 @@ class Settings(BaseSettings):
     max_line_bytes: int = 64 * 2**20
     upload_concurrency: int = 4
     scan_interval: float = 2.0
+    heartbeat_interval: float = 60.0
+    metrics_addr: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -185,7 +198,15 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("flush_interval", "meta_interval", "scan_interval", mode="before")
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parse_metrics_addr(value)
+        return value
+
+    @field_validator("flush_interval", "meta_interval", "scan_interval", "heartbeat_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         seconds = parse_duration_s(value)
@@ -277,3 +298,18 @@ def load_settings(config_path: Path | None = None) -> Settings:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     finally:
         _CONFIG_FILE["path"] = None
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    """The store the settings name (nothing is contacted yet)."""
+    s3 = settings.s3
+    options = S3Options(
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+        session_token=s3.session_token.get_secret_value() if s3.session_token else None,
+        profile=s3.profile,
+        addressing_style=s3.addressing_style,
+    )
+    return open_store(settings.bucket, options)

@@ -29,14 +29,13 @@ import structlog
 from tracemirrord import __version__, layout
 from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
-from tracemirrord.config import Settings
+from tracemirrord.config import Settings, build_store
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
 from tracemirrord.source import Probe, Source
-from tracemirrord.store import ObjectStore, S3Options, open_store
 from tracemirrord.store.base import StoreError
 
 log = structlog.get_logger("tracemirrord")
@@ -286,20 +285,6 @@ def harness_roots(name: str, settings: Settings, env: Mapping[str, str]) -> list
     if name in settings.roots:
         return [settings.roots[name]]
     return harness.default_roots(env, Path(env.get("HOME") or Path.home()))
-
-
-def build_store(settings: Settings) -> ObjectStore:
-    s3 = settings.s3
-    options = S3Options(
-        endpoint_url=s3.endpoint_url,
-        region=s3.region,
-        access_key_id=s3.access_key_id,
-        secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
-        session_token=s3.session_token.get_secret_value() if s3.session_token else None,
-        profile=s3.profile,
-        addressing_style=s3.addressing_style,
-    )
-    return open_store(settings.bucket, options)
 
 
 class Daemon:
