@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from daemon import daemon_env, wait_for
 
 from tracemirrord.sdnotify import Notifier
 
@@ -168,3 +171,54 @@ def test_a_missing_socket_does_not_raise_and_logs_once(tmp_path: Path) -> None:
     notifier.close()
     assert [entry["log_level"] for entry in logs] == ["debug"]
     assert logs[0]["event"] == "sd_notify failed; further failures are not logged"
+
+
+def test_the_daemon_speaks_it_as_the_unit_expects(
+    listener: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    """systemd/tracemirrord.service says Type=notify and WatchdogSec: a real tracemirrord sends READY=1,
+    then WATCHDOG=1 within the interval, RELOADING=1 and READY=1 around a SIGHUP, STOPPING=1 on SIGTERM."""
+    sock, address = listener
+    sock.settimeout(0.2)
+    env = daemon_env(
+        tmp_path, f"file://{tmp_path / 'bucket'}", {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"}
+    )
+    got: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                got.append(sock.recv(4096))
+            except TimeoutError:
+                return
+
+    def heads() -> list[bytes]:
+        return [message.split(b"\n")[0] for message in got]
+
+    def seen(head: bytes, after: int = 0) -> bool:
+        drain()
+        return head in heads()[after:]
+
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tracemirrord"], env=env, stdout=log, stderr=log)
+    log.close()
+    try:
+        wait_for(lambda: seen(b"READY=1"), 60, "READY=1")
+        assert heads()[0] == b"READY=1"  # nothing before it
+        ready = len(got)
+        wait_for(lambda: seen(b"WATCHDOG=1", ready), 5, "WATCHDOG=1 within the 2 s interval")
+        before_reload = len(got)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: seen(b"RELOADING=1", before_reload), 20, "RELOADING=1")
+        reloading = heads().index(b"RELOADING=1", before_reload)
+        assert got[reloading].split(b"\n")[1].startswith(b"MONOTONIC_USEC=")
+        wait_for(lambda: seen(b"READY=1", reloading), 20, "READY=1 after the reload")
+        before_stop = len(got)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        drain()
+        assert b"STOPPING=1" in heads()[before_stop:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
