@@ -133,8 +133,8 @@ async def _check(settings: Settings) -> int:
         await daemon.store.close()
 
 
-async def _run(settings: Settings, once: bool) -> int:
-    daemon = Daemon(settings)
+async def _run(settings: Settings, once: bool, config_path: Path | None) -> int:
+    daemon = Daemon(settings, config_path=config_path)
     try:
         await daemon.open()
         return await (daemon.run_once() if once else daemon.run_forever())
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check:
             return anyio.run(_check, settings, backend_options=_backend_options())
-        return anyio.run(_run, settings, args.once, backend_options=_backend_options())
+        return anyio.run(_run, settings, args.once, args.config, backend_options=_backend_options())
     except DaemonError as exc:
         print(f"tracemirrord: {exc}", file=sys.stderr)
         return EXIT_FAILURE

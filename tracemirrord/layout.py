@@ -290,9 +290,18 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
     )
 
 
-def render_heartbeat(agent_id: str, *, status: str, started_at: str, heartbeat: str, summary: str) -> bytes:
-    """``agents/<agent-id>.json`` in tracecraft's shape: id, status, step, started_at, heartbeat, summary."""
-    doc = {
+def render_heartbeat(
+    agent_id: str,
+    *,
+    status: str,
+    started_at: str,
+    heartbeat: str,
+    summary: str,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``agents/<agent-id>.json`` in tracecraft's shape (id, status, step, started_at, heartbeat,
+    summary), then ours (``extra``: see docs/bucket-layout.md, "Heartbeats")."""
+    doc: dict[str, Any] = {
         "id": agent_id,
         "status": status,
         "step": None,
@@ -300,4 +309,6 @@ def render_heartbeat(agent_id: str, *, status: str, started_at: str, heartbeat: 
         "heartbeat": heartbeat,
         "summary": summary,
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    for name, value in (extra or {}).items():
+        doc.setdefault(name, value)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
+from tracemirrord.control.schema import SessionStatus
+from tracemirrord.control.telemetry import iso
 from tracemirrord.model import SessionKey, SessionState
 from tracemirrord.source import Discontinuity, Position, Probe, Records, Source, UnknownFormat
 from tracemirrord.store.base import StoreError, StoreRejected
@@ -102,6 +104,27 @@ class Batch:
         self.since = None
 
 
+@dataclass(slots=True)
+class Summary:
+    """What status shows of a session; kept while it is parked, when its state is dropped."""
+
+    cursor: int = 0
+    generation: int = 0
+    parts: int = 0
+    bytes_uploaded: int = 0
+    last_flush_at: str | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
+    cwd: str | None = None
+    unit: str = "bytes"
+
+    def remember(self, state: SessionState) -> None:
+        self.cursor, self.generation, self.parts = state.cursor, state.generation, state.next_seq
+        self.bytes_uploaded, self.cwd, self.unit = state.total_uploaded_bytes, state.cwd, state.unit
+        self.last_flush_at = state.last_uploaded_at
+        if state.redaction_counts != self.redactions:
+            self.redactions = dict(state.redaction_counts)
+
+
 class SessionMirror:
     """Follows one session's source from its cursor into the bucket."""
 
@@ -120,6 +143,13 @@ class SessionMirror:
         self._last_probe: Probe | None = None
         self._missing_since: float | None = None
         self._wake = anyio.Event()
+        self.summary: Summary | None = None  # None until the session's state was first seen
+        self.pending_since: float | None = None  # when this daemon first saw bytes not in the bucket
+        self._caught_up_at: float | None = None
+        self.in_backfill = False  # counted in the catch-up after the start (Telemetry.backfill)
+        self._flush_asked = 0  # flush requests (tracemirrorctl flush) asked / done, and their waiters
+        self._flush_done = 0
+        self._flush_waiters: list[tuple[int, anyio.Event]] = []
 
     # ---------- what the harness task uses ----------
 
@@ -127,10 +157,78 @@ class SessionMirror:
     def source(self) -> Source:
         return self.writer.source
 
-    def park_at(self, probe: Probe) -> None:
-        """Start parked: the source is known to need nothing until its probe differs from ``probe``."""
+    def park_at(self, probe: Probe, state: SessionState | None = None) -> None:
+        """Start parked: the source is known to need nothing until its probe differs from ``probe``.
+        ``state`` (from the checkpoint) is remembered for status; the follower itself keeps none."""
         self._last_probe = probe
         self.parked = True
+        if state is not None:
+            self.remember(state)
+
+    def remember(self, state: SessionState) -> None:
+        if self.summary is None:
+            self.summary = Summary()
+        self.summary.remember(state)
+
+    # ---------- what status shows ----------
+
+    def session_status(self, now: float) -> SessionStatus:
+        """This session as ``tracemirrorctl status`` shows it (cheap: no I/O)."""
+        state = self.writer.state
+        if state is not None:
+            self.remember(state)
+        summary = self.summary or Summary(unit=self.source.unit)
+        if self.parked or (state is None and self.summary is not None and self.pending_since is None):
+            behind = 0 if self.parked else self.source.behind(Position(summary.generation, summary.cursor))
+        else:
+            behind = self.behind
+        if self.pending_since is not None:
+            lag: float | None = round(max(0.0, now - self.pending_since), 3)
+        elif self._caught_up_at is not None or self.parked:
+            lag = 0.0
+        else:
+            lag = None  # not looked at yet
+        status = "idle" if self.parked else self.status
+        return SessionStatus(
+            harness=self.key.harness,
+            session_id=self.key.session_id,
+            source_path=self.source.location,
+            state=status,  # type: ignore[arg-type]  # mirror states are schema.SessionStateName
+            cursor=summary.cursor,
+            behind_bytes=behind,
+            parts=summary.parts,
+            last_flush_at=summary.last_flush_at,
+            lag_s=lag,
+            redactions=dict(summary.redactions),
+            cursor_unit=summary.unit,
+            generation=summary.generation,
+            cwd=summary.cwd,
+            parked=self.parked,
+            error=self.last_error,
+            modified_at=iso(self._last_probe.mtime) if self._last_probe else None,
+            bytes_uploaded=summary.bytes_uploaded,
+        )
+
+    def request_flush(self) -> anyio.Event:
+        """Ask for everything the source holds to be put now (``tracemirrorctl flush``); the event is
+        set once it landed, meta.json included."""
+        self._flush_asked += 1
+        done = anyio.Event()
+        self._flush_waiters.append((self._flush_asked, done))
+        if self.parked or self.finished:
+            self._flushed(self._flush_asked)  # nothing is held: a parked session is fully mirrored
+        self.nudge()
+        return done
+
+    def _flushed(self, upto: int) -> None:
+        self._flush_done = max(self._flush_done, upto)
+        waiting = []
+        for asked, event in self._flush_waiters:
+            if asked <= self._flush_done:
+                event.set()
+            else:
+                waiting.append((asked, event))
+        self._flush_waiters = waiting
 
     def use_cached(self, state: SessionState | None) -> None:
         """Start from this cached state (read with others in one batch) instead of loading it."""
@@ -184,29 +282,31 @@ class SessionMirror:
                 try:
                     delay = await self.step()
                     backoff.reset()
-                    if self.status == "error":
-                        self.status, self.last_error = "following", None
+                    self.last_error = None
                 except LeaseHeld as exc:
-                    self._fail("blocked", str(exc))
+                    self._fail("blocked", str(exc), kind="lease_held")
+                    self._backfill_done()  # another writer's to mirror: not ours to wait for
                     delay = LEASE_TTL_S / 4
                 except WriterConflict as exc:
                     self.log.warning("another writer wrote this session; rolling forward", detail=str(exc))
+                    self.ctx.telemetry.failed("writer_conflict", f"{self.key}: {exc}")
                     self._forget_position()
                     delay = 0.0
                 except UnknownFormat as exc:
-                    self._fail("error", f"unknown source format: {exc}")
+                    self._fail("error", f"unknown source format: {exc}", kind="unknown_format")
+                    self._backfill_done()
                     delay = UNKNOWN_FORMAT_RETRY_S
                 except StoreRejected as exc:
                     self.ctx.health.failed(exc)
-                    self._fail("error", str(exc), quiet=True)
+                    self._fail("error", str(exc), quiet=True, kind="store_rejected")
                     delay = max(30.0, backoff.next())
                 except StoreError as exc:
                     self.ctx.health.failed(exc)
-                    self._fail("error", str(exc), quiet=True)
+                    self._fail("error", str(exc), quiet=True, kind="store_unavailable")
                     delay = backoff.next()
                 except Exception as exc:
                     self.log.exception("session follower failed; retrying")
-                    self._fail("error", f"{type(exc).__name__}: {exc}")
+                    self._fail("error", f"{type(exc).__name__}: {exc}", kind="internal")
                     delay = backoff.next()
                 if delay is None:
                     break
@@ -235,12 +335,26 @@ class SessionMirror:
         self._last_probe = None
         self.writer.forget_position()
 
-    def _fail(self, status: str, message: str, *, quiet: bool = False) -> None:
+    def _fail(self, status: str, message: str, *, kind: str, quiet: bool = False) -> None:
         """Record why the session is not advancing; store outages are logged once by StoreHealth."""
         if message != self.last_error:
             emit = self.log.debug if quiet else self.log.warning
             emit("session not mirrored for now", status=status, error=message)
         self.status, self.last_error = status, message
+        self.ctx.telemetry.failed(kind, f"{self.key}: {message}")
+
+    def _caught_up(self, now: float) -> None:
+        """Everything complete in the source is in the bucket (a partial last line does not count)."""
+        self.pending_since = None
+        self._caught_up_at = now
+        self._backfill_done()
+        if self._flush_asked > self._flush_done and not self.writer.meta_behind:
+            self._flushed(self._flush_asked)
+
+    def _backfill_done(self) -> None:
+        if self.in_backfill:
+            self.in_backfill = False
+            self.ctx.telemetry.backfill_session_done()
 
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
@@ -258,18 +372,27 @@ class SessionMirror:
             cutoff = self.ctx.backfill_cutoff
             if cutoff is not None and probe.mtime < cutoff and writer.state is None:
                 self.status = "idle"
+                self._caught_up(now)  # outside the backfill window: nothing of it is to be mirrored
                 self._last_probe = probe  # the idle sweep wakes us when it changes
                 return self._interval(probe, now)
             self._eligible = True
         changed = probe != self._last_probe
-        if changed or self._more_to_read or (self._batch and (flush_all or self._flush_due())):
+        asked = self._flush_asked
+        flush_asked = asked > self._flush_done  # tracemirrorctl flush: read and put now
+        forced = flush_all or flush_asked
+        if changed and self.pending_since is None:
+            # the oldest byte not in the bucket is at most as old as the last time all of it was,
+            # or as this daemon (what was written while it was stopped counts from its start)
+            seen_from = self._caught_up_at or self.ctx.telemetry.identity.started_at
+            self.pending_since = max(min(probe.mtime, now), seen_from)
+        if changed or self._more_to_read or flush_asked or (self._batch and (forced or self._flush_due())):
             async with self.ctx.limiter:
-                if changed or self._more_to_read:
+                if changed or self._more_to_read or flush_asked:
                     await self._read()
                     self._last_probe = probe
                     if changed and not self._batch:
                         await self.writer.update_info()
-                if self._batch and (flush_all or self._flush_due()):
+                if self._batch and (forced or self._flush_due()):
                     await self._flush()
             if self._more_to_read:
                 return 0.0
@@ -277,8 +400,9 @@ class SessionMirror:
             assert self._batch.since is not None
             due_in = self._batch.since + self.ctx.flush_interval_s - time.monotonic()
             return max(0.01, min(due_in, self._interval(probe, now)))
-        if writer.meta_behind and writer.meta_due():
+        if writer.meta_behind and (writer.meta_due() or flush_asked):
             await writer.write_meta()
+        self._caught_up(now)
         self.status = "following" if now - probe.mtime < 300 else "idle"
         return None if flush_all else self._interval(probe, now)
 
@@ -359,6 +483,8 @@ class SessionMirror:
     async def _flush(self) -> None:
         since = self._batch.since
         await self.writer.put_part(self._batch.records)
+        if self.in_backfill:
+            self.ctx.telemetry.backfill_progress(self._batch.source_bytes)
         if since is not None:
             self.lag_s = time.monotonic() - since
         self._batch.clear()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import structlog
@@ -29,13 +30,25 @@ import structlog
 from tracemirrord import __version__, layout
 from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
-from tracemirrord.config import Settings, build_store
+from tracemirrord.config import ConfigError, Settings, build_store, load_settings, parse_metrics_addr
+from tracemirrord.control.api import ControlApi
+from tracemirrord.control.schema import FlushResult, HarnessStatus, ReloadResult, SessionStatus, Status
+from tracemirrord.control.server import SocketInUse, bind_tcp, bind_unix, serve, unlink_socket
+from tracemirrord.control.telemetry import (
+    CountingStore,
+    Identity,
+    Telemetry,
+    heartbeat_fields,
+    summary_line,
+)
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
-from tracemirrord.source import Probe, Source
+from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
+from tracemirrord.sdnotify import Notifier
+from tracemirrord.source import START, Probe, Source
 from tracemirrord.store.base import StoreError
 
 log = structlog.get_logger("tracemirrord")
@@ -109,6 +122,23 @@ class HarnessTask:
         self._kick = anyio.Event()
         self._to_start: list[SessionMirror] = []
         self.attachments = AttachmentMirror(ctx)
+        self.first_scan_done = anyio.Event()  # READY=1 waits for every harness's first discovery
+        self.stopping = anyio.Event()  # this harness alone (removed by a reload)
+        self._discovered_once = False
+
+    def harness_status(self) -> HarnessStatus:
+        return HarnessStatus(
+            name=self.name,
+            root=str(self.roots[0]) if self.roots else "",
+            state=self.state,  # type: ignore[arg-type]  # one of schema.HARNESS_STATES
+            sessions=len(self.followers),
+            error=self.error,
+            roots=[str(r) for r in self.roots],
+            parked=sum(1 for f in self.followers.values() if f.parked),
+        )
+
+    def session_statuses(self, now: float) -> list[SessionStatus]:
+        return [f.session_status(now) for f in self.followers.values()]
 
     @property
     def name(self) -> str:
@@ -132,9 +162,10 @@ class HarnessTask:
     async def discover(self) -> list[SessionMirror]:
         """Scan the roots; create followers for new sessions, move followers of moved ones."""
         if not any(root.exists() for root in self.roots):
-            self.state = "missing"
+            self.state, self.error = "missing", None
             return []
         found = await self.harness.discover(self.roots)
+        self.error = None  # it recovered (or never failed)
         if found is self._last_found:
             return []  # nothing changed: nothing new, nothing moved
         self._last_found = found
@@ -153,22 +184,26 @@ class HarnessTask:
                 follower.relocate(self._open(ref))
             self._refs[ref.session_id] = ref
         self.state = "running" if self.followers else "idle"
-        return await self._triage(new)
+        first = not self._discovered_once
+        self._discovered_once = True
+        return await self._triage(new, first=first)
 
-    async def _triage(self, new: list[SessionMirror]) -> list[SessionMirror]:
+    async def _triage(self, new: list[SessionMirror], *, first: bool = False) -> list[SessionMirror]:
         """Park new followers of old, fully mirrored (or out-of-window) sources without starting them.
 
         On a first start over months of history most sessions have nothing to do; checking them in
         one worker-thread batch against the checkpoint avoids a task, a state and a read for each.
         Returns the followers that need a task now, each handed its cached state from that batch.
+        On the first discovery those are the catch-up after the start (Telemetry.backfill).
         """
         if not new:
             return new
         cached = await self.ctx.checkpoint.load_all_raw(self.name)
         cutoff = self.ctx.backfill_cutoff
 
-        def triage() -> list[tuple[SessionMirror, SessionState | None, Probe | None]]:
-            """(follower, its cached state, the probe to park it at, or None to start it now)."""
+        def triage() -> list[tuple[SessionMirror, SessionState | None, Probe | None, int]]:
+            """(follower, its cached state, the probe to park it at or None to start it now, and
+            what its source holds beyond the cached position)."""
             now = time.time()
             verdicts = []
             for follower in new:
@@ -183,17 +218,30 @@ class HarnessTask:
                     elif state is not None:
                         if follower.source.settled_at(state.position) == probe:
                             park = probe  # fully mirrored and untouched since
-                # a parked follower keeps no state: ten thousand old sessions must not cost memory
-                verdicts.append((follower, None, park) if park is not None else (follower, state, None))
+                if park is not None:
+                    # a parked follower keeps no state, only its summary for status
+                    verdicts.append((follower, state, park, 0))
+                else:
+                    position = state.position if state is not None else START
+                    verdicts.append((follower, state, None, follower.source.behind(position)))
             return verdicts
 
         started = []
-        for follower, state, park in await anyio.to_thread.run_sync(triage):
+        behind_bytes = 0
+        for follower, state, park, behind in await anyio.to_thread.run_sync(triage):
             if park is not None:
-                follower.park_at(park)
+                follower.park_at(park, state)
             else:
                 follower.use_cached(state)  # no checkpoint read of its own
+                if state is not None:
+                    follower.remember(state)
                 started.append(follower)
+                if first:
+                    follower.in_backfill = True
+                    if follower.source.unit == "bytes":
+                        behind_bytes += behind
+        if first:
+            self.ctx.telemetry.backfill_started(len(started), behind_bytes)
         return started
 
     async def run(self, stopping: anyio.Event) -> None:
@@ -207,6 +255,7 @@ class HarnessTask:
                 while not stopping.is_set():
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
+                    self.first_scan_done.set()
                     await self.mirror_attachments()
                     if scans % IDLE_SWEEP_EVERY == 0:
                         for follower in await self.sweep_parked(cold=scans % COLD_SWEEP_EVERY == 0):
@@ -288,14 +337,27 @@ def harness_roots(name: str, settings: Settings, env: Mapping[str, str]) -> list
 
 
 class Daemon:
-    """One running tracemirrord: the shared context, the harness tasks, the heartbeat."""
+    """One running tracemirrord: the shared context, the harness tasks, the heartbeat, the control
+    socket."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, env: Mapping[str, str] | None = None, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
-        self.started_at = utc_now_iso()
-        self.started_monotonic = time.monotonic()
-        self.store = build_store(settings)
+        inner = build_store(settings)
+        self.identity = Identity(
+            version=__version__,
+            agent_id=settings.agent_id,
+            project=settings.project,
+            bucket=inner.url,
+            instance=uuid.uuid4().hex[:12],
+            host=socket.gethostname(),
+            redaction=settings.redact,
+        )
+        self.telemetry = Telemetry(self.identity, live_settings(settings))
+        self.store = CountingStore(inner, self.telemetry)
         self.checkpoint = Checkpointer(
             settings.state_dir / "checkpoint.sqlite3", bucket=self.store.url, project=settings.project
         )
@@ -306,22 +368,27 @@ class Daemon:
             redactor=Redactor(enabled=settings.redact),
             project=settings.project,
             agent_id=settings.agent_id,
-            instance=uuid.uuid4().hex[:12],
-            host=socket.gethostname(),
+            instance=self.identity.instance,
+            host=self.identity.host,
             flush_interval_s=settings.flush_interval,
             part_max_bytes=settings.part_max_bytes,
             meta_interval_s=settings.meta_interval,
             max_line_bytes=settings.max_line_bytes,
             limiter=anyio.CapacityLimiter(settings.upload_concurrency),
+            telemetry=self.telemetry,
             backfill_cutoff=None if max_age is None else time.time() - max_age,
         )
-        self.tasks = [
-            HarnessTask(
-                REGISTRY[name](), harness_roots(name, settings, self.env), self.ctx, settings.scan_interval
-            )
-            for name in settings.harnesses  # config accepts registered names only
-        ]
+        self.tasks = [self._new_task(name) for name in settings.harnesses]
+        self.notifier = Notifier(self.env)
         self._lock_fd: int | None = None
+        self._work: anyio.abc.TaskGroup | None = None
+        self._stopping: anyio.Event | None = None
+        self._reload_lock = anyio.Lock()
+
+    def _new_task(self, name: str) -> HarnessTask:
+        """A harness task for ``name`` (config accepts registered names only)."""
+        roots = harness_roots(name, self.settings, self.env)
+        return HarnessTask(REGISTRY[name](), roots, self.ctx, self.settings.scan_interval)
 
     # ---------- start and stop ----------
 
@@ -367,9 +434,29 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _bind_control(self) -> socket.socket:
+        path = self.settings.socket_path
+        try:
+            return bind_unix(path, private_directory=self.settings.socket is None)
+        except (SocketInUse, OSError) as exc:
+            raise DaemonError(
+                f"control socket {path}: {exc}; set TRACEMIRROR_SOCKET to another path"
+            ) from None
+
+    def _bind_metrics(self) -> socket.socket | None:
+        if not self.settings.metrics_addr:
+            return None
+        host, port = parse_metrics_addr(self.settings.metrics_addr)
+        try:
+            return bind_tcp(host, port)
+        except OSError as exc:
+            raise DaemonError(f"metrics address {host}:{port}: {exc.strerror or exc}") from None
+
     async def run_forever(self) -> int:
         """Run until SIGTERM/SIGINT; drain; exit code 0."""
-        stopping = anyio.Event()
+        stopping = self._stopping = anyio.Event()
+        control = self._bind_control()
+        metrics = self._bind_metrics()
         log.info(
             "tracemirrord started",
             version=__version__,
@@ -378,14 +465,28 @@ class Daemon:
             agent_id=self.settings.agent_id,
             harnesses=[t.name for t in self.tasks],
             redact=self.settings.redact,
+            socket=str(self.settings.socket_path),
+            metrics=self.settings.metrics_addr,
         )
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._watch_signals, stopping, outer.cancel_scope)
-            async with anyio.create_task_group() as work:
-                for task in self.tasks:
-                    work.start_soon(self._supervise, task, stopping)
-                work.start_soon(self._heartbeat, stopping)
-            outer.cancel_scope.cancel()
+        if not self.settings.redact:
+            log.warning("redaction is OFF (TRACEMIRROR_REDACT=false): secrets are uploaded as they are")
+        api = ControlApi(self.snapshot, self.flush, self.reload)
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._watch_signals, stopping, outer.cancel_scope)
+                outer.start_soon(serve, control, api.handle)
+                if metrics is not None:
+                    outer.start_soon(serve, metrics, api.handle)
+                outer.start_soon(self._service_notify, stopping)
+                async with anyio.create_task_group() as work:
+                    self._work = work
+                    for task in self.tasks:
+                        work.start_soon(self._supervise, task, stopping)
+                    work.start_soon(self._heartbeat, stopping)
+                self._work = None
+                outer.cancel_scope.cancel()
+        finally:
+            unlink_socket(self.settings.socket_path)
         log.info("tracemirrord stopped")
         return 0
 
@@ -423,10 +524,15 @@ class Daemon:
             progress.log("mirroring pending sessions")
 
     async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if not stopping.is_set():
+                        await self.reload()
+                    continue
                 if not stopping.is_set():
                     log.info("stopping: flushing what is held", signal=signal.Signals(signum).name)
+                    self.notifier.stopping("flushing what is held")
                     stopping.set()
                 else:
                     log.warning("second signal: exiting without waiting for the flush")
@@ -434,46 +540,178 @@ class Daemon:
                     return
 
     async def _supervise(self, task: HarnessTask, stopping: anyio.Event) -> None:
+        """Run one harness task, restarting it with backoff; it stops with the daemon or on its own
+        (a reload that removed the harness)."""
         backoff = Backoff(base_s=1.0, cap_s=60.0)
-        while not stopping.is_set():
-            started = time.monotonic()
-            try:
-                await task.run(stopping)
-                return
-            except Exception as exc:
-                if time.monotonic() - started > STABLE_RUN_S:
-                    backoff.reset()
-                delay = backoff.next()
-                task.state, task.error = "error", describe_failure(exc)
-                log.exception(
-                    "harness task failed; restarting",
-                    harness=task.name,
-                    error=task.error,
-                    retry_in_s=round(delay, 1),
-                )
-                with anyio.move_on_after(delay):
-                    await stopping.wait()
+        async with anyio.create_task_group() as relay:
+            relay.start_soon(_relay, stopping, task.stopping)
+            while not task.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    await task.run(task.stopping)
+                    break
+                except Exception as exc:
+                    if time.monotonic() - started > STABLE_RUN_S:
+                        backoff.reset()
+                    delay = backoff.next()
+                    task.state, task.error = "error", describe_failure(exc)
+                    self.telemetry.failed("harness", f"harness {task.name}: {task.error}")
+                    task.first_scan_done.set()  # READY must not wait on a harness that cannot start
+                    log.exception(
+                        "harness task failed; restarting",
+                        harness=task.name,
+                        error=task.error,
+                        retry_in_s=round(delay, 1),
+                    )
+                    with anyio.move_on_after(delay):
+                        await task.stopping.wait()
+            relay.cancel_scope.cancel()
+        with contextlib.suppress(Exception):
+            await task.harness.close()
+
+    # ---------- what the control socket, the heartbeat and systemd see ----------
+
+    def snapshot(self) -> Status:
+        return self.telemetry.snapshot(self.tasks, self.ctx.health)
+
+    async def flush(self, timeout_s: float) -> FlushResult:
+        """Put everything held or pending now and wait until it landed (``tracemirrorctl flush``)."""
+        started = time.monotonic()
+        waits = [
+            (f, f.request_flush())
+            for task in self.tasks
+            for f in task.followers.values()
+            if not f.parked and not f.finished
+        ]
+        with anyio.move_on_after(timeout_s):
+            for _, event in waits:
+                await event.wait()
+        pending = [f"{f.key}: {f.last_error or 'still flushing'}" for f, event in waits if not event.is_set()]
+        return FlushResult(
+            flushed=not pending,
+            sessions=len(waits),
+            pending=pending,
+            elapsed_s=round(time.monotonic() - started, 3),
+        )
 
     async def _heartbeat(self, stopping: anyio.Event) -> None:
+        """``agents/<agent-id>.json`` every heartbeat interval and at stop; a failure is logged and
+        retried sooner, and never stops the daemon."""
         key = layout.agent_key(self.settings.project, self.settings.agent_id)
+        backoff = Backoff(base_s=2.0, cap_s=self.settings.heartbeat_interval)
+        failing = False
         while True:
-            status = "stopped" if stopping.is_set() else "running"
-            sessions = sum(len(t.followers) for t in self.tasks)
-            body = layout.render_heartbeat(
-                self.settings.agent_id,
-                status=status,
-                started_at=self.started_at,
-                heartbeat=utc_now_iso(),
-                summary=f"tracemirrord {__version__}: mirroring {sessions} sessions",
-            )
+            final = stopping.is_set()
             try:
+                status = self.snapshot()
+                body = layout.render_heartbeat(
+                    self.settings.agent_id,
+                    status="stopped" if final else "running",
+                    started_at=status.started_at,
+                    heartbeat=utc_now_iso(),
+                    summary=f"tracemirrord {__version__}: {summary_line(status)}",
+                    extra=heartbeat_fields(status, self.settings.heartbeat_interval),
+                )
                 await self.store.put(key, body, content_type="application/json")
-            except StoreError as exc:
-                log.debug("heartbeat not written", error=str(exc))
-            if status == "stopped":
+                self.ctx.health.ok()
+                self.telemetry.counters.heartbeats += 1
+                if failing:
+                    log.info("heartbeat written again")
+                failing = False
+                backoff.reset()
+                delay = self.settings.heartbeat_interval
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    self.ctx.health.failed(exc)
+                message = describe_failure(exc)
+                self.telemetry.failed("heartbeat", f"heartbeat not written: {message}")
+                (log.debug if failing else log.warning)("heartbeat not written; will retry", error=message)
+                failing = True
+                delay = backoff.next()
+            if final:
                 return
-            with anyio.move_on_after(HEARTBEAT_INTERVAL_S):
+            with anyio.move_on_after(delay):
                 await stopping.wait()
             if stopping.is_set():
                 # let the followers drain first, so "stopped" is the last word
                 await anyio.lowlevel.checkpoint()
+
+    async def _service_notify(self, stopping: anyio.Event) -> None:
+        """systemd: READY=1 once every harness has been discovered once, then WATCHDOG=1 and a
+        one-line STATUS= from this loop (a hung event loop stops the pings, and systemd restarts us)."""
+        with anyio.move_on_after(60):
+            for task in list(self.tasks):
+                await task.first_scan_done.wait()
+        self.notifier.ready(summary_line(self.snapshot()))
+        log.info("ready", sessions=sum(len(t.followers) for t in self.tasks))
+        interval = self.notifier.watchdog_interval_s or 10.0
+        while not stopping.is_set():
+            with anyio.move_on_after(min(interval, 10.0)):
+                await stopping.wait()
+            if stopping.is_set():
+                return
+            self.notifier.watchdog()
+            self.notifier.status(summary_line(self.snapshot()))
+
+    # ---------- SIGHUP ----------
+
+    async def reload(self) -> ReloadResult:
+        """Read the configuration again and apply what can change while running; a configuration that
+        is bad, or changes what needs a restart, is refused and the running one stays."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                result = await self._reload()
+            finally:
+                self.notifier.ready_after_reload(summary_line(self.snapshot()))
+            if result.applied:
+                self.telemetry.counters.reloads += 1
+                log.info("configuration reloaded", changes=result.changes or ["nothing changed"])
+            else:
+                self.telemetry.failed("reload", f"reload refused: {result.error}", retry=False)
+                log.error("configuration reload refused; the running configuration stays", error=result.error)
+            return result
+
+    async def _reload(self) -> ReloadResult:
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            return ReloadResult(applied=False, error=" ".join(str(exc).split()))
+        fixed = restart_only_changes(self.settings, new)
+        if fixed:
+            return ReloadResult(
+                applied=False, error=f"{', '.join(fixed)} cannot change while running; restart tracemirrord"
+            )
+        old = self.settings
+        changes = apply_live_settings(self.ctx, old, new)
+        self.settings = new
+        self.telemetry.settings = live_settings(new)
+        self.identity.redaction = new.redact
+        for task in self.tasks:
+            task.scan_interval_s = new.scan_interval
+        wanted = {name: harness_roots(name, new, self.env) for name in new.harnesses}
+        for task in list(self.tasks):
+            if task.name not in wanted:
+                changes.append(f"harness {task.name} stopped")
+            elif wanted[task.name] != task.roots:
+                changes.append(f"harness {task.name} roots changed")
+            else:
+                continue
+            task.stopping.set()  # its followers flush what they hold and release their leases
+            self.tasks.remove(task)
+        running = {t.name for t in self.tasks}
+        for name in new.harnesses:
+            if name in running:
+                continue
+            task = self._new_task(name)
+            self.tasks.append(task)
+            if self._work is not None and self._stopping is not None:
+                self._work.start_soon(self._supervise, task, self._stopping)
+            if f"harness {name} roots changed" not in changes:
+                changes.append(f"harness {name} started")
+        return ReloadResult(applied=True, changes=changes)
+
+
+async def _relay(source: anyio.Event, target: anyio.Event) -> None:
+    await source.wait()
+    target.set()

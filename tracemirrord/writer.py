@@ -25,6 +25,7 @@ import structlog
 
 from tracemirrord import layout
 from tracemirrord.checkpoint import Checkpointer
+from tracemirrord.control.telemetry import Telemetry
 from tracemirrord.frame import OVERSIZE_RULE
 from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
@@ -91,6 +92,7 @@ class MirrorContext:
     meta_interval_s: float
     max_line_bytes: int
     limiter: anyio.CapacityLimiter
+    telemetry: Telemetry = field(default_factory=Telemetry.standalone)
     health: StoreHealth = field(default_factory=StoreHealth)
     backfill_cutoff: float | None = None  # sessions last modified before this are not mirrored
     parts_window: int = layout.META_PARTS_WINDOW
@@ -255,6 +257,7 @@ class SessionWriter:
             uploaded_bytes=part.uploaded_bytes,
         )
         state.adopt(part, self.ctx.parts_window)
+        self.ctx.telemetry.part_written(part.source_bytes, part.redactions)
         state.source_path = self.source.location
         if state.ended_at is not None:
             state.ended_at = None  # the source came back and grew

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -96,6 +98,7 @@ class SessionStatus:
     parked: bool = False
     error: str | None = None
     modified_at: str | None = None  # the source's last change as last seen
+    bytes_uploaded: int = 0  # every part of the session, as the bucket holds them
 
 
 @dataclass
@@ -155,6 +158,7 @@ class Status:
     redaction: bool = True
     health: Health = "healthy"
     problems: list[str] = field(default_factory=list)  # why it is degraded, one line each
+    warnings: list[str] = field(default_factory=list)  # worth saying loudly, not degraded (redaction off)
     last_error: str | None = None
     backfill: Backfill = field(default_factory=Backfill)
     counters: Counters = field(default_factory=Counters)
@@ -204,6 +208,24 @@ class ErrorBody:
 
 
 # ---------- where the socket is ----------
+
+# sockaddr_un holds 108 bytes on Linux (104 on macOS): deep state dirs (CI's temporary directories,
+# a long $HOME) overflow it. On Linux a socket is then reached through /proc/self/fd/<directory fd>.
+SUN_PATH_MAX = 100
+
+
+@contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits in sockaddr_un (bind or connect inside the ``with``)."""
+    text = os.fsdecode(path)
+    if len(text.encode()) <= SUN_PATH_MAX or not Path("/proc/self/fd").is_dir():
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0))
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def _xdg(env: dict[str, str] | os._Environ[str], var: str, fallback: str) -> Path:

@@ -1,0 +1,340 @@
+"""The one place the daemon counts what it does; status, metrics and the heartbeat all read it.
+
+Counters move as things happen (a request sent, a part written, a retry); the rest of the status
+document (each session's cursor, lag and state, each harness's state, the store's health) is read
+from the live objects when asked, by ``snapshot``. So ``tracemirrorctl status``, the Prometheus
+metrics and the heartbeat cannot disagree: they are three renderings of one snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from tracemirrord.control.schema import (
+    HEARTBEAT_KIND,
+    HEARTBEAT_RECENT_SESSIONS,
+    LAGGING_AFTER_S,
+    Backfill,
+    Counters,
+    HarnessStatus,
+    SessionStatus,
+    Status,
+    StoreStatus,
+    Totals,
+)
+from tracemirrord.store.base import (
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoredObject,
+    StoreError,
+)
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Unix time as ISO 8601 UTC with a Z suffix (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def bump(counts: dict[str, int], name: str, by: int = 1) -> None:
+    counts[name] = counts.get(name, 0) + by
+
+
+class HarnessView(Protocol):
+    """What a harness task shows of itself (supervisor.HarnessTask)."""
+
+    def harness_status(self) -> HarnessStatus: ...
+
+    def session_statuses(self, now: float) -> Iterable[SessionStatus]: ...
+
+
+class StoreHealthView(Protocol):
+    state: str
+    last_error: str | None
+    last_ok_at: float | None
+
+
+@dataclass
+class Identity:
+    """Who this daemon is and what it was started with; fixed for the life of the process."""
+
+    version: str
+    agent_id: str
+    project: str
+    bucket: str
+    instance: str
+    host: str
+    redaction: bool
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    pid: int = field(default_factory=os.getpid)
+
+
+class Telemetry:
+    """Counters and backfill progress, plus the snapshot that puts them beside the live state."""
+
+    def __init__(self, identity: Identity, settings: Mapping[str, Any] | None = None) -> None:
+        self.identity = identity
+        self.settings: dict[str, Any] = dict(settings or {})
+        self.counters = Counters()
+        self.backfill = Backfill()
+        self.last_error: str | None = None
+
+    @classmethod
+    def standalone(cls) -> Telemetry:
+        """Counters for a pipeline run outside a daemon (unit tests, benchmarks): nobody reads them."""
+        from tracemirrord import __version__
+
+        return cls(Identity(__version__, "", "", "", "", "", redaction=True))
+
+    # ---------- what happened ----------
+
+    def request(self, operation: str, sent_bytes: int = 0) -> None:
+        bump(self.counters.requests, operation)
+        self.counters.bytes_uploaded += sent_bytes
+
+    def request_failed(self, exc: StoreError) -> None:
+        bump(self.counters.request_errors, _kind(exc))
+
+    def part_written(self, source_bytes: int, redactions: Mapping[str, int]) -> None:
+        self.counters.parts_written += 1
+        self.counters.bytes_read += source_bytes
+        for rule, count in redactions.items():
+            bump(self.counters.redactions, rule, count)
+
+    def failed(self, kind: str, message: str, *, retry: bool = True) -> None:
+        """Something did not work and will be tried again (a session step, a heartbeat, a harness scan)."""
+        bump(self.counters.errors, kind)
+        if retry:
+            self.counters.retries += 1
+        self.last_error = message
+
+    # ---------- the catch-up after a start ----------
+
+    def backfill_started(self, sessions: int, source_bytes: int) -> None:
+        """A harness's first discovery found ``sessions`` with ``source_bytes`` not yet in the bucket."""
+        backfill = self.backfill
+        if sessions == 0:
+            return
+        if backfill.started_at is None:
+            backfill.started_at = iso(time.time())
+        backfill.running = True
+        backfill.finished_at = None
+        backfill.sessions_total += sessions
+        backfill.bytes_total += source_bytes
+
+    def backfill_progress(self, source_bytes: int) -> None:
+        self.backfill.bytes_done = min(self.backfill.bytes_total, self.backfill.bytes_done + source_bytes)
+
+    def backfill_session_done(self) -> None:
+        backfill = self.backfill
+        backfill.sessions_done = min(backfill.sessions_total, backfill.sessions_done + 1)
+        if backfill.sessions_done >= backfill.sessions_total and backfill.running:
+            backfill.running = False
+            backfill.bytes_done = backfill.bytes_total
+            backfill.finished_at = iso(time.time())
+
+    # ---------- the snapshot ----------
+
+    def snapshot(self, harnesses: Iterable[HarnessView], health: StoreHealthView) -> Status:
+        """The whole status document as of now (design.md section 7, and ours)."""
+        now = time.time()
+        ident = self.identity
+        harness_list: list[HarnessStatus] = []
+        sessions: list[SessionStatus] = []
+        for task in harnesses:
+            harness_list.append(task.harness_status())
+            sessions.extend(task.session_statuses(now))
+        totals = Totals(
+            sessions=len(sessions),
+            parts=sum(s.parts for s in sessions),
+            bytes_uploaded=sum(s.bytes_uploaded for s in sessions),
+            redactions=sum(sum(s.redactions.values()) for s in sessions),
+        )
+        store = StoreStatus(
+            state="ok" if health.state == "ok" else "unreachable",
+            last_error=health.last_error,
+            last_ok_at=iso(health.last_ok_at),
+        )
+        status = Status(
+            version=ident.version,
+            pid=ident.pid,
+            agent_id=ident.agent_id,
+            bucket=ident.bucket,
+            uptime_s=round(time.monotonic() - ident.started_monotonic, 3),
+            store=store,
+            harnesses=harness_list,
+            sessions=sessions,
+            totals=totals,
+            project=ident.project,
+            instance=ident.instance,
+            host=ident.host,
+            started_at=iso(ident.started_at) or "",
+            redaction=ident.redaction,
+            last_error=self.last_error,
+            backfill=Backfill(**vars(self.backfill)),
+            counters=_copy_counters(self.counters),
+            settings=dict(self.settings),
+        )
+        status.problems = problems_of(status)
+        if not status.redaction:
+            status.warnings.append("redaction is OFF (TRACEMIRROR_REDACT): secrets are uploaded as they are")
+        status.health = "degraded" if status.problems else "healthy"
+        return status
+
+
+def problems_of(status: Status) -> list[str]:
+    """Why the daemon is degraded, one line each (none: healthy). The exit code of ``status`` and the
+    heartbeat's ``health`` both come from this list."""
+    problems = []
+    if status.store.state != "ok":
+        problems.append(f"store unreachable: {status.store.last_error or 'no answer'}")
+    for harness in status.harnesses:
+        if harness.state == "error":
+            problems.append(f"harness {harness.name} failing: {harness.error}")
+    lagging = [
+        s
+        for s in status.sessions
+        if s.lag_s is not None and s.lag_s > LAGGING_AFTER_S and not status.backfill.running
+    ]
+    for session in lagging[:5]:
+        problems.append(f"session {session.harness}/{session.session_id} lagging {session.lag_s:.0f}s")
+    if len(lagging) > 5:
+        problems.append(f"... and {len(lagging) - 5} more sessions lagging")
+    for session in status.sessions:
+        if session.state == "error" and session.error and "lagging" not in session.error:
+            problems.append(f"session {session.harness}/{session.session_id}: {session.error}")
+            break  # one is enough to say it; `tracemirrorctl sessions` lists them all
+    return problems
+
+
+def heartbeat_fields(status: Status, interval_s: float) -> dict[str, Any]:
+    """What our heartbeat adds to tracecraft's fields (bucket-layout.md, "Heartbeats")."""
+    recent = sorted(
+        (s for s in status.sessions if s.last_flush_at), key=lambda s: s.last_flush_at or "", reverse=True
+    )[:HEARTBEAT_RECENT_SESSIONS]
+    lags = [s.lag_s for s in status.sessions if s.lag_s is not None]
+    return {
+        "kind": HEARTBEAT_KIND,
+        "version": status.version,
+        "host": status.host,
+        "pid": status.pid,
+        "instance": status.instance,
+        "heartbeat_interval_s": interval_s,
+        "sessions": status.totals.sessions,
+        "lag_s": round(max(lags), 3) if lags else None,
+        "store": status.store.state,
+        "health": status.health,
+        "problems": status.problems,
+        "harnesses": {h.name: h.state for h in status.harnesses},
+        "recent_sessions": [
+            {
+                "harness": s.harness,
+                "session_id": s.session_id,
+                "last_flush_at": s.last_flush_at,
+                "state": s.state,
+            }
+            for s in recent
+        ],
+        "totals": {"parts": status.totals.parts, "bytes_uploaded": status.totals.bytes_uploaded},
+    }
+
+
+def summary_line(status: Status) -> str:
+    """One line for systemd's STATUS= and the heartbeat's ``summary``."""
+    following = sum(1 for s in status.sessions if s.state == "following")
+    lags = [s.lag_s for s in status.sessions if s.lag_s]
+    text = f"{status.totals.sessions} sessions ({following} active), {status.totals.parts} parts"
+    if lags:
+        text += f", lag {max(lags):.1f}s"
+    if status.backfill.running:
+        b = status.backfill
+        text += f", backfill {b.sessions_done}/{b.sessions_total} sessions"
+    if status.store.state != "ok":
+        text += ", STORE UNREACHABLE"
+    elif status.problems:
+        text += f", degraded: {status.problems[0]}"
+    return text
+
+
+def _copy_counters(counters: Counters) -> Counters:
+    return Counters(
+        **{k: dict(v) if isinstance(v, dict) else v for k, v in vars(counters).items()},
+    )
+
+
+def _kind(exc: StoreError) -> str:
+    """``StoreUnavailable`` -> ``store_unavailable``: the error kind as a metric label."""
+    name = type(exc).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class CountingStore:
+    """An ObjectStore that counts every request and the bytes it sends (the ``requests`` counters).
+
+    NotFound and PreconditionFailed are answers the pipeline expects, not failures: they are
+    counted as requests only.
+    """
+
+    def __init__(self, inner: ObjectStore, telemetry: Telemetry) -> None:
+        self.inner = inner
+        self._telemetry = telemetry
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    async def put(self, key: str, body: bytes, **kwargs: Any) -> str:
+        self._telemetry.request("put", len(body))
+        try:
+            return await self.inner.put(key, body, **kwargs)
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def get(self, key: str) -> StoredObject:
+        self._telemetry.request("get")
+        try:
+            return await self.inner.get(key)
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def head(self, key: str) -> ObjectInfo:
+        self._telemetry.request("head")
+        try:
+            return await self.inner.head(key)
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> list[ObjectInfo]:
+        self._telemetry.request("list")
+        try:
+            return await self.inner.list(prefix, start_after=start_after)
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def check(self) -> None:
+        self._telemetry.request("check")
+        try:
+            await self.inner.check()
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def _failed(self, exc: StoreError) -> None:
+        if not isinstance(exc, NotFound | PreconditionFailed):
+            self._telemetry.request_failed(exc)

@@ -1,0 +1,84 @@
+"""What a SIGHUP may change while the daemon runs, and what needs a restart.
+
+Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
+concurrency, the heartbeat interval, redaction on/off, the backfill window and the log level. A
+change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
+address, line limit, log format) would move or rename what is already mirrored or bound, so a
+reload that touches it is refused as a whole and the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tracemirrord.config import Settings
+from tracemirrord.logs import configure_logging
+from tracemirrord.redact import Redactor
+from tracemirrord.writer import MirrorContext
+
+RESTART_ONLY = (
+    "bucket",
+    "project",
+    "agent_id",
+    "state_dir",
+    "socket",
+    "s3",
+    "metrics_addr",
+    "max_line_bytes",
+    "log_format",
+)
+
+
+def live_settings(settings: Settings) -> dict[str, Any]:
+    """The settings status shows (nothing secret: no S3 credentials)."""
+    return {
+        "harnesses": list(settings.harnesses),
+        "flush_interval_s": settings.flush_interval,
+        "part_max_bytes": settings.part_max_bytes,
+        "meta_interval_s": settings.meta_interval,
+        "scan_interval_s": settings.scan_interval,
+        "heartbeat_interval_s": settings.heartbeat_interval,
+        "upload_concurrency": settings.upload_concurrency,
+        "backfill": settings.backfill,
+        "socket": str(settings.socket_path),
+        "metrics_addr": settings.metrics_addr,
+        "state_dir": str(settings.state_dir),
+    }
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """The settings that differ but cannot change while running (empty: the reload may go on)."""
+    return [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+
+
+def apply_live_settings(ctx: MirrorContext, old: Settings, new: Settings) -> list[str]:
+    """Apply the live settings to the shared context; one line per change."""
+    changes = []
+    if new.flush_interval != old.flush_interval:
+        ctx.flush_interval_s = new.flush_interval
+        changes.append(f"flush interval {old.flush_interval:g}s -> {new.flush_interval:g}s")
+    if new.part_max_bytes != old.part_max_bytes:
+        ctx.part_max_bytes = new.part_max_bytes
+        changes.append(f"part size {old.part_max_bytes} -> {new.part_max_bytes} bytes")
+    if new.meta_interval != old.meta_interval:
+        ctx.meta_interval_s = new.meta_interval
+        changes.append(f"meta interval {old.meta_interval:g}s -> {new.meta_interval:g}s")
+    if new.scan_interval != old.scan_interval:
+        changes.append(f"scan interval {old.scan_interval:g}s -> {new.scan_interval:g}s")
+    if new.heartbeat_interval != old.heartbeat_interval:
+        changes.append(f"heartbeat interval {old.heartbeat_interval:g}s -> {new.heartbeat_interval:g}s")
+    if new.upload_concurrency != old.upload_concurrency:
+        ctx.limiter.total_tokens = new.upload_concurrency
+        changes.append(f"upload concurrency {old.upload_concurrency} -> {new.upload_concurrency}")
+    if new.redact != old.redact:
+        ctx.redactor = Redactor(enabled=new.redact)
+        changes.append(f"redaction {'on' if new.redact else 'OFF'}")
+    if new.backfill != old.backfill:
+        max_age = new.backfill_max_age_s
+        ctx.backfill_cutoff = None if max_age is None else time.time() - max_age
+        changes.append(f"backfill {old.backfill} -> {new.backfill}")
+    if new.log_level != old.log_level:
+        configure_logging(new.log_level, new.log_format)
+        changes.append(f"log level {old.log_level} -> {new.log_level}")
+    return changes
