@@ -82,6 +82,8 @@ def test_unit_settings() -> None:
     for key in ("NoNewPrivileges", "PrivateTmp", "RestrictNamespaces", "LockPersonality", "RestrictRealtime"):
         assert one(key) == "true", key
     assert one("SystemCallArchitectures") == "native"
+    assert one("SystemCallFilter") == "@system-service"
+    assert one("SystemCallErrorNumber") == "EPERM"
     # A user unit gets file-system namespaces only inside a user namespace (systemd.exec(5)).
     assert one("PrivateUsers") == "true"
     # Options a user unit cannot have, or that would break the daemon (see the unit's comments).
