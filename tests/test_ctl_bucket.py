@@ -662,6 +662,8 @@ def test_status_bucket_healthy_degraded_and_empty(tmp_path: Path) -> None:
     code, doc = team_json(env)
     assert code == 0, doc
     assert doc["healthy"] is True and doc["problems"] == []
+    quiet = ctl(env, *STATUS_BUCKET, "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == b""
 
     put_objects(
         bucket,

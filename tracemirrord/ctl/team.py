@@ -55,11 +55,14 @@ def run_bucket_status(args: argparse.Namespace) -> int:
     from tracemirrord.ctl.bucket import run_on_bucket
 
     limit = getattr(args, "sessions_limit", DEFAULT_SESSIONS_LIMIT)
-    read_sessions = not getattr(args, "no_sessions", False) and limit > 0
+    quiet = getattr(args, "quiet", False)
+    read_sessions = not getattr(args, "no_sessions", False) and limit > 0 and not quiet  # counts only shown
 
     async def work(store: ObjectStore, settings: Settings) -> int:
         view = await team_view(store, settings.project, read_sessions=read_sessions, sessions_limit=limit)
-        if getattr(args, "json", False):
+        if quiet:
+            pass  # the exit code tells
+        elif getattr(args, "json", False):
             print(json.dumps(view.to_json(), indent=2, ensure_ascii=False))
         else:
             print(render(view))
