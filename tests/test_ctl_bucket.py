@@ -419,6 +419,11 @@ def test_verify_follows_a_rollout_compressed_to_zst(tmp_path: Path, request: pyt
     assert done.returncode == 1
     assert out(done).startswith(f"MISMATCH  codex/{sid}  part 0 (cursor 0-")
 
+    zst.write_bytes(b"this is no zstd stream")
+    done = ctl(env, "verify", f"codex/{sid}")
+    assert done.returncode == 1
+    assert out(done).startswith(f"ERROR     codex/{sid}  cannot read the source: ")
+
     zst.unlink()
     done = ctl(env, "restore", f"codex/{sid}")
     assert done.returncode == 0, err(done)

@@ -145,6 +145,10 @@ async def load_view(
         view.doc = doc if isinstance(doc, dict) else None
     except (layout.LayoutError, ValueError) as exc:
         view.meta_error = f"meta.json unreadable: {exc}"
+    if view.state is not None and view.state.next_seq > len(view.listed):
+        # meta.json is newer than the listing (a live daemon put parts in between): list again, so
+        # that only a part really gone counts as missing (parts are never deleted by the daemon)
+        view.listed = listed_parts(await store.list(layout.session_prefix(project, key) + "part-"))
     return view
 
 
@@ -535,6 +539,12 @@ def frame_lines(data: bytes, max_line_bytes: int) -> bytes:
     )
 
 
+def _registry() -> dict[str, Any]:
+    from tracemirrord.harnesses import REGISTRY
+
+    return REGISTRY
+
+
 class _HarnessSources:
     """Sources of rows harnesses (hermes), found as the daemon finds them; one discovery per harness."""
 
@@ -598,6 +608,8 @@ class _Verifier:
             reason = f"written by agent {view.agent_id}: its source is on that machine"
         elif state.unit == "records":
             reason = f"not comparable: {key.harness} rewrites records in place"
+        elif state.unit == "rows" and key.harness not in _registry():
+            reason = f"not comparable: this version does not know the harness {key.harness}"
         latest = await self._latest_generation(view)
         compare = _Comparison(self, view, latest) if reason is None else None
         checker = ChainChecker(key)
@@ -665,6 +677,7 @@ class _Comparison:
         self.state = view.state
         self.generation = generation
         self.gone = False
+        self.failed: str | None = None  # why the source could not be read
         self._opened = False
         self._file: _BytesSource | None = None
         self._source: Any = None
@@ -675,9 +688,16 @@ class _Comparison:
 
     async def part(self, part: PartRecord, body: bytes) -> Outcome | None:
         """None when the part matches its redacted source (or the source is gone), else the mismatch."""
+        from tracemirrord.source import UnknownFormat
+
         if not self._opened:
             self._opened = True
-            await self._open()
+            try:
+                await self._open()
+            except (OSError, UnknownFormat) as exc:
+                self.failed = f"cannot read the source: {exc}"
+        if self.failed is not None:
+            return Outcome("ERROR", self.key, self.failed)
         if self.gone:
             return None
         redactor = self.verifier.redactor
@@ -686,10 +706,16 @@ class _Comparison:
                 return self._mismatch(
                     part, f"the source is shorter ({self._file.size} bytes) than the bucket copy"
                 )
-            raw = await asyncio.to_thread(self._file.read, part.start, part.end)
+            try:
+                raw = await asyncio.to_thread(self._file.read, part.start, part.end)
+            except OSError as exc:
+                return Outcome("ERROR", self.key, f"cannot read the source: {exc}")
             framed = frame_lines(raw, self.verifier.settings.max_line_bytes)
         else:
-            got = await self._read_rows(part)
+            try:
+                got = await self._read_rows(part)
+            except (OSError, UnknownFormat) as exc:
+                return Outcome("ERROR", self.key, f"cannot read the source: {exc}")
             if isinstance(got, Outcome) or got is None:
                 return got
             framed = got
@@ -750,11 +776,12 @@ class _Comparison:
 def _group_listing(infos: Sequence[Any], base: str) -> dict[tuple[str, str], list[Any]]:
     """Objects under ``<project>/sessions/`` grouped by (harness, session id)."""
     from tracemirrord.layout import META_NAME, parse_part_key
+    from tracemirrord.model import is_safe_segment
 
     groups: dict[tuple[str, str], list[Any]] = {}
     for info in infos:
         rest = info.key[len(base) :].split("/", 2)
-        if len(rest) == 3:
+        if len(rest) == 3 and is_safe_segment(rest[0]) and is_safe_segment(rest[1]):
             groups.setdefault((rest[0], rest[1]), []).append(info)
     # a session is its parts and meta.json; a prefix holding only attachments is none
     return {
