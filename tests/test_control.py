@@ -435,3 +435,88 @@ def test_sighup_reload_with_a_good_and_a_bad_configuration(tmp_path: Path) -> No
     log = daemon.log()
     assert "flush_interval" in log and "Traceback" not in log
     assert not (tmp_path / "bucket" / "elsewhere").exists()
+
+
+# ---------- pieces ----------
+
+
+def test_tracemirrorctl_status_loads_nothing_else_of_the_daemon(tmp_path: Path) -> None:
+    """The socket verbs speak the shared schema only: no settings, store, pipeline or harness code."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+    probe = (
+        "import sys\n"
+        "from tracemirrord.ctl.__main__ import main\n"
+        "code = main(['status'])\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('tracemirrord'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pydantic', 'pydantic_settings', 'aiobotocore', 'botocore', 'structlog', 'anyio'))\n"
+        "print(code, ' '.join(loaded), '|', ' '.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    code, rest = done.stdout.split(" ", 1)
+    ours, heavy = rest.split("|")
+    assert code == "2"
+    allowed = {
+        "tracemirrord",
+        "tracemirrord.control",
+        "tracemirrord.control.schema",
+        "tracemirrord.ctl",
+        "tracemirrord.ctl.__main__",
+        "tracemirrord.ctl.common",
+        "tracemirrord.ctl.client",
+        "tracemirrord.ctl.status",
+        "tracemirrord.ctl.bucket",
+        "tracemirrord.ctl.team",
+    }
+    assert set(ours.split()) <= allowed, set(ours.split()) - allowed
+    assert heavy.strip() == ""
+
+
+@pytest.mark.anyio
+async def test_a_harness_error_clears_when_it_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A harness whose discovery fails shows ``error`` (and the daemon is degraded); once its discovery
+    works again the error is gone, without a restart."""
+    from tracemirrord.config import load_settings
+    from tracemirrord.supervisor import Daemon as InProcessDaemon
+
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}", {"TRACEMIRROR_HARNESSES": "pi"})
+    for name in [n for n in os.environ if n.startswith("TRACEMIRROR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = make_session(Path(env["HOME"]), "pi")
+    write(s, 0, 2)
+    daemon = InProcessDaemon(load_settings(), env)
+    task = daemon.tasks[0]
+    real = task.harness.discover
+    failures = {"left": 1}
+
+    async def flaky(roots: list[Path]) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk went away")
+        return await real(roots)
+
+    task.harness.discover = flaky  # type: ignore[method-assign]
+    await daemon.open()
+    try:
+        import anyio
+
+        stopping = anyio.Event()
+        seen = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon._supervise, task, stopping)
+            for _ in range(60):
+                status = daemon.snapshot()
+                seen.append((status.harnesses[0].state, status.harnesses[0].error, status.health))
+                if seen[-1][0] == "running":
+                    break
+                await anyio.sleep(0.1)
+            stopping.set()
+        assert ("error", "OSError: disk went away", "degraded") in seen, seen[:3]
+        assert seen[-1] == ("running", None, "healthy"), seen[-3:]
+        assert daemon.telemetry.counters.errors == {"harness": 1}
+    finally:
+        await daemon.close()
