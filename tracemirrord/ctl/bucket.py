@@ -16,7 +16,7 @@ import asyncio
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ _SPOOL_BYTES = 32 * 2**20
 _COPY_BLOCK = 1 << 20
 # Sessions verified at once (each has up to reassemble.FETCH_WINDOW part GETs in flight).
 _VERIFY_SESSIONS = 4
+_META_READS = 16  # meta.json GETs in flight while verify decides which sessions are its own
 _ZST = ".zst"
 
 
@@ -169,7 +170,7 @@ class Copy:
     lines: int = 0
     generations: list[int] = field(default_factory=list)
 
-    def chunks(self) -> Any:
+    def chunks(self) -> Iterator[bytes]:
         self.file.seek(0)
         while block := self.file.read(_COPY_BLOCK):
             yield block
@@ -246,16 +247,16 @@ async def read_copy(store: ObjectStore, view: SessionView, generation: int | Non
         if gen in problems:
             close_all()
             raise CtlError(f"{problems[gen]}; nothing written", EXIT_DEGRADED)
-    target = -1 if every else (chosen[0] if chosen else None)
-    spool = spools.pop(target, None) if target is not None else None
+    target = -1 if every else (chosen[0] if chosen else -2)
+    spool = spools.pop(target, None)
     close_all()
-    if spool is None:
+    if spool is None:  # a session without parts
         return Copy(tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES), generations=chosen)
-    size, lines = sizes[target]  # type: ignore[index]
+    size, lines = sizes[target]
     return Copy(spool, size=size, lines=lines, generations=chosen)
 
 
-def write_stdout(chunks: Any) -> None:
+def write_stdout(chunks: Iterable[bytes]) -> None:
     """Bytes to stdout as they are; a reader that went away (``| head``) ends it quietly."""
     out = sys.stdout.buffer
     try:
@@ -352,15 +353,12 @@ def write_new_file(dest: Path, copy: Copy) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(tmp, flags, 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(os.dup(fd), "wb") as out:
-                for block in copy.chunks():
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # whatever the umask
+            for block in copy.chunks():
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
         try:
             os.link(tmp, dest)
         except FileExistsError:
@@ -581,14 +579,17 @@ class _Verifier:
         self.redactor = redactor
         self.rows = _HarnessSources(settings)
 
-    async def session(self, view: SessionView, *, explicit: bool) -> Outcome | None:
-        """The outcome for one session; None when it is not ours to compare (counted as skipped)."""
+    def wants(self, view: SessionView, *, explicit: bool) -> bool:
+        """Whether to check a session: one named, or one this agent id wrote (or whose writer is
+        unknown); another machine's sessions are skipped, since their sources are not here."""
+        return explicit or view.state is None or view.agent_id == self.settings.agent_id
+
+    async def session(self, view: SessionView) -> Outcome:
+        """The outcome for one session: its chain, then its latest generation against its source."""
         from tracemirrord.reassemble import ReassemblyError, check_listing
 
         key = view.key
         ours = view.agent_id == self.settings.agent_id
-        if not ours and not explicit and view.state is not None:
-            return None
         try:
             check_listing(key, view.listed, view.part_count)
             return await self._parts(view, ours)
@@ -813,14 +814,20 @@ def _run_verify(args: argparse.Namespace) -> int:
             groups = _group_listing(await store.list(prefix), base)
             views = [(SessionKey(h, s), infos) for (h, s), infos in sorted(groups.items())]
         verifier = _Verifier(store, settings, Redactor(enabled=settings.redact))
-        limit = asyncio.Semaphore(_VERIFY_SESSIONS)
+        meta_reads = asyncio.Semaphore(_META_READS)
+        comparisons = asyncio.Semaphore(_VERIFY_SESSIONS)
 
         async def one(item: Any) -> Outcome | None:
-            async with limit:
-                if isinstance(item, SessionView):
-                    return await verifier.session(item, explicit=True)
-                view = await load_view(store, project, item[0], item[1])
-                return None if view is None else await verifier.session(view, explicit=False)
+            explicit = isinstance(item, SessionView)
+            if explicit:
+                view = item
+            else:
+                async with meta_reads:
+                    view = await load_view(store, project, item[0], item[1])
+            if view is None or not verifier.wants(view, explicit=explicit):
+                return None
+            async with comparisons:
+                return await verifier.session(view)
 
         counts: dict[str, int] = {}
         tasks = [asyncio.ensure_future(one(item)) for item in views]
