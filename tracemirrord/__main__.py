@@ -32,13 +32,21 @@ configuration (environment over TOML file over defaults; see docs/configuration.
   TRACEMIRROR_REDACT          redact secrets before upload (default: true)
   TRACEMIRROR_BACKFILL        all | none | an age such as 7d (default: all)
   TRACEMIRROR_STATE_DIR       local checkpoint (default: $XDG_STATE_HOME/tracemirror)
+  TRACEMIRROR_SOCKET          control socket for tracemirrorctl (default: $XDG_RUNTIME_DIR/tracemirror/
+                              ctl.sock, else ctl.sock in the state dir)
+  TRACEMIRROR_METRICS_ADDR    serve Prometheus metrics on HOST:PORT, loopback only (default: off)
+  TRACEMIRROR_HEARTBEAT_INTERVAL  how often <project>/agents/<agent id>.json is written (default: 60s)
   TRACEMIRROR_S3__ENDPOINT_URL and AWS_* variables for S3-compatible stores
 
 harnesses (where each agent keeps its sessions, and the variables that move it):
 {harnesses}
 
+signals: SIGTERM/SIGINT flush what is held and exit 0 (a second one exits at once);
+  SIGHUP reads the configuration again (see docs/configuration.md, "Reloading").
+
 examples:
   tracemirrord                                 mirror into the embedded local bucket
+  tracemirrorctl status                        what the running daemon is doing
   TRACEMIRROR_BUCKET=s3://my-bucket/traces tracemirrord
   tracemirrord --check                         show what would be mirrored where, then exit
   tracemirrord --once                          mirror everything pending, then exit
@@ -93,7 +101,12 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     print(f"project:     {settings.project}", file=out)
     print(f"agent id:    {settings.agent_id}", file=out)
     print(f"state dir:   {settings.state_dir}", file=out)
-    print(f"redaction:   {'on' if settings.redact else 'OFF'}", file=out)
+    print(f"socket:      {settings.socket_path}", file=out)
+    print(f"metrics:     {settings.metrics_addr or 'off (TRACEMIRROR_METRICS_ADDR)'}", file=out)
+    print(
+        f"redaction:   {'on' if settings.redact else 'OFF: secrets would be uploaded as they are'}",
+        file=out,
+    )
     print(f"backfill:    {settings.backfill}", file=out)
     print(
         f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes",

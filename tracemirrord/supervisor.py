@@ -76,8 +76,15 @@ class OnceProgress:
     done: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def log(self, event: str) -> None:
-        log.info(event, sessions_done=self.done, sessions=self.sessions, elapsed_s=self.elapsed_s)
+    def log(self, event: str, bytes_done: int = 0, bytes_total: int = 0) -> None:
+        log.info(
+            event,
+            sessions_done=self.done,
+            sessions=self.sessions,
+            bytes_done=bytes_done,
+            bytes_total=bytes_total,
+            elapsed_s=self.elapsed_s,
+        )
 
     @property
     def elapsed_s(self) -> float:
@@ -356,7 +363,8 @@ class Daemon:
             host=socket.gethostname(),
             redaction=settings.redact,
         )
-        self.telemetry = Telemetry(self.identity, live_settings(settings))
+        redactor = Redactor(enabled=settings.redact)
+        self.telemetry = Telemetry(self.identity, live_settings(settings), redactor.rule_names)
         self.store = CountingStore(inner, self.telemetry)
         self.checkpoint = Checkpointer(
             settings.state_dir / "checkpoint.sqlite3", bucket=self.store.url, project=settings.project
@@ -365,7 +373,7 @@ class Daemon:
         self.ctx = MirrorContext(
             store=self.store,
             checkpoint=self.checkpoint,
-            redactor=Redactor(enabled=settings.redact),
+            redactor=redactor,
             project=settings.project,
             agent_id=settings.agent_id,
             instance=self.identity.instance,
@@ -521,7 +529,8 @@ class Daemon:
         """A line every PROGRESS_EVERY_S, so a first run over months of history does not look stuck."""
         while True:
             await anyio.sleep(PROGRESS_EVERY_S)
-            progress.log("mirroring pending sessions")
+            backfill = self.telemetry.backfill
+            progress.log("mirroring pending sessions", backfill.bytes_done, backfill.bytes_total)
 
     async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -36,6 +36,8 @@ from tracemirrord.store.base import (
     StoreError,
 )
 
+STORE_OPERATIONS = ("put", "get", "head", "list", "check")
+
 
 def iso(timestamp: float | None) -> str | None:
     """Unix time as ISO 8601 UTC with a Z suffix (None stays None)."""
@@ -81,10 +83,15 @@ class Identity:
 class Telemetry:
     """Counters and backfill progress, plus the snapshot that puts them beside the live state."""
 
-    def __init__(self, identity: Identity, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, identity: Identity, settings: Mapping[str, Any] | None = None, rules: Iterable[str] = ()
+    ) -> None:
         self.identity = identity
         self.settings: dict[str, Any] = dict(settings or {})
-        self.counters = Counters()
+        # every series exists from the start, so a rate() over the first increment is not lost
+        self.counters = Counters(
+            requests=dict.fromkeys(STORE_OPERATIONS, 0), redactions=dict.fromkeys(rules, 0)
+        )
         self.backfill = Backfill()
         self.last_error: str | None = None
 
