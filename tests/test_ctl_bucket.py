@@ -189,6 +189,19 @@ def test_cat_prints_the_redacted_copy(backend: str, tmp_path: Path, request: pyt
         assert done.stderr == b""
 
 
+def test_cat_is_byte_exact(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Invalid UTF-8, a NUL, a line that is no JSON: cat gives the bytes the agent wrote."""
+    _, env = bucket_and_env("local", tmp_path, request)
+    path = Path(env["HOME"]) / CLAUDE_DIR / f"{SID}.jsonl"
+    path.parent.mkdir(parents=True)
+    data = claude_line(0, "café") + b'{"raw":"\xff\xfe\x00 bytes"}\n' + b"not json at all\r\n"
+    path.write_bytes(data + b'{"half":')
+    mirror_once(env, tmp_path / "once.log")
+    done = ctl(env, "cat", SID)
+    assert done.returncode == 0, err(done)
+    assert done.stdout == data
+
+
 def test_the_session_is_in_several_parts(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The fault tests below need a chain: 1 KiB parts split the 20 lines into several."""
     mirrored_session("local", tmp_path, request)
