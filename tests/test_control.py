@@ -110,11 +110,16 @@ def test_status_fields_and_exit_codes_through_an_outage(
     claude, pi = make_session(home, "claude-code"), make_session(home, "pi")
     write(claude, 0, 6)
     write(pi, 0, 3)
+    history = claude.path.stat().st_size + pi.path.stat().st_size
     with Daemon(env, tmp_path / "daemon.log") as daemon:
         wait_for(
             lambda: all(mirrored_equals_source(bucket, s, s3_env) for s in (claude, pi)), 30, "both sessions"
         )
         code, doc = status_json(env)
+        backfill = doc["backfill"]
+        assert (backfill["running"], backfill["sessions_total"], backfill["sessions_done"]) == (False, 2, 2)
+        assert backfill["bytes_total"] == backfill["bytes_done"] == history
+        assert backfill["started_at"] and backfill["finished_at"]
         assert code == 0, doc
         for name, kind in STATUS_FIELDS.items():
             assert isinstance(doc[name], kind), (name, doc[name])

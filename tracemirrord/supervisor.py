@@ -660,7 +660,8 @@ class Daemon:
             if stopping.is_set():
                 return
             self.notifier.watchdog()
-            self.notifier.status(summary_line(self.snapshot()))
+            if self.notifier.enabled:  # a snapshot of ten thousand sessions is not free
+                self.notifier.status(summary_line(self.snapshot()))
 
     # ---------- SIGHUP ----------
 
