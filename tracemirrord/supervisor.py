@@ -609,6 +609,7 @@ class Daemon:
         key = layout.agent_key(self.settings.project, self.settings.agent_id)
         backoff = Backoff(base_s=2.0, cap_s=self.settings.heartbeat_interval)
         failing = False
+        await self._first_discoveries(stopping, 10.0)  # the first heartbeat names what was found
         while True:
             final = stopping.is_set()
             try:
@@ -648,9 +649,7 @@ class Daemon:
     async def _service_notify(self, stopping: anyio.Event) -> None:
         """systemd: READY=1 once every harness has been discovered once, then WATCHDOG=1 and a
         one-line STATUS= from this loop (a hung event loop stops the pings, and systemd restarts us)."""
-        with anyio.move_on_after(60):
-            for task in list(self.tasks):
-                await task.first_scan_done.wait()
+        await self._first_discoveries(stopping, 60.0)
         self.notifier.ready(summary_line(self.snapshot()))
         log.info("ready", sessions=sum(len(t.followers) for t in self.tasks))
         interval = self.notifier.watchdog_interval_s or 10.0
@@ -662,6 +661,23 @@ class Daemon:
             self.notifier.watchdog()
             if self.notifier.enabled:  # a snapshot of ten thousand sessions is not free
                 self.notifier.status(summary_line(self.snapshot()))
+
+    async def _first_discoveries(self, stopping: anyio.Event, timeout_s: float) -> None:
+        """Wait until every harness has discovered its sessions once (or stopping, or the timeout)."""
+
+        async def scanned(scope: anyio.CancelScope) -> None:
+            for task in list(self.tasks):
+                await task.first_scan_done.wait()
+            scope.cancel()
+
+        async def stopped(scope: anyio.CancelScope) -> None:
+            await stopping.wait()
+            scope.cancel()
+
+        with anyio.move_on_after(timeout_s):
+            async with anyio.create_task_group() as race:
+                race.start_soon(scanned, race.cancel_scope)
+                race.start_soon(stopped, race.cancel_scope)
 
     # ---------- SIGHUP ----------
 
