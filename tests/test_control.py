@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,13 @@ def test_metrics_over_the_socket_and_on_loopback_agree_with_status(tmp_path: Pat
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             assert response.headers["Content-Type"].startswith("text/plain")
             scraped = samples(response.read().decode())
+        for path in ("/v1/status", "/v1/sessions"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+            assert refused.value.code == 404, "the loopback address serves the metrics alone"
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/v1/reload", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(post, timeout=10)
         status = status_json(env)[1]
         for got in (over_socket, scraped):
             assert got[("tracemirror_store_up", ())] == 1.0

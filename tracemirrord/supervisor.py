@@ -484,7 +484,7 @@ class Daemon:
                 outer.start_soon(self._watch_signals, stopping, outer.cancel_scope)
                 outer.start_soon(serve, control, api.handle)
                 if metrics is not None:
-                    outer.start_soon(serve, metrics, api.handle)
+                    outer.start_soon(serve, metrics, api.metrics_only)
                 outer.start_soon(self._service_notify, stopping)
                 async with anyio.create_task_group() as work:
                     self._work = work

@@ -39,6 +39,13 @@ class ControlApi:
         self._flush = flush
         self._reload = reload
 
+    async def metrics_only(self, request: Request) -> Response:
+        """The loopback TCP address: any local user can reach it, so it serves the metrics alone
+        (no session ids, paths or working directories; no flush or reload)."""
+        if (request.method, request.path) in (("GET", "/metrics"), ("GET", PATH_METRICS)):
+            return await self.handle(request)
+        return Response.error(404, "only GET /metrics is served here")
+
     async def handle(self, request: Request) -> Response:
         route = (request.method, request.path)
         if route == ("GET", PATH_STATUS):
