@@ -158,8 +158,12 @@ class Telemetry:
         harness_list: list[HarnessStatus] = []
         sessions: list[SessionStatus] = []
         for task in harnesses:
-            harness_list.append(task.harness_status())
-            sessions.extend(task.session_statuses(now))
+            harness = task.harness_status()
+            harness.error = _shown(harness.error)
+            harness_list.append(harness)
+            for session in task.session_statuses(now):
+                session.error = _shown(session.error)
+                sessions.append(session)
         totals = Totals(
             sessions=len(sessions),
             parts=sum(s.parts for s in sessions),
@@ -168,7 +172,7 @@ class Telemetry:
         )
         store = StoreStatus(
             state="ok" if health.state == "ok" else "unreachable",
-            last_error=health.last_error,
+            last_error=_shown(health.last_error),
             last_ok_at=iso(health.last_ok_at),
         )
         status = Status(
@@ -186,7 +190,7 @@ class Telemetry:
             host=ident.host,
             started_at=iso(ident.started_at) or "",
             redaction=ident.redaction,
-            last_error=self.last_error,
+            last_error=_shown(self.last_error),
             backfill=Backfill(**vars(self.backfill)),
             counters=_copy_counters(self.counters),
             settings=dict(self.settings),
@@ -270,6 +274,16 @@ def summary_line(status: Status) -> str:
     elif status.problems:
         text += f", degraded: {status.problems[0]}"
     return text
+
+
+def _shown(text: str | None) -> str | None:
+    """An error message as it may leave the process: URL credentials masked, secrets redacted (an
+    exception text can quote an endpoint or a header)."""
+    if not text:
+        return text
+    from tracemirrord.logs import secret_free
+
+    return secret_free(text)
 
 
 def _copy_counters(counters: Counters) -> Counters:
