@@ -109,7 +109,12 @@ class Checkpointer:
                 "SELECT session_id, state FROM session_state WHERE bucket=? AND project=? AND harness=?",
                 (self._bucket, self._project, harness),
             )
-            return dict(rows)  # type: ignore[arg-type]
+            found = dict(rows)  # type: ignore[arg-type]
+            del rows
+            # aiosqlite's thread keeps its last result until its next call: with ten thousand
+            # sessions that list is megabytes of JSON nobody needs once triage is done
+            await self._db.execute_fetchall("SELECT 1")
+            return found
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint read failed: {exc}"
             return {}

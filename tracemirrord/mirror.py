@@ -157,15 +157,13 @@ class SessionMirror:
     def source(self) -> Source:
         return self.writer.source
 
-    def park_at(self, probe: Probe, state: SessionState | None = None) -> None:
-        """Start parked: the source is known to need nothing until its probe differs from ``probe``.
-        ``state`` (from the checkpoint) is remembered for status; the follower itself keeps none."""
+    def park_at(self, probe: Probe) -> None:
+        """Start parked: the source is known to need nothing until its probe differs from ``probe``."""
         self._last_probe = probe
         self.parked = True
-        if state is not None:
-            self.remember(state)
 
     def remember(self, state: SessionState) -> None:
+        """Keep what status shows of ``state`` (a parked follower keeps no state of its own)."""
         if self.summary is None:
             self.summary = Summary()
         self.summary.remember(state)

@@ -1,11 +1,12 @@
 """The task tree of a running daemon, and its start and stop order.
 
-Start: open the store and the checkpoint, take the state-dir lock, then one HarnessTask per enabled
-harness plus the heartbeat. A HarnessTask discovers its sessions every ``scan_interval`` and runs
-one SessionMirror per session; a harness task that fails is restarted with backoff and never
-takes the others down (a session follower that fails backs off on its own, see mirror.py).
+Start: take the state-dir lock, open the checkpoint and check the store, bind the control socket
+(and the metrics address), then one HarnessTask per enabled harness plus the heartbeat. A
+HarnessTask discovers its sessions every ``scan_interval`` and runs one SessionMirror per session;
+a harness task that fails is restarted with backoff and never takes the others down (a session
+follower that fails backs off on its own, see mirror.py). SIGHUP reloads the configuration.
 Stop (SIGTERM/SIGINT): stop reading, let every follower flush what it holds and write meta.json
-(bounded time), write the last heartbeat, close; a second signal exits at once.
+(bounded time), then write the last heartbeat ("stopped"), close; a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -53,12 +54,12 @@ from tracemirrord.store.base import StoreError
 
 log = structlog.get_logger("tracemirrord")
 
-HEARTBEAT_INTERVAL_S = 60.0
 IDLE_SWEEP_EVERY = 5  # scans between two idle sweeps of the parked sessions
 COLD_SWEEP_EVERY = 30  # scans between two sweeps that include the cold ones (see sweep_parked)
 COLD_AFTER_S = 86400.0
 STABLE_RUN_S = 60.0
 PROGRESS_EVERY_S = 10.0
+DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the followers to drain
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -226,8 +227,11 @@ class HarnessTask:
                         if follower.source.settled_at(state.position) == probe:
                             park = probe  # fully mirrored and untouched since
                 if park is not None:
-                    # a parked follower keeps no state, only its summary for status
-                    verdicts.append((follower, state, park, 0))
+                    # a parked follower keeps no state, only its summary for status (remembered
+                    # here: the worker thread holds its last result, which must not hold states)
+                    if state is not None:
+                        follower.remember(state)
+                    verdicts.append((follower, None, park, 0))
                 else:
                     position = state.position if state is not None else START
                     verdicts.append((follower, state, None, follower.source.behind(position)))
@@ -237,7 +241,7 @@ class HarnessTask:
         behind_bytes = 0
         for follower, state, park, behind in await anyio.to_thread.run_sync(triage):
             if park is not None:
-                follower.park_at(park, state)
+                follower.park_at(park)
             else:
                 follower.use_cached(state)  # no checkpoint read of its own
                 if state is not None:
@@ -402,10 +406,15 @@ class Daemon:
 
     def _lock_state_dir(self) -> None:
         state_dir = self.settings.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(OSError):
-            os.chmod(state_dir, 0o700)
-        fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(OSError):
+                os.chmod(state_dir, 0o700)
+            fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DaemonError(
+                f"state dir {state_dir} cannot be used: {exc.strerror or exc} (TRACEMIRROR_STATE_DIR)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -463,8 +472,13 @@ class Daemon:
     async def run_forever(self) -> int:
         """Run until SIGTERM/SIGINT; drain; exit code 0."""
         stopping = self._stopping = anyio.Event()
-        control = self._bind_control()
-        metrics = self._bind_metrics()
+        metrics = self._bind_metrics()  # first: a refused metrics address leaves no socket behind
+        try:
+            control = self._bind_control()
+        except BaseException:
+            if metrics is not None:
+                metrics.close()
+            raise
         log.info(
             "tracemirrord started",
             version=__version__,
@@ -486,12 +500,15 @@ class Daemon:
                 if metrics is not None:
                     outer.start_soon(serve, metrics, api.metrics_only)
                 outer.start_soon(self._service_notify, stopping)
+                drained = anyio.Event()
                 async with anyio.create_task_group() as work:
-                    self._work = work
-                    for task in self.tasks:
-                        work.start_soon(self._supervise, task, stopping)
-                    work.start_soon(self._heartbeat, stopping)
-                self._work = None
+                    work.start_soon(self._heartbeat, stopping, drained)
+                    async with anyio.create_task_group() as harnesses:
+                        self._work = harnesses
+                        for task in self.tasks:
+                            harnesses.start_soon(self._supervise, task, stopping)
+                    self._work = None
+                    drained.set()
                 outer.cancel_scope.cancel()
         finally:
             unlink_socket(self.settings.socket_path)
@@ -603,9 +620,10 @@ class Daemon:
             elapsed_s=round(time.monotonic() - started, 3),
         )
 
-    async def _heartbeat(self, stopping: anyio.Event) -> None:
-        """``agents/<agent-id>.json`` every heartbeat interval and at stop; a failure is logged and
-        retried sooner, and never stops the daemon."""
+    async def _heartbeat(self, stopping: anyio.Event, drained: anyio.Event) -> None:
+        """``agents/<agent-id>.json`` every heartbeat interval and at stop (once every follower has
+        drained, so "stopped" is the last word); a failure is logged and retried sooner, and never
+        stops the daemon."""
         key = layout.agent_key(self.settings.project, self.settings.agent_id)
         backoff = Backoff(base_s=2.0, cap_s=self.settings.heartbeat_interval)
         failing = False
@@ -643,8 +661,8 @@ class Daemon:
             with anyio.move_on_after(delay):
                 await stopping.wait()
             if stopping.is_set():
-                # let the followers drain first, so "stopped" is the last word
-                await anyio.lowlevel.checkpoint()
+                with anyio.move_on_after(DRAIN_WAIT_S):
+                    await drained.wait()
 
     async def _service_notify(self, stopping: anyio.Event) -> None:
         """systemd: READY=1 once every harness has been discovered once, then WATCHDOG=1 and a

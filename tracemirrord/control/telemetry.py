@@ -211,10 +211,13 @@ def problems_of(status: Status) -> list[str]:
     for harness in status.harnesses:
         if harness.state == "error":
             problems.append(f"harness {harness.name} failing: {harness.error}")
-    lagging = [
+    lagging = [  # a session blocked by another writer's lease is that writer's to mirror, not ours
         s
         for s in status.sessions
-        if s.lag_s is not None and s.lag_s > LAGGING_AFTER_S and not status.backfill.running
+        if s.lag_s is not None
+        and s.lag_s > LAGGING_AFTER_S
+        and s.state != "blocked"
+        and not status.backfill.running
     ]
     for session in lagging[:5]:
         problems.append(f"session {session.harness}/{session.session_id} lagging {session.lag_s:.0f}s")

@@ -23,7 +23,7 @@ exit codes: 0 healthy / nothing wrong, 1 degraded / a problem found, 2 no daemon
 
 examples:
   tracemirrorctl status                 what the local daemon is doing
-  tracemirrorctl status --json          the same as JSON (docs/status.md)
+  tracemirrorctl status --json          the same as JSON (docs/tracemirrorctl.md)
   tracemirrorctl status --bucket        every daemon writing to this bucket and project
   tracemirrorctl sessions --harness claude-code --max-age 1d
   tracemirrorctl cat claude-code/SESSION_ID > copy.jsonl

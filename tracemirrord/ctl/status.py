@@ -32,6 +32,7 @@ from tracemirrord.ctl.client import Client
 from tracemirrord.ctl.common import CtlError, Verb, config_path
 
 SHOWN_SESSIONS = 15
+MAX_FLUSH_WAIT_S = 300.0  # the daemon's own bound (control/api.py)
 
 
 def client_for(args: argparse.Namespace, timeout: float | None = None) -> Client:
@@ -234,7 +235,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     print(_session_header() + "  CWD")
     for s in sorted(sessions, key=lambda s: (s.harness, _neg(s.last_flush_at))):
         print(_session_row(s, now) + f"  {s.cwd or '-'}")
-    print(f"{len(sessions)} sessions")
+    print(f"{len(sessions)} session{'' if len(sessions) == 1 else 's'}")
     return EXIT_HEALTHY
 
 
@@ -243,8 +244,22 @@ def run_sessions(args: argparse.Namespace) -> int:
 
 def _configure_flush(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="how long to wait (default: 30)"
+        "--timeout",
+        type=_flush_timeout,
+        default=30.0,
+        metavar="SECONDS",
+        help=f"how long to wait, at most {MAX_FLUSH_WAIT_S:g} (default: 30)",
     )
+
+
+def _flush_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_FLUSH_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_FLUSH_WAIT_S:g}")
+    return value
 
 
 def run_flush(args: argparse.Namespace) -> int:
@@ -253,7 +268,8 @@ def run_flush(args: argparse.Namespace) -> int:
         raise CtlError(f"tracemirrord answered {code}: {doc.get('error') if isinstance(doc, dict) else doc}")
     result = FlushResult(**doc)
     if result.flushed:
-        print(f"flushed: {result.sessions} sessions are in the bucket ({result.elapsed_s:.2f}s)")
+        what = "1 session is" if result.sessions == 1 else f"{result.sessions} sessions are"
+        print(f"flushed: {what} in the bucket ({result.elapsed_s:.2f}s)")
         return EXIT_HEALTHY
     print(f"not everything landed within {args.timeout:g}s; still pending:", file=sys.stderr)
     for line in result.pending:
