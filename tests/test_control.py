@@ -175,6 +175,8 @@ def test_status_fields_and_exit_codes_through_an_outage(
         session = next(s for s in doc["sessions"] if s["session_id"] == claude.session_id)
         assert session["lag_s"] == 0.0 and session["behind_bytes"] == 0
         assert doc["counters"]["request_errors"], "the failed requests are counted"
+        assert doc["counters"]["errors"].get("heartbeat", 0) >= 1, "the heartbeat failed during the outage"
+        assert "heartbeat not written; will retry" in daemon.log()
         assert daemon.stop() == 0
     done = ctl(env, "status")
     assert done.returncode == 2 and "no tracemirrord is running" in done.stderr
@@ -440,6 +442,19 @@ def test_sighup_reload_with_a_good_and_a_bad_configuration(tmp_path: Path) -> No
             20,
             "both still mirrored, exactly",
         )
+
+        # remove pi while it is written to, then add it back: what it missed comes, nothing twice
+        config.write_text('harnesses = ["claude-code"]\nflush_interval = "100ms"\n')
+        done = ctl(env, "reload")
+        assert done.returncode == 0 and "harness pi stopped" in done.stdout, done.stderr
+        write(pi, 7, 5)
+        write(claude, 7, 2)
+        wait_for(lambda: mirrored_equals_source(bucket, claude), 20, "claude-code after pi was removed")
+        assert not mirrored_equals_source(bucket, pi), "pi is not followed while it is not configured"
+        config.write_text('harnesses = ["claude-code", "pi"]\nflush_interval = "100ms"\n')
+        done = ctl(env, "reload")
+        assert done.returncode == 0 and "harness pi started" in done.stdout, done.stderr
+        wait_for(lambda: mirrored_equals_source(bucket, pi), 20, "pi caught up after it came back")
         assert daemon.alive()
         assert daemon.stop() == 0
     finally:
