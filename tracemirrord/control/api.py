@@ -6,7 +6,6 @@ import fnmatch
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
 
 from tracemirrord.control.schema import (
     METRICS_CONTENT_TYPE,
@@ -19,6 +18,7 @@ from tracemirrord.control.schema import (
     ReloadResult,
     SessionStatus,
     Status,
+    unix_time,
 )
 from tracemirrord.control.server import Request, Response
 
@@ -110,9 +110,4 @@ def _cwd_matches(cwd: str | None, pattern: str) -> bool:
 
 
 def _epoch(iso: str | None) -> float:
-    if not iso:
-        return 0.0
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    return unix_time(iso) or 0.0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -33,6 +32,7 @@ from tracemirrord.control.schema import (
     SESSION_STATES,
     Counters,
     Status,
+    unix_time,
 )
 from tracemirrord.source import CursorUnit
 
@@ -84,7 +84,7 @@ def _identity(status: Status) -> Iterator[Metric]:
     yield info
     # Absent (not 0) when the snapshot does not say: a 0 would read as "started in 1970".
     yield _gauge(
-        "start_time_seconds", "When the daemon started, in unix seconds.", _unix_time(status.started_at)
+        "start_time_seconds", "When the daemon started, in unix seconds.", unix_time(status.started_at)
     )
     yield _gauge("uptime_seconds", "Seconds since the daemon started.", status.uptime_s)
     yield _gauge(
@@ -104,7 +104,7 @@ def _store(status: Status) -> Iterator[Metric]:
     yield _gauge(
         "store_last_ok_time_seconds",
         "When a request to the bucket last succeeded, in unix seconds (absent before the first).",
-        _unix_time(status.store.last_ok_at),
+        unix_time(status.store.last_ok_at),
     )
 
 
@@ -249,16 +249,3 @@ def _counter_by(name: str, documentation: str, label: str, values: Mapping[str, 
 def _with_extra(known: tuple[str, ...], seen: Iterable[str]) -> tuple[str, ...]:
     """``known`` in its order, then any value seen that it lacks (sorted), so nothing is dropped."""
     return known + tuple(sorted(set(seen) - set(known)))
-
-
-def _unix_time(iso: str | None) -> float | None:
-    """An ISO 8601 time (UTC when it names no zone) as unix seconds; None when absent or unreadable."""
-    if not iso:
-        return None
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

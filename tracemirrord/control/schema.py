@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -205,6 +206,20 @@ class ErrorBody:
     """Any non-2xx answer: one line a person can act on."""
 
     error: str
+
+
+def unix_time(iso: str | None) -> float | None:
+    """An ISO 8601 time (``Z`` or an offset; naive means UTC) as unix seconds; None when absent or
+    unreadable. Every time in the status document and the heartbeat is written this way."""
+    if not iso:
+        return None
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 # ---------- where the socket is ----------

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 from urllib.parse import urlencode
 
 from tracemirrord.control.schema import (
@@ -27,6 +26,7 @@ from tracemirrord.control.schema import (
     Status,
     session_from_json,
     socket_path,
+    unix_time,
 )
 from tracemirrord.ctl.client import Client
 from tracemirrord.ctl.common import CtlError, Verb, config_path
@@ -188,11 +188,8 @@ def _duration(seconds: float) -> str:
 def _ago(iso: str | None, now: float) -> str:
     if not iso:
         return "never"
-    try:
-        then = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return iso
-    return f"{_duration(max(0.0, now - then))} ago"
+    then = unix_time(iso)
+    return iso if then is None else f"{_duration(max(0.0, now - then))} ago"
 
 
 # ---------- sessions ----------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tracemirrord.control.schema import EXIT_DEGRADED, EXIT_HEALTHY, HEARTBEAT_KIND
+from tracemirrord.control.schema import EXIT_DEGRADED, EXIT_HEALTHY, HEARTBEAT_KIND, unix_time
 
 if TYPE_CHECKING:
     from tracemirrord.config import Settings
@@ -462,24 +462,13 @@ def _round(value: float | None) -> float | None:
 
 def _when(text: str | None) -> datetime:
     """An ISO 8601 time as an aware UTC datetime (naive means UTC); the epoch when unreadable."""
-    try:
-        moment = datetime.fromisoformat(text or "")
-    except ValueError:
-        return datetime.fromtimestamp(0, UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(unix_time(text) or 0.0, UTC)
 
 
 def _age_s(text: str | None, now: datetime) -> float | None:
     """Seconds from ``text`` to ``now`` (a clock ahead of ours counts as 0); None when unreadable."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (now - moment).total_seconds())
+    then = unix_time(text)
+    return None if then is None else max(0.0, now.timestamp() - then)
 
 
 def _ago(age_s: float | None) -> str:
