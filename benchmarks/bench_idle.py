@@ -11,6 +11,7 @@ starts the daemon, lets it settle, and measures CPU seconds and RSS over a windo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,19 @@ def main() -> None:
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
             rss_kib = status_kib(daemon.pid, "VmRSS")
             hwm_kib = status_kib(daemon.pid, "VmHWM")
+            # after the window: what asking costs with this many sessions (status lists them all)
+            asked = []
+            for _ in range(5):
+                t = time.monotonic()
+                done = subprocess.run(
+                    [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+                    env=env,
+                    capture_output=True,
+                    check=False,
+                )
+                asked.append(time.monotonic() - t)
+            listed = len(json.loads(done.stdout)["sessions"]) if done.stdout else 0
+            after_kib = status_kib(daemon.pid, "VmHWM")
         finally:
             daemon.terminate()
             daemon.wait(30)
@@ -85,6 +99,11 @@ def main() -> None:
         print(f"sessions: {args.sessions}, window: {t1 - t0:.0f}s after {args.settle:.0f}s settle")
         print(f"cpu: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of one core")
         print(f"rss: {rss_kib / 1024:.1f} MiB (peak {hwm_kib / 1024:.1f} MiB)")
+        print(
+            f"tracemirrorctl status --json: {listed} sessions listed, median "
+            f"{sorted(asked)[2]:.2f} s per call (client start included), daemon peak RSS after "
+            f"{after_kib / 1024:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -170,12 +170,17 @@ class SessionMirror:
 
     # ---------- what status shows ----------
 
-    def session_status(self, now: float) -> SessionStatus:
-        """This session as ``tracemirrorctl status`` shows it (cheap: no I/O)."""
+    def current_summary(self) -> Summary | None:
+        """The summary, brought up to date from the state when the follower holds one."""
         state = self.writer.state
         if state is not None:
             self.remember(state)
-        summary = self.summary or Summary(unit=self.source.unit)
+        return self.summary
+
+    def session_status(self, now: float) -> SessionStatus:
+        """This session as ``tracemirrorctl status`` shows it (cheap: no I/O)."""
+        state = self.writer.state
+        summary = self.current_summary() or Summary(unit=self.source.unit)
         if self.parked or (state is None and self.summary is not None and self.pending_since is None):
             behind = 0 if self.parked else self.source.behind(Position(summary.generation, summary.cursor))
         else:

@@ -33,7 +33,14 @@ from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
 from tracemirrord.config import ConfigError, Settings, build_store, load_settings, parse_metrics_addr
 from tracemirrord.control.api import ControlApi
-from tracemirrord.control.schema import FlushResult, HarnessStatus, ReloadResult, SessionStatus, Status
+from tracemirrord.control.schema import (
+    FlushResult,
+    HarnessStatus,
+    ReloadResult,
+    SessionStatus,
+    Status,
+    Totals,
+)
 from tracemirrord.control.server import SocketInUse, bind_tcp, bind_unix, serve, unlink_socket
 from tracemirrord.control.telemetry import (
     CountingStore,
@@ -145,8 +152,19 @@ class HarnessTask:
             parked=sum(1 for f in self.followers.values() if f.parked),
         )
 
-    def session_statuses(self, now: float) -> list[SessionStatus]:
-        return [f.session_status(now) for f in self.followers.values()]
+    def session_statuses(self, now: float, *, parked: bool = True) -> list[SessionStatus]:
+        return [f.session_status(now) for f in self.followers.values() if parked or not f.parked]
+
+    def session_totals(self) -> Totals:
+        """Sessions, parts, bytes and redactions of every follower, from their summaries (cheap)."""
+        totals = Totals(sessions=len(self.followers))
+        for follower in self.followers.values():
+            summary = follower.current_summary()
+            if summary is not None:
+                totals.parts += summary.parts
+                totals.bytes_uploaded += summary.bytes_uploaded
+                totals.redactions += sum(summary.redactions.values())
+        return totals
 
     @property
     def name(self) -> str:
@@ -597,8 +615,8 @@ class Daemon:
 
     # ---------- what the control socket, the heartbeat and systemd see ----------
 
-    def snapshot(self) -> Status:
-        return self.telemetry.snapshot(self.tasks, self.ctx.health)
+    def snapshot(self, *, parked: bool = True) -> Status:
+        return self.telemetry.snapshot(self.tasks, self.ctx.health, parked=parked)
 
     async def flush(self, timeout_s: float) -> FlushResult:
         """Put everything held or pending now and wait until it landed (``tracemirrorctl flush``)."""
@@ -631,7 +649,7 @@ class Daemon:
         while True:
             final = stopping.is_set()
             try:
-                status = self.snapshot()
+                status = self.snapshot(parked=False)
                 body = layout.render_heartbeat(
                     self.settings.agent_id,
                     status="stopped" if final else "running",
@@ -668,7 +686,7 @@ class Daemon:
         """systemd: READY=1 once every harness has been discovered once, then WATCHDOG=1 and a
         one-line STATUS= from this loop (a hung event loop stops the pings, and systemd restarts us)."""
         await self._first_discoveries(stopping, 60.0)
-        self.notifier.ready(summary_line(self.snapshot()))
+        self.notifier.ready(summary_line(self.snapshot(parked=False)))
         log.info("ready", sessions=sum(len(t.followers) for t in self.tasks))
         interval = self.notifier.watchdog_interval_s or 10.0
         while not stopping.is_set():
@@ -678,7 +696,7 @@ class Daemon:
                 return
             self.notifier.watchdog()
             if self.notifier.enabled:  # a snapshot of ten thousand sessions is not free
-                self.notifier.status(summary_line(self.snapshot()))
+                self.notifier.status(summary_line(self.snapshot(parked=False)))
 
     async def _first_discoveries(self, stopping: anyio.Event, timeout_s: float) -> None:
         """Wait until every harness has discovered its sessions once (or stopping, or the timeout)."""
@@ -707,7 +725,7 @@ class Daemon:
             try:
                 result = await self._reload()
             finally:
-                self.notifier.ready_after_reload(summary_line(self.snapshot()))
+                self.notifier.ready_after_reload(summary_line(self.snapshot(parked=False)))
             if result.applied:
                 self.telemetry.counters.reloads += 1
                 log.info("configuration reloaded", changes=result.changes or ["nothing changed"])

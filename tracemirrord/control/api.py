@@ -55,7 +55,7 @@ class ControlApi:
                 chosen = select_sessions(self._snapshot().sessions, request.query)
             except ValueError as exc:
                 return Response.error(400, str(exc))
-            return Response.of_json({"sessions": [asdict(s) for s in chosen]})
+            return Response.of_json({"sessions": [dict(vars(s)) for s in chosen]})
         if route in (("GET", PATH_METRICS), ("GET", "/metrics")):
             from tracemirrord.control.metrics import render_metrics
 

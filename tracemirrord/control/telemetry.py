@@ -55,7 +55,9 @@ class HarnessView(Protocol):
 
     def harness_status(self) -> HarnessStatus: ...
 
-    def session_statuses(self, now: float) -> Iterable[SessionStatus]: ...
+    def session_statuses(self, now: float, *, parked: bool = True) -> Iterable[SessionStatus]: ...
+
+    def session_totals(self) -> Totals: ...
 
 
 class StoreHealthView(Protocol):
@@ -151,25 +153,32 @@ class Telemetry:
 
     # ---------- the snapshot ----------
 
-    def snapshot(self, harnesses: Iterable[HarnessView], health: StoreHealthView) -> Status:
-        """The whole status document as of now (design.md section 7, and ours)."""
+    def snapshot(
+        self, harnesses: Iterable[HarnessView], health: StoreHealthView, *, parked: bool = True
+    ) -> Status:
+        """The whole status document as of now (design.md section 7, and ours).
+
+        ``parked=False`` leaves the parked sessions out of ``sessions`` (they are in the totals and
+        the harnesses' counts): they can be neither lagging nor failing, and ten thousand of them
+        are most of the cost, which the heartbeat and systemd's STATUS= need not pay every minute.
+        """
         now = time.time()
         ident = self.identity
         harness_list: list[HarnessStatus] = []
         sessions: list[SessionStatus] = []
+        totals = Totals()
         for task in harnesses:
             harness = task.harness_status()
             harness.error = _shown(harness.error)
             harness_list.append(harness)
-            for session in task.session_statuses(now):
+            for session in task.session_statuses(now, parked=parked):
                 session.error = _shown(session.error)
                 sessions.append(session)
-        totals = Totals(
-            sessions=len(sessions),
-            parts=sum(s.parts for s in sessions),
-            bytes_uploaded=sum(s.bytes_uploaded for s in sessions),
-            redactions=sum(sum(s.redactions.values()) for s in sessions),
-        )
+            counted = task.session_totals()
+            totals.sessions += counted.sessions
+            totals.parts += counted.parts
+            totals.bytes_uploaded += counted.bytes_uploaded
+            totals.redactions += counted.redactions
         store = StoreStatus(
             state="ok" if health.state == "ok" else "unreachable",
             last_error=_shown(health.last_error),
