@@ -447,6 +447,7 @@ def test_sighup_reload_with_a_good_and_a_bad_configuration(tmp_path: Path) -> No
         config.write_text('harnesses = ["claude-code"]\nflush_interval = "100ms"\n')
         done = ctl(env, "reload")
         assert done.returncode == 0 and "harness pi stopped" in done.stdout, done.stderr
+        time.sleep(0.5)  # its followers finish the step they were in, drain and stop
         write(pi, 7, 5)
         write(claude, 7, 2)
         wait_for(lambda: mirrored_equals_source(bucket, claude), 20, "claude-code after pi was removed")
