@@ -304,6 +304,9 @@ def test_a_parked_session_still_reports_its_cursor_and_parts(tmp_path: Path) -> 
         assert got["parked"] is True and got["state"] == "idle"
         assert got["cursor"] == len(s.path.read_bytes()) and got["parts"] == 1
         assert got["behind_bytes"] == 0 and got["lag_s"] == 0.0
+        human = ctl(env, "status")
+        assert human.returncode == 0 and "sessions: 1 (0 active)" in human.stdout, human.stdout
+        assert s.session_id not in human.stdout, "people see the sessions doing something"
         assert daemon.stop() == 0
 
 

@@ -31,7 +31,7 @@ class ControlApi:
 
     def __init__(
         self,
-        snapshot: Callable[[], Status],
+        snapshot: Callable[..., Status],
         flush: Callable[[float], Awaitable[FlushResult]],
         reload: Callable[[], Awaitable[ReloadResult]],
     ) -> None:
@@ -49,7 +49,8 @@ class ControlApi:
     async def handle(self, request: Request) -> Response:
         route = (request.method, request.path)
         if route == ("GET", PATH_STATUS):
-            return Response.of_json(self._snapshot().to_json())
+            parked = request.query.get("parked", "1") not in ("0", "false", "no")
+            return Response.of_json(self._snapshot(parked=parked).to_json())
         if route == ("GET", PATH_SESSIONS):
             try:
                 chosen = select_sessions(self._snapshot().sessions, request.query)

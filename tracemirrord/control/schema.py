@@ -43,7 +43,7 @@ EXIT_USAGE = 2
 
 # ---------- HTTP paths ----------
 
-PATH_STATUS = "/v1/status"  # GET -> Status
+PATH_STATUS = "/v1/status"  # GET [?parked=0: leave parked sessions out of "sessions"] -> Status
 PATH_SESSIONS = "/v1/sessions"  # GET ?harness=&cwd=&max_age_s= -> {"sessions": [SessionStatus]}
 PATH_FLUSH = "/v1/flush"  # POST {"timeout_s": float} -> FlushResult
 PATH_METRICS = "/v1/metrics"  # GET -> Prometheus text exposition

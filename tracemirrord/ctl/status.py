@@ -63,7 +63,9 @@ def run_status(args: argparse.Namespace) -> int:
         from tracemirrord.ctl import team
 
         return team.run_bucket_status(args)
-    status = Status.from_json(client_for(args).get_json(PATH_STATUS))
+    # people see the sessions that are doing something: no need to ship ten thousand parked ones
+    target = PATH_STATUS if args.json else PATH_STATUS + "?parked=0"
+    status = Status.from_json(client_for(args).get_json(target))
     code = EXIT_DEGRADED if status.health != "healthy" else EXIT_HEALTHY
     if args.quiet:
         return code
@@ -112,12 +114,12 @@ def render_status(status: Status, now: float | None = None) -> str:
         out.append(f"  {h.name:<12} {h.state:<8} {h.sessions:>5} sessions{parked}  {h.root}{detail}")
     shown = _busiest(status.sessions)
     active = sum(1 for s in status.sessions if s.state == "following")
-    out.append(f"sessions: {len(status.sessions)} ({active} active)")
+    out.append(f"sessions: {status.totals.sessions} ({active} active)")
     if shown:
         out.append(_session_header())
         out.extend(_session_row(s, now) for s in shown)
-        if len(status.sessions) > len(shown):
-            out.append(f"  ... {len(status.sessions) - len(shown)} more: tracemirrorctl sessions")
+        if status.totals.sessions > len(shown):
+            out.append(f"  ... {status.totals.sessions - len(shown)} more: tracemirrorctl sessions")
     if status.last_error:
         out.append(f"last error: {status.last_error}")
     for warning in status.warnings:
