@@ -100,18 +100,20 @@ def render_status(status: Status, now: float | None = None) -> str:
         )
     elif b.finished_at:
         out.append(
-            f"  backfill   done: {b.sessions_total} sessions, {_size(b.bytes_total)} ({b.finished_at})"
+            f"  backfill   done: {_n(b.sessions_total, 'session')}, {_size(b.bytes_total)} ({b.finished_at})"
         )
     t = status.totals
     out.append(
-        f"  totals     {t.sessions} sessions, {t.parts} parts, {_size(t.bytes_uploaded)} in the bucket, "
-        f"{t.redactions} redactions"
+        f"  totals     {_n(t.sessions, 'session')}, {_n(t.parts, 'part')}, {_size(t.bytes_uploaded)} "
+        "in the bucket, "
+        f"{_n(t.redactions, 'redaction')}"
     )
     out.append("harnesses:")
     for h in status.harnesses:
         detail = f"  {h.error}" if h.error else ""
         parked = f" ({h.parked} parked)" if h.parked else ""
-        out.append(f"  {h.name:<12} {h.state:<8} {h.sessions:>5} sessions{parked}  {h.root}{detail}")
+        word = "session " if h.sessions == 1 else "sessions"
+        out.append(f"  {h.name:<12} {h.state:<8} {h.sessions:>5} {word}{parked}  {h.root}{detail}")
     shown = _busiest(status.sessions)
     active = sum(1 for s in status.sessions if s.state == "following")
     out.append(f"sessions: {status.totals.sessions} ({active} active)")
@@ -161,6 +163,10 @@ def _session_row(s: SessionStatus, now: float) -> str:
     if s.error and s.state in ("error", "blocked"):
         row += f"  ({_clip(s.error, 80)})"
     return row
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _clip(text: str, width: int) -> str:
@@ -234,7 +240,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     print(_session_header() + "  CWD")
     for s in sorted(sessions, key=lambda s: (s.harness, _neg(s.last_flush_at))):
         print(_session_row(s, now) + f"  {s.cwd or '-'}")
-    print(f"{len(sessions)} session{'' if len(sessions) == 1 else 's'}")
+    print(_n(len(sessions), "session"))
     return EXIT_HEALTHY
 
 
