@@ -764,6 +764,7 @@ def test_status_bucket_with_two_daemons_on_s3(tmp_path: Path, s3_bucket: str, s3
         assert bob.stop() == 0, bob.log()
         wait_for(lambda: states() == {"alice@laptop": "running", "bob@desk": "stopped"}, 30, "bob stopped")
         done = ctl(ctl_env, *STATUS_BUCKET)
+        print(out(done))  # the team view as a person sees it (pytest -s shows it)
         assert done.returncode == 0, out(done)
         assert "tracemirrord bob@desk  stopped  heartbeat" in out(done)
         assert S3_SECRET.encode() not in done.stdout + done.stderr
