@@ -499,6 +499,7 @@ def test_tracemirrorctl_status_loads_nothing_else_of_the_daemon(tmp_path: Path) 
         "tracemirrord.ctl.status",
         "tracemirrord.ctl.bucket",
         "tracemirrord.ctl.team",
+        "tracemirrord.ctl.redact",
     }
     assert set(ours.split()) <= allowed, set(ours.split()) - allowed
     assert heavy.strip() == ""

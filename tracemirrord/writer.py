@@ -36,7 +36,8 @@ from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, S
 log = structlog.get_logger("tracemirrord.mirror")
 
 LEASE_TTL_S = 120.0
-_INLINE_REDACT_BYTES = 256 * 1024
+_INLINE_REDACT_BYTES = 32 * 1024  # larger batches go to a worker thread: one session's big (or
+# hostile) lines must not hold up the others, the heartbeat or SIGTERM; below this the hop costs more
 _DESCRIBE_LINES = 8
 _DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
 _DESCRIBE_PART_BYTES = 64 * 1024  # ... and small (a live session's, not a backfill's)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tracemirrord import __version__
 from tracemirrord.control.schema import EXIT_DEGRADED, EXIT_USAGE
-from tracemirrord.ctl import bucket, status
+from tracemirrord.ctl import bucket, redact, status
 from tracemirrord.ctl.common import CtlError, Verb
 
-VERBS: tuple[Verb, ...] = (*status.VERBS, *bucket.VERBS)
+VERBS: tuple[Verb, ...] = (*status.VERBS, *bucket.VERBS, *redact.VERBS)
 
 _EPILOG = """\
 exit codes: 0 healthy / nothing wrong, 1 degraded / a problem found, 2 no daemon reachable / bad usage
@@ -28,6 +28,7 @@ examples:
   tracemirrorctl sessions --harness claude-code --max-age 1d
   tracemirrorctl cat claude-code/SESSION_ID > copy.jsonl
   tracemirrorctl verify                 compare every bucket copy with its source
+  tracemirrorctl redact --report FILE   which secrets the daemon would remove from FILE, and where
 """
 
 
