@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.to_thread
@@ -43,6 +43,9 @@ from tracemirrord.frame import OVERSIZE_RULE, oversize_placeholder
 from tracemirrord.harnesses.base import Attachment
 from tracemirrord.model import SessionKey, is_safe_segment
 from tracemirrord.redact import Redactor
+
+if TYPE_CHECKING:
+    from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.store.base import ObjectStore, PreconditionFailed, StoreError
 
 log = structlog.get_logger("tracemirrord.attachments")
@@ -63,7 +66,7 @@ class AttachmentContext(Protocol):
     """What AttachmentMirror uses of the daemon's MirrorContext."""
 
     store: ObjectStore
-    redactor: Redactor
+    redactor: Redactor | AnonymizingRedactor
     project: str
     max_line_bytes: int
     health: _Health
@@ -83,7 +86,9 @@ class NotStable(Exception):
     """The file is too young or changed while it was read: try again later."""
 
 
-def prepare(path: Path, *, redactor: Redactor, max_line_bytes: int, stable_before: float) -> Prepared | None:
+def prepare(
+    path: Path, *, redactor: Redactor | AnonymizingRedactor, max_line_bytes: int, stable_before: float
+) -> Prepared | None:
     """Read and redact one attachment file (blocking). None when it is gone or no regular file.
 
     Raises NotStable when its mtime is after ``stable_before`` or it changed while being read.

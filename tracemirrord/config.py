@@ -138,6 +138,7 @@ class Settings(BaseSettings):
     harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(known_harnesses()))
     roots: dict[str, Path] = Field(default_factory=dict)
     redact: bool = True
+    anonymize: bool = False
     backfill: str = "all"
     state_dir: Path = Field(default_factory=default_state_dir)
     socket: Path | None = None

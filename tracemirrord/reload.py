@@ -3,7 +3,7 @@
 Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
 concurrency, the heartbeat interval, redaction on/off, the backfill window and the log level. A
 change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
-address, line limit, log format) would move or rename what is already mirrored or bound, so a
+address, line limit, log format, anonymizer) would move or rename what is already mirrored or bound, so a
 reload that touches it is refused as a whole and the running configuration stays.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.config import Settings
 from tracemirrord.logs import configure_logging
 from tracemirrord.redact import Redactor
@@ -27,6 +28,7 @@ RESTART_ONLY = (
     "metrics_addr",
     "max_line_bytes",
     "log_format",
+    "anonymize",
 )
 
 
@@ -72,7 +74,11 @@ def apply_live_settings(ctx: MirrorContext, old: Settings, new: Settings) -> lis
         ctx.limiter.total_tokens = new.upload_concurrency
         changes.append(f"upload concurrency {old.upload_concurrency} -> {new.upload_concurrency}")
     if new.redact != old.redact:
-        ctx.redactor = Redactor(enabled=new.redact)
+        redactor = Redactor(enabled=new.redact)
+        if isinstance(ctx.redactor, AnonymizingRedactor):
+            ctx.redactor = AnonymizingRedactor(redactor, ctx.redactor.anonymizer)
+        else:
+            ctx.redactor = redactor
         changes.append(f"redaction {'on' if new.redact else 'OFF'}")
     if new.backfill != old.backfill:
         max_age = new.backfill_max_age_s

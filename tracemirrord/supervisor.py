@@ -28,7 +28,8 @@ import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
-from tracemirrord import __version__, layout
+from tracemirrord import __version__, anonymize, layout
+from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
 from tracemirrord.config import ConfigError, Settings, build_store, load_settings, parse_metrics_addr
@@ -382,10 +383,12 @@ class Daemon:
             project=settings.project,
             bucket=inner.url,
             instance=uuid.uuid4().hex[:12],
-            host=socket.gethostname(),
+            host="[host]" if settings.anonymize else socket.gethostname(),  # meta.json, heartbeat
             redaction=settings.redact,
         )
-        redactor = Redactor(enabled=settings.redact)
+        redactor: Redactor | AnonymizingRedactor = Redactor(enabled=settings.redact)
+        if settings.anonymize:
+            redactor = anonymize.for_this_machine(redactor, settings.state_dir)
         self.telemetry = Telemetry(self.identity, live_settings(settings), redactor.rule_names)
         self.store = CountingStore(inner, self.telemetry)
         self.checkpoint = Checkpointer(

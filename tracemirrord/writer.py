@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -29,6 +30,9 @@ from tracemirrord.control.telemetry import Telemetry
 from tracemirrord.frame import OVERSIZE_RULE
 from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
+
+if TYPE_CHECKING:
+    from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.rollforward import read_bucket
 from tracemirrord.source import INFO_FIELDS, START, Position, Records, SessionInfo, Source
 from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
@@ -83,7 +87,7 @@ class MirrorContext:
 
     store: ObjectStore
     checkpoint: Checkpointer
-    redactor: Redactor
+    redactor: Redactor | AnonymizingRedactor  # the anonymizing one with TRACEMIRROR_ANONYMIZE
     project: str
     agent_id: str
     instance: str
@@ -119,6 +123,12 @@ class SessionWriter:
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
         return log.bind(harness=self.key.harness, session=self.key.session_id)
+
+    def shown_location(self) -> str:
+        """The source's path as meta.json may show it (anonymized with TRACEMIRROR_ANONYMIZE)."""
+        location = self.source.location
+        anonymizer = getattr(self.ctx.redactor, "anonymizer", None)
+        return anonymizer.apply(location.encode()).data.decode() if anonymizer else location
 
     @property
     def position(self) -> Position:
@@ -259,7 +269,7 @@ class SessionWriter:
         )
         state.adopt(part, self.ctx.parts_window)
         self.ctx.telemetry.part_written(part.source_bytes, part.redactions)
-        state.source_path = self.source.location
+        state.source_path = self.shown_location()
         if state.ended_at is not None:
             state.ended_at = None  # the source came back and grew
         self.last_flush_at = part.uploaded_at
@@ -368,7 +378,7 @@ class SessionWriter:
         """Write meta.json under If-Match on the ETag we last saw; claim or renew (or release) the lease."""
         assert self.state is not None
         state = self.state
-        state.source_path = self.source.location
+        state.source_path = self.shown_location()
         self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
         for _ in range(5):

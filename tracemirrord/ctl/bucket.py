@@ -322,7 +322,7 @@ def restore_destination(view: SessionView, to: Path | None) -> Path:
         raise CtlError(
             f"{view.key}: meta.json names no source path; give the destination with --to", EXIT_USAGE
         )
-    return Path(source.removesuffix(_ZST))
+    return Path(source.removesuffix(_ZST)).expanduser()  # "~/...": written by an anonymizing daemon
 
 
 def _make_parents(directory: Path) -> None:
@@ -476,6 +476,7 @@ class _BytesSource:
         them; meta.json may trail by its interval); None when none is there (the agent deleted it)."""
         import stat
 
+        source_path = os.path.expanduser(source_path) if source_path else source_path
         if not source_path:
             return None
         plain = source_path.removesuffix(_ZST)
