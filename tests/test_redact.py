@@ -480,12 +480,10 @@ def test_fail_closed_when_a_line_cannot_be_rebuilt(monkeypatch: pytest.MonkeyPat
     result = REDACTOR.redact(clean + secret_line + clean)
     lines = result.data.split(b"\n")
     assert lines[0] == lines[2] == clean.rstrip(b"\n")
-    assert json.loads(lines[1]) == {
-        "tracemirror": "line_dropped",
-        "reason": "redaction_error",
-        "bytes": len(secret_line) - 1,
-    }
-    assert result.counts == {ERROR_RULE: 1}
+    assert lines[1] == b'{"tracemirror":"line_withheld","reason":"redaction_error","bytes":%d}' % (
+        len(secret_line) - 1
+    )
+    assert result.counts == {"withheld-line": 1}
 
 
 def test_fail_closed_when_the_scan_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -499,17 +497,21 @@ def test_fail_closed_when_the_scan_fails(monkeypatch: pytest.MonkeyPatch) -> Non
     result = REDACTOR.redact(buffer)
     lines = result.data.split(b"\n")
     assert len(lines) == 4 and lines[3] == b""
-    assert [json.loads(x)["reason"] for x in lines[:3]] == ["redaction_error"] * 3
-    assert result.counts == {ERROR_RULE: 3}
+    assert lines[:3] == [
+        b'{"tracemirror":"line_withheld","reason":"redaction_error","bytes":7}',
+        b'{"tracemirror":"line_withheld","reason":"redaction_error","bytes":5}',
+        b'{"tracemirror":"line_withheld","reason":"redaction_error","bytes":7}',
+    ]
+    assert result.counts == {"withheld-line": 3}
 
 
-def test_unsafe_span_drops_the_line() -> None:
-    """A custom rule whose span would swallow a quote makes the line drop, not break JSON."""
+def test_unsafe_span_withholds_the_line() -> None:
+    """A custom rule whose span would swallow a quote makes the line withheld, not break JSON."""
     bad = Rule(name="greedy", pattern=r"secret[^}]*", keywords=("secret",))
     line = b'{"a":"secret","b":"x"}\n'
     result = Redactor([bad]).redact(line)
-    assert json.loads(result.data)["reason"] == "redaction_error"
-    assert result.counts == {ERROR_RULE: 1}
+    assert result.data == b'{"tracemirror":"line_withheld","reason":"unsafe_span","bytes":22}\n'
+    assert result.counts == {"withheld-line": 1}
 
 
 def test_custom_rules_replace_the_defaults() -> None:

@@ -10,45 +10,83 @@ Invariants, for any input buffer (complete lines, each ending in ``\\n``):
 - A replacement never crosses a quote and never starts or ends inside an escape sequence, so a
   line that was valid JSON is still valid JSON with the same structure (keys, nesting, types).
 - ``redact`` never raises on its input (invalid UTF-8, NUL bytes, non-JSON text, 20+ MB lines).
-- Fail closed: a line whose redaction raises is replaced by a small JSON placeholder
-  (``{"tracemirror":"line_dropped","reason":"redaction_error","bytes":N}``) and counted under
-  ``redaction_error``; it never passes through unredacted.
+- Fail closed: a line that cannot be redacted safely (a span that would break a quote or an
+  escape, a match that may run past ``MAX_MATCH`` bytes, any exception while redacting it) is
+  withheld: replaced by ``{"tracemirror":"line_withheld","reason":"<why>","bytes":N}`` (valid
+  JSON) and counted under ``withheld-line``. It never passes through as it was.
+- Linear time: the cost per input byte is bounded by a small constant whatever the input (runs
+  of backslashes, a keyword repeated 100,000 times, a 20 MB line of one byte), for rules whose
+  patterns do not backtrack over their own window (``tests/test_redact_hostile.py``).
 - Nothing here logs, and counts name rules only: no secret reaches a log.
 
 How a buffer is scanned (the hot path of backfill, so it scans the whole buffer at once):
 
-1. ``_KeywordIndex`` finds every keyword occurrence of every rule in a few passes over the
-   buffer: keywords that share a pivot byte (``_``, ``-``, ``A``) go into one regex that stops on
-   that byte and checks the bytes around it in C; other keywords are found with ``bytes.find``.
-2. At each occurrence the keyword's rules run ``pattern.match``; each match gives a span.
+1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass: an Aho-Corasick
+   automaton (``ahocorasick_rs``) when it is installed, else ``_KeywordIndex`` (a few regex and
+   ``bytes.find`` passes); both give the same hits. Keywords that ignore case are looked for in a
+   lowercased copy.
+2. At each hit, in order, the keyword's rules run ``pattern.match`` on at most ``MAX_MATCH`` bytes.
+   A hit inside the previous match of the same rule is skipped (a rule's matches never overlap,
+   as with ``finditer``), so a keyword repeated along a run costs one match, not one per keyword.
+   A match of an unbounded pattern that fills its window may have been cut short: its lines are
+   withheld. A span below the rule's entropy floor, or that fullmatches one of its allowlist
+   regexes, is kept.
 3. Lines that hold an escape decoding to a token character (``\\u002d``, ``\\/``; see
    ``rules.TOKEN_CHARS``) are scanned again in decoded form (a probe in which each such escape
    is one byte), and probe spans are mapped back to the raw bytes, so the replacement covers the
    whole escape sequences. Nested JSON needs no parsing: token classes stop at ``\\`` and ``"``
    at any nesting depth, and a backslash run of any length is one escape in the probe.
 4. Spans are merged, cut at line ends (only a PEM block in plain text spans lines), and only the
-   lines that hold one are rebuilt.
+   lines that hold one are rebuilt. Escape parity is read from the backslash run before a
+   position in growing C-level slices, never by a walk from every position.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tracemirrord.rules import DEFAULT_RULES, TOKEN_CHARS, Rule
 
-__all__ = ["ERROR_RULE", "Redaction", "Redactor", "Rule"]
+try:  # a Rust Aho-Corasick: one pass for all keywords, whatever their number
+    import ahocorasick_rs
+except ImportError:  # pragma: no cover - a platform without its wheel: _KeywordIndex gives the same hits
+    ahocorasick_rs = None
 
-#: The count name of lines dropped because redacting them raised.
-ERROR_RULE = "redaction_error"
+__all__ = ["ERROR_RULE", "MAX_MATCH", "WITHHELD_RULE", "Redaction", "Redactor", "Rule", "native_available"]
+
+#: The count name of withheld lines (replaced by a placeholder because redacting them was unsafe).
+WITHHELD_RULE = "withheld-line"
+#: The name importers used before; the same count.
+ERROR_RULE = WITHHELD_RULE
+#: Longest match a rule may have: a pattern scans at most this far from its keyword. A match of an
+#: unbounded pattern that reaches it may be a longer secret cut short, so its lines are withheld.
+MAX_MATCH = 16 * 1024
+# A match ending this close to its window's end may have been shortened by the window (a lookahead
+# or boundary that could not see past it), so it counts as cut short too.
+_CUT_SLACK = 64
+
+# Why a line was withheld (the placeholder's "reason").
+_UNSAFE = "unsafe_span"
+_TOO_LONG = "match_too_long"
+_ERROR = "redaction_error"
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+_RESERVED_NAMES = frozenset({WITHHELD_RULE, "redaction_error"})
 _BACKSLASH = 0x5C
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Bytes shared by many token prefixes (ghp_, sk-, AKIA): one scan per pivot byte finds them all.
 _PIVOTS = (b"_", b"-", b"A")
+
+
+def native_available() -> bool:
+    """Whether the Aho-Corasick keyword scan (``ahocorasick_rs``) can be used here."""
+    return ahocorasick_rs is not None
 
 
 def _escaped_token_chars(chars: Iterable[int]) -> bytes:
@@ -64,10 +102,14 @@ def _escaped_token_chars(chars: Iterable[int]) -> bytes:
     return "|".join(alts).encode()
 
 
+_TOKEN_HEX = _escaped_token_chars(TOKEN_CHARS)
 # An escape hiding a token character: \/ or \u00XX (e.g. \u002d). Not Go's \u003c, \u0026.
-_TOKEN_ESCAPE = re.compile(rb"\\(?:/|u00(?:" + _escaped_token_chars(TOKEN_CHARS) + rb"))")
-# The same \u00XX escapes, found from their "u" (a literal, so sre scans for it quickly).
-_TOKEN_U00 = re.compile(rb"(?<=\\)u00(" + _escaped_token_chars(TOKEN_CHARS) + rb")")
+_TOKEN_ESCAPE = re.compile(rb"\\(?:/|u00(?:" + _TOKEN_HEX + rb"))")
+# The same escapes with their whole backslash run (one backslash per nesting level), found from the
+# run's first backslash; the lookbehind and the possessive run keep the search linear on any run.
+_TOKEN_ESCAPE_RUN = re.compile(rb"(?<!\\)\\++(?:/|u00(" + _TOKEN_HEX + rb"))")
+_U00_RUN = re.compile(rb"(?<!\\)\\++u00(" + _TOKEN_HEX + rb")")
+_SLASH_RUN = re.compile(rb"(?<!\\)\\++/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +126,19 @@ class _Compiled:
     regex: re.Pattern[bytes]
     group: int
     placeholder: bytes
+    unbounded: bool  # a match may be as long as MAX_MATCH (so one that long may be cut short)
+    entropy: float | None  # a span with fewer bits per byte is kept
+    allowlist: tuple[re.Pattern[bytes], ...]  # a span that fullmatches one is kept
 
 
 class _UnsafeSpan(Exception):
-    """A span would break an escape or a string; the line is dropped instead (fail closed)."""
+    """A span would break an escape or a string; the line is withheld instead (fail closed)."""
 
 
 class _KeywordIndex:
     """Finds every occurrence of a fixed set of case-sensitive keywords in a few passes.
 
+    The pure-Python keyword scan (``_Keywords`` uses it when ``ahocorasick_rs`` is missing).
     Keywords holding a pivot byte share one regex per pivot. The regex stops on the pivot (sre
     scans for a literal first byte in C), then tries one branch per keyword: the bytes after the
     pivot as a literal (a cheap first-byte test) followed by a lookbehind over the whole keyword;
@@ -168,13 +214,129 @@ class _KeywordIndex:
 
 
 def _aligned(kw: bytes, at: int, other: bytes, other_at: int) -> bool:
-    """True if ``other`` (pivot at ``other_at``) can occur where ``kw`` (pivot at ``at``) does."""
+    """True if ``other`` (pivot at ``at``) can occur where ``kw`` (pivot at ``other_at``) does."""
     shift = at - other_at  # position of other[0] relative to kw[0]
     for i, byte in enumerate(other):
         j = i + shift
         if 0 <= j < len(kw) and kw[j] != byte:
             return False
     return True
+
+
+class _Keywords:
+    """Every ``(start, rule index)`` where one of a rule's keywords occurs, in one scan of the data.
+
+    ``specs`` maps ``(keyword, ignore_case)`` to the indexes of the rules it keys (a keyword that
+    ignores case is given lowercased). When any keyword ignores case, the scan runs over a
+    lowercased copy and case-sensitive keywords are checked against the original bytes.
+
+    With ``ahocorasick_rs`` the scan is leftmost-longest and non-overlapping (the library's fast
+    path); the occurrences it skips are recovered exactly: every keyword that starts inside a hit
+    either lies within it (known from the hit's keyword alone) or runs past its end (checked with
+    ``startswith``), and one that starts at or after the end is found by the scan itself.
+    Without it, ``_KeywordIndex`` finds the same occurrences.
+    """
+
+    __slots__ = ("_ac", "_entries", "_index", "_lower", "_patterns", "_within")
+
+    def __init__(self, specs: Mapping[tuple[bytes, bool], Sequence[int]], *, native: bool) -> None:
+        self._lower = any(ignore_case for _, ignore_case in specs)
+        # The pattern as searched -> [(keyword to check in the original bytes or None, rule indexes)].
+        entries: dict[bytes, list[tuple[bytes | None, tuple[int, ...]]]] = {}
+        for (kw, ignore_case), indexes in specs.items():
+            pattern = kw.lower() if self._lower else kw
+            check = kw if self._lower and not ignore_case else None
+            entries.setdefault(pattern, []).append((check, tuple(indexes)))
+        self._patterns = tuple(sorted(entries))
+        self._entries = tuple(tuple(entries[p]) for p in self._patterns)
+        self._ac: Any = None
+        self._index: _KeywordIndex | None = None
+        self._within: tuple[tuple[tuple[int, int, bool], ...], ...] = ()
+        if native:
+            if ahocorasick_rs is None:
+                raise ValueError("the Aho-Corasick keyword scan needs ahocorasick_rs, which is not installed")
+            self._ac = ahocorasick_rs.BytesAhoCorasick(
+                list(self._patterns),
+                matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST,
+                implementation=ahocorasick_rs.Implementation.DFA,
+            )
+            self._within = tuple(_within(p, self._patterns) for p in self._patterns)
+        else:
+            self._index = _KeywordIndex(self._patterns)
+
+    @property
+    def native(self) -> bool:
+        return self._ac is not None
+
+    def hits(self, data: bytes) -> list[tuple[int, int]]:
+        """Every ``(start, rule index)``, sorted, each once."""
+        hay = data.lower() if self._lower else data
+        found: list[tuple[int, int]] = []
+        entries = self._entries
+        if self._ac is not None:
+            patterns, within = self._patterns, self._within
+            for number, start, _end in self._ac.find_matches_as_indexes(hay):
+                _emit(found, data, entries[number], start)
+                for offset, other, must_check in within[number]:
+                    if not must_check or hay.startswith(patterns[other], start + offset):
+                        _emit(found, data, entries[other], start + offset)
+        else:
+            assert self._index is not None
+            number_of = {p: i for i, p in enumerate(self._patterns)}
+            for start, pattern in self._index.occurrences(hay):
+                _emit(found, data, entries[number_of[pattern]], start)
+        found = list(set(found))
+        found.sort()
+        return found
+
+
+def _emit(
+    found: list[tuple[int, int]],
+    data: bytes,
+    entry: Sequence[tuple[bytes | None, tuple[int, ...]]],
+    start: int,
+) -> None:
+    """Add the rules of a pattern seen at ``start`` whose keyword is there in its own case."""
+    for check, indexes in entry:
+        if check is None or data.startswith(check, start):
+            found.extend((start, index) for index in indexes)
+
+
+def _within(pattern: bytes, patterns: Sequence[bytes]) -> tuple[tuple[int, int, bool], ...]:
+    """``(offset, other pattern, must check)`` for each other pattern that starts inside ``pattern``:
+    lying within it (no check needed) or running past its end (check the bytes after it)."""
+    out = []
+    for number, other in enumerate(patterns):
+        for offset in range(len(pattern)):
+            if offset == 0 and other == pattern:
+                continue
+            tail = pattern[offset:]
+            if len(other) <= len(tail):
+                if tail.startswith(other):
+                    out.append((offset, number, False))
+            elif other.startswith(tail) and offset > 0:
+                out.append((offset, number, True))
+    return tuple(out)
+
+
+def _backslash_run(data: bytes, pos: int) -> int:
+    """Length of the run of backslashes that ends right before ``data[pos]``.
+
+    Read in growing slices with C-level ``rstrip``, so a run of any length costs about its length,
+    not a Python step per byte.
+    """
+    if pos <= 0 or data[pos - 1] != _BACKSLASH:
+        return 0
+    size = 16
+    while True:
+        low = pos - size
+        if low <= 0:
+            chunk = data[:pos]
+            return len(chunk) - len(chunk.rstrip(b"\\"))
+        run = size - len(data[low:pos].rstrip(b"\\"))
+        if run < size:
+            return run
+        size *= 8
 
 
 def _inside_escape(data: bytes, pos: int) -> bool:
@@ -184,7 +346,7 @@ def _inside_escape(data: bytes, pos: int) -> bool:
     starts a new character. Replacing there keeps the line valid JSON; inside a nested JSON string
     it may leave ``\\`` before the replacement, which is the price of never skipping a secret.
     """
-    if _odd_backslashes_before(data, pos):
+    if _backslash_run(data, pos) % 2:
         return True
     # One of the four hex digits of \uXXXX: a "u" opening an escape sits 1 to 4 bytes back, with
     # only hex digits between it and pos.
@@ -194,23 +356,15 @@ def _inside_escape(data: bytes, pos: int) -> bool:
             return False
         if digits_before and data[u + 1] not in _HEX:
             return False
-        if data[u] == 0x75 and _odd_backslashes_before(data, u):
+        if data[u] == 0x75 and _backslash_run(data, u) % 2:
             return True
     return False
-
-
-def _odd_backslashes_before(data: bytes, pos: int) -> bool:
-    """True if an odd number of backslashes ends right before ``data[pos]``."""
-    run = 0
-    while pos - run > 0 and data[pos - run - 1] == _BACKSLASH:
-        run += 1
-    return run % 2 == 1
 
 
 def _check_span(line: bytes, start: int, end: int) -> None:
     """Raise ``_UnsafeSpan`` unless replacing ``line[start:end]`` keeps quotes and escapes whole."""
     if (
-        b'"' in line[start:end]
+        line.find(b'"', start, end) >= 0
         or _inside_escape(line, start)
         or (end < len(line) and _inside_escape(line, end))
     ):
@@ -230,9 +384,22 @@ def _apply(line: bytes, pieces: Sequence[tuple[int, int, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def _placeholder(dropped_bytes: int) -> bytes:
-    """The valid JSON line that stands for a line whose redaction failed."""
-    return b'{"tracemirror":"line_dropped","reason":"redaction_error","bytes":%d}' % dropped_bytes
+def _placeholder(reason: str, withheld_bytes: int) -> bytes:
+    """The valid JSON line that stands for a withheld line (never its content)."""
+    return b'{"tracemirror":"line_withheld","reason":"%s","bytes":%d}' % (reason.encode(), withheld_bytes)
+
+
+def _entropy(span: bytes) -> float:
+    """Shannon entropy of ``span`` in bits per byte."""
+    n = len(span)
+    return -sum(c / n * math.log2(c / n) for c in Counter(span).values()) if n else 0.0
+
+
+def _kept(rule: _Compiled, data: bytes, start: int, end: int) -> bool:
+    """True if the rule's entropy floor or allowlist says ``data[start:end]`` is no secret."""
+    if rule.entropy is not None and _entropy(data[start:end]) < rule.entropy:
+        return True
+    return any(allowed.fullmatch(data, start, end) for allowed in rule.allowlist)
 
 
 def _quick_probe(line: bytes) -> bytes:
@@ -242,20 +409,9 @@ def _quick_probe(line: bytes) -> bytes:
     is one escape (``\\u002d`` one level down still hides a dash).
     """
     if b"\\u00" in line:
-        parts: list[bytes] = []
-        prev = 0
-        for m in _TOKEN_U00.finditer(line):
-            start = m.start() - 1
-            while start > prev and line[start - 1] == _BACKSLASH:
-                start -= 1
-            parts.append(line[prev:start])
-            parts.append(bytes((int(m.group(1), 16),)))
-            prev = m.end()
-        if parts:
-            parts.append(line[prev:])
-            line = b"".join(parts)
-    while b"\\/" in line:  # each pass shortens every backslash run before a slash by one
-        line = line.replace(b"\\/", b"/")
+        line = _U00_RUN.sub(lambda m: bytes((int(m.group(1), 16),)), line)
+    if b"\\/" in line:
+        line = _SLASH_RUN.sub(b"/", line)
     return line
 
 
@@ -269,14 +425,12 @@ def _probe(line: bytes) -> tuple[bytes, list[int], list[int]]:
     where: list[int] = []
     extra: list[int] = []
     prev = probe_len = added = 0
-    for m in _TOKEN_ESCAPE.finditer(line):
+    for m in _TOKEN_ESCAPE_RUN.finditer(line):
         start, end = m.span()
-        while start > prev and line[start - 1] == _BACKSLASH:  # nested: \\u002d, \\\\/ ...
-            start -= 1
         parts.append(line[prev:start])
         probe_len += start - prev
-        token = m.group()
-        parts.append(b"/" if token.endswith(b"/") else bytes((int(token[-2:], 16),)))
+        digits = m.group(1)
+        parts.append(b"/" if digits is None else bytes((int(digits, 16),)))
         where.append(probe_len)
         added += end - start - 1
         extra.append(added)
@@ -290,30 +444,42 @@ class Redactor:
     """Replaces secrets in buffers of complete JSONL lines; rules are compiled once, here.
 
     ``rules`` defaults to ``tracemirrord.rules.DEFAULT_RULES``. With ``enabled=False``,
-    ``redact`` returns its input unchanged and no counts. A bad rule (name, keywords, pattern)
-    raises ``ValueError`` here, never later in ``redact``.
+    ``redact`` returns its input unchanged and no counts. A bad rule (name, keywords, pattern,
+    entropy, allowlist) raises ``ValueError`` here, never later in ``redact``. ``aho_corasick``
+    picks the keyword scan: None uses ``ahocorasick_rs`` when installed, False the pure-Python
+    one (the same results; tests compare them).
     """
 
-    __slots__ = ("_by_keyword", "_enabled", "_index", "_rules")
+    __slots__ = ("_enabled", "_keywords", "_rules")
 
-    def __init__(self, rules: Sequence[Rule] | None = None, *, enabled: bool = True) -> None:
+    def __init__(
+        self, rules: Sequence[Rule] | None = None, *, enabled: bool = True, aho_corasick: bool | None = None
+    ) -> None:
         source = DEFAULT_RULES if rules is None else tuple(rules)
         self._enabled = enabled
-        self._rules = tuple(_compile(rule) for rule in source)
+        allow_cache: dict[str, re.Pattern[bytes]] = {}
+        self._rules = tuple(_compile(rule, allow_cache) for rule in source)
         names = [rule.name for rule in self._rules]
         if len(set(names)) != len(names):
             raise ValueError("rule names must be unique")
-        by_keyword: dict[bytes, list[int]] = {}
+        specs: dict[tuple[bytes, bool], list[int]] = {}
         for index, rule in enumerate(source):
+            ignore_case = bool(getattr(rule, "keywords_ignore_case", False))
             for kw in dict.fromkeys(rule.keywords):
-                by_keyword.setdefault(kw.encode("ascii"), []).append(index)
-        self._by_keyword = {kw: tuple(indexes) for kw, indexes in by_keyword.items()}
-        self._index = _KeywordIndex(self._by_keyword)
+                key = kw.encode("ascii")
+                specs.setdefault((key.lower() if ignore_case else key, ignore_case), []).append(index)
+        native = native_available() if aho_corasick is None else aho_corasick
+        self._keywords = _Keywords(specs, native=native)
 
     @property
     def enabled(self) -> bool:
         """Whether ``redact`` changes anything."""
         return self._enabled
+
+    @property
+    def aho_corasick(self) -> bool:
+        """Whether keywords are found with ``ahocorasick_rs`` (else with the pure-Python scan)."""
+        return self._keywords.native
 
     @property
     def rule_names(self) -> tuple[str, ...]:
@@ -328,17 +494,20 @@ class Redactor:
         try:
             return self._redact_buffer(data)
         except Exception:
-            # Something outside the per-line steps failed: redo it line by line, and drop any
-            # line that still fails (fail closed).
+            pass
+        # Something outside the per-line steps failed: redo it line by line, and withhold any
+        # line that still fails (fail closed).
+        try:
             return self._redact_line_by_line(data)
+        except Exception:
+            return _withhold_all(data)
 
     def _redact_line_by_line(self, data: bytes) -> Redaction:
         out: list[bytes] = []
         counts: dict[str, int] = {}
         start = 0
         while start < len(data):
-            end = data.find(b"\n", start)
-            end = len(data) if end < 0 else end
+            end = _line_end(data, start)
             line = data[start:end]
             try:
                 result = self._redact_buffer(line)
@@ -346,63 +515,103 @@ class Redactor:
                 for name, n in result.counts.items():
                     counts[name] = counts.get(name, 0) + n
             except Exception:
-                out.append(_placeholder(len(line)))
-                counts[ERROR_RULE] = counts.get(ERROR_RULE, 0) + 1
+                out.append(_placeholder(_ERROR, len(line)))
+                counts[WITHHELD_RULE] = counts.get(WITHHELD_RULE, 0) + 1
             out.append(data[end : end + 1])
             start = end + 1
         return Redaction(b"".join(out), counts)
 
-    def _find(self, data: bytes) -> list[tuple[int, int, int]]:
-        """Every ``(start, end, rule index)`` to replace in ``data``, unsorted and overlapping."""
+    def _find(self, data: bytes) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+        """Spans to replace, ``(start, end, rule index)`` (unsorted, may overlap), and the
+        ``(start, end)`` of matches that may have been cut short (their lines are withheld)."""
         spans: list[tuple[int, int, int]] = []
+        cut: list[tuple[int, int]] = []
         rules = self._rules
-        by_keyword = self._by_keyword
-        for at, kw in self._index.occurrences(data):
-            for index in by_keyword[kw]:
-                rule = rules[index]
-                m = rule.regex.match(data, at)
-                if m is None:
-                    continue
-                start, end = m.span(rule.group)
-                # A match that starts inside an escape (the "npm_" of "\npm_") is not a secret
-                # in decoded text, and replacing it would break the escape.
-                if 0 <= start < end and not _inside_escape(data, start):
-                    spans.append((start, end, index))
-        return spans
+        last_end = [0] * len(rules)  # where each rule's previous match ended
+        size = len(data)
+        skip_to = 0  # hits before this sit on lines already withheld
+        escaped: dict[int, bool] = {}
+        for at, index in self._keywords.hits(data):
+            if at < skip_to or at < last_end[index]:
+                continue
+            rule = rules[index]
+            window = at + MAX_MATCH
+            m = rule.regex.match(data, at, window)
+            if m is None:
+                continue
+            match_end = m.end()
+            last_end[index] = match_end
+            if rule.unbounded and window < size and match_end > window - _CUT_SLACK:
+                cut.append((at, match_end))
+                skip_to = _line_end(data, match_end)
+                continue
+            start, end = m.span(rule.group)
+            if not 0 <= start < end:
+                continue
+            if (rule.entropy is not None or rule.allowlist) and _kept(rule, data, start, end):
+                continue
+            # A match that starts inside an escape (the "npm_" of "\npm_") is not a secret
+            # in decoded text, and replacing it would break the escape.
+            inside = escaped.get(start)
+            if inside is None:
+                inside = escaped[start] = _inside_escape(data, start)
+            if not inside:
+                spans.append((start, end, index))
+        return spans, cut
 
-    def _find_decoded(self, data: bytes, line_start: int, line_end: int) -> list[tuple[int, int, int]]:
-        """Spans of one line found in its decoded probe, mapped back to raw positions in ``data``."""
+    def _find_decoded(
+        self, data: bytes, line_start: int, line_end: int
+    ) -> tuple[list[tuple[int, int, int]], bool]:
+        """Spans of one line found in its decoded probe, mapped back to raw positions in ``data``,
+        and whether a match in the probe may have been cut short (the line is then withheld)."""
         line = data[line_start:line_end]
-        if not self._find(_quick_probe(line)):
-            return []  # the usual case: no secret, so no position map is needed
+        quick = _quick_probe(line)
+        found, cut = self._find(quick)
+        if cut:
+            return [], True
+        if not found:
+            return [], False  # the usual case: no secret, so no position map is needed
         probe, where, extra = _probe(line)
+        if probe != quick:
+            raise RuntimeError("probes disagree")  # cannot map spans back: withhold the line
         spans = []
-        for start, end, index in self._find(probe):
+        for start, end, index in found:
             i = bisect_left(where, start)
             raw_start = line_start + start + (extra[i - 1] if i else 0)
             i = bisect_left(where, end)
             raw_end = line_start + end + (extra[i - 1] if i else 0)
             if not _inside_escape(data, raw_start):
                 spans.append((raw_start, raw_end, index))
-        return spans
+        return spans, False
 
     def _redact_buffer(self, data: bytes) -> Redaction:
-        spans = self._find(data)
-        failed: set[int] = set()  # starts of lines whose redaction raised
+        spans, cut = self._find(data)
+        withheld: dict[int, tuple[int, str]] = {}  # line start -> (line end, reason)
+        for start, end in cut:
+            line_start = data.rfind(b"\n", 0, start) + 1
+            while True:  # every line the cut match touched
+                line_end = _line_end(data, line_start)
+                withheld[line_start] = (line_end, _TOO_LONG)
+                if line_end >= end or line_end >= len(data):
+                    break
+                line_start = line_end + 1
 
         # Lines hiding a token character behind an escape are scanned again, decoded.
         m = _TOKEN_ESCAPE.search(data)
         while m is not None:
             line_start = data.rfind(b"\n", 0, m.start()) + 1
-            line_end = data.find(b"\n", m.end())
-            line_end = len(data) if line_end < 0 else line_end
-            try:
-                spans.extend(self._find_decoded(data, line_start, line_end))
-            except Exception:
-                failed.add(line_start)
+            line_end = _line_end(data, m.end())
+            if line_start not in withheld:
+                try:
+                    found, too_long = self._find_decoded(data, line_start, line_end)
+                    if too_long:
+                        withheld[line_start] = (line_end, _TOO_LONG)
+                    spans.extend(found)
+                except Exception:
+                    withheld[line_start] = (line_end, _ERROR)
             m = _TOKEN_ESCAPE.search(data, line_end)
 
-        if not spans and not failed:
+        if not spans and not withheld:
             return Redaction(data, {})
 
         # Merge overlaps; on a tie the earlier (more specific) rule names the span.
@@ -414,16 +623,18 @@ class Redactor:
             else:
                 merged.append([start, end, index])
 
-        # Cut spans into per-line pieces; a span is counted on the line where it starts.
-        lines: dict[int, tuple[int, list[tuple[int, int, bytes]], list[str]]] = {
-            start: (_line_end(data, start), [], []) for start in failed
-        }
+        # Cut spans into per-line pieces; a span is counted on the line where it starts. Spans are
+        # sorted, so each line end is searched for once.
+        lines: dict[int, tuple[int, list[tuple[int, int, bytes]], list[str]]] = {}
+        line_start, line_end = 0, -1  # the line of the previous span ([start, end of line))
         for start, end, index in merged:
             rule = self._rules[index]
-            line_start = data.rfind(b"\n", 0, start) + 1
+            if start > line_end:
+                newline = data.rfind(b"\n", line_end + 1, start)
+                line_start = line_end + 1 if newline < 0 else newline + 1
+                line_end = _line_end(data, line_start)
             first = True
             while True:
-                line_end = _line_end(data, line_start)
                 entry = lines.setdefault(line_start, (line_end, [], []))
                 if first:
                     entry[2].append(rule.name)
@@ -431,23 +642,32 @@ class Redactor:
                 piece_end = min(end, line_end)
                 if start < piece_end:
                     entry[1].append((start - line_start, piece_end - line_start, rule.placeholder))
-                if end <= line_end + 1:
+                if end <= line_end + 1 or line_end >= len(data):
                     break
                 line_start = start = line_end + 1
+                line_end = _line_end(data, line_start)
 
         out: list[bytes] = []
         counts: dict[str, int] = {}
         prev = 0
-        for line_start in sorted(lines):
-            line_end, pieces, names = lines[line_start]
+        for line_start in sorted(lines.keys() | withheld.keys()):
+            reason: str | None = None
+            if line_start in withheld:
+                line_end, reason = withheld[line_start]
+                names: list[str] = []
+            else:
+                line_end, pieces, names = lines[line_start]
             line = data[line_start:line_end]
-            try:
-                if line_start in failed:
-                    raise _UnsafeSpan
-                new_line = _apply(line, pieces)
-            except Exception:
-                new_line = _placeholder(len(line))
-                names = [ERROR_RULE]
+            if reason is None:
+                try:
+                    new_line = _apply(line, pieces)
+                except _UnsafeSpan:
+                    reason = _UNSAFE
+                except Exception:
+                    reason = _ERROR
+            if reason is not None:
+                new_line = _placeholder(reason, len(line))
+                names = [WITHHELD_RULE]
             for name in names:
                 counts[name] = counts.get(name, 0) + 1
             out.append(data[prev:line_start])
@@ -457,15 +677,34 @@ class Redactor:
         return Redaction(b"".join(out), counts)
 
 
-def _line_end(data: bytes, line_start: int) -> int:
-    """Index of the ``\\n`` ending the line that starts at ``line_start`` (or ``len(data)``)."""
-    end = data.find(b"\n", line_start)
+def _withhold_all(data: bytes) -> Redaction:
+    """Every line withheld: the last resort when even line-by-line redaction failed."""
+    sizes = [len(line) for line in data.split(b"\n")]
+    last = sizes.pop()  # the bytes after the last newline (usually none)
+    out = b"".join(_placeholder(_ERROR, n) + b"\n" for n in sizes)
+    if last:
+        out += _placeholder(_ERROR, last)
+    return Redaction(out, {WITHHELD_RULE: len(sizes) + (1 if last else 0)})
+
+
+def _line_end(data: bytes, pos: int) -> int:
+    """Index of the ``\\n`` ending the line that holds ``pos`` (or ``len(data)``)."""
+    end = data.find(b"\n", pos)
     return len(data) if end < 0 else end
 
 
-def _compile(rule: Rule) -> _Compiled:
+def _max_width(regex: re.Pattern[bytes]) -> int | None:
+    """Most bytes a match of ``regex`` can span (lookarounds aside); None if unbounded or unknown."""
+    try:
+        hi = re._parser.parse(regex.pattern, regex.flags).getwidth()[1]  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return hi if hi < MAX_MATCH else None
+
+
+def _compile(rule: Rule, allow_cache: dict[str, re.Pattern[bytes]]) -> _Compiled:
     """Check one rule and compile its pattern; raise ``ValueError`` if it is unusable."""
-    if not _NAME.match(rule.name) or rule.name == ERROR_RULE:
+    if not _NAME.match(rule.name) or rule.name in _RESERVED_NAMES:
         raise ValueError(f"rule name {rule.name!r}: use lowercase letters, digits and dashes")
     if not rule.keywords or not all(kw and kw.isascii() for kw in rule.keywords):
         raise ValueError(f"rule {rule.name!r}: keywords must be non-empty ASCII literals")
@@ -475,4 +714,28 @@ def _compile(rule: Rule) -> _Compiled:
         raise ValueError(f"rule {rule.name!r}: bad pattern: {exc}") from exc
     if not 0 <= rule.secret_group <= regex.groups:
         raise ValueError(f"rule {rule.name!r}: no group {rule.secret_group}")
-    return _Compiled(rule.name, regex, rule.secret_group, f"[REDACTED:{rule.name}]".encode())
+    entropy = getattr(rule, "entropy", None)
+    if entropy is not None:
+        if isinstance(entropy, bool) or not isinstance(entropy, int | float) or not 0 <= entropy <= 8:
+            raise ValueError(f"rule {rule.name!r}: entropy must be a number of bits per byte, 0 to 8")
+        entropy = float(entropy)
+    allowlist = getattr(rule, "allowlist", ())
+    if isinstance(allowlist, str | bytes):
+        raise ValueError(f"rule {rule.name!r}: allowlist must be a tuple of regexes")
+    allowed = []
+    for source in allowlist:
+        if source not in allow_cache:
+            try:
+                allow_cache[source] = re.compile(source.encode("ascii"))
+            except (re.error, UnicodeEncodeError, AttributeError) as exc:
+                raise ValueError(f"rule {rule.name!r}: bad allowlist regex {source!r}: {exc}") from exc
+        allowed.append(allow_cache[source])
+    return _Compiled(
+        name=rule.name,
+        regex=regex,
+        group=rule.secret_group,
+        placeholder=f"[REDACTED:{rule.name}]".encode(),
+        unbounded=_max_width(regex) is None,
+        entropy=entropy,
+        allowlist=tuple(allowed),
+    )
