@@ -49,6 +49,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from tracemirrord.rules import DEFAULT_RULES, TOKEN_CHARS, Rule
@@ -224,99 +225,75 @@ def _aligned(kw: bytes, at: int, other: bytes, other_at: int) -> bool:
 
 
 class _Keywords:
-    """Every ``(start, rule index)`` where one of a rule's keywords occurs, in one scan of the data.
+    """Every keyword occurrence of every rule, as ``(start, rule indexes)`` sorted by start.
 
     ``specs`` maps ``(keyword, ignore_case)`` to the indexes of the rules it keys (a keyword that
-    ignores case is given lowercased). When any keyword ignores case, the scan runs over a
-    lowercased copy and case-sensitive keywords are checked against the original bytes.
-
-    With ``ahocorasick_rs`` the scan is leftmost-longest and non-overlapping (the library's fast
-    path); the occurrences it skips are recovered exactly: every keyword that starts inside a hit
-    either lies within it (known from the hit's keyword alone) or runs past its end (checked with
-    ``startswith``), and one that starts at or after the end is found by the scan itself.
-    Without it, ``_KeywordIndex`` finds the same occurrences.
+    ignores case is given lowercased). One scan finds them all: over the data as it is when every
+    keyword is case-sensitive, else over a lowercased copy, where a case-sensitive keyword's hit is
+    checked against the original bytes (one scan of a copy is faster than two scans, and few hits
+    need the check). The scan is an ``ahocorasick_rs`` automaton (overlapping matches, so ``sk-``
+    and ``sk-ant-`` at one place are both reported) or, without it, ``_KeywordIndex``; both give
+    the same hits.
     """
 
-    __slots__ = ("_ac", "_entries", "_index", "_lower", "_patterns", "_within")
+    __slots__ = ("_checked", "_direct", "_find", "_lower", "_native", "_number")
 
     def __init__(self, specs: Mapping[tuple[bytes, bool], Sequence[int]], *, native: bool) -> None:
+        if native and ahocorasick_rs is None:
+            raise ValueError("the Aho-Corasick keyword scan needs ahocorasick_rs, which is not installed")
+        self._native = native
         self._lower = any(ignore_case for _, ignore_case in specs)
-        # The pattern as searched -> [(keyword to check in the original bytes or None, rule indexes)].
-        entries: dict[bytes, list[tuple[bytes | None, tuple[int, ...]]]] = {}
+        direct: dict[bytes, set[int]] = {}  # pattern -> rules keyed there with no check
+        checked: dict[bytes, dict[bytes, set[int]]] = {}  # pattern -> keyword to check -> rules
         for (kw, ignore_case), indexes in specs.items():
             pattern = kw.lower() if self._lower else kw
-            check = kw if self._lower and not ignore_case else None
-            entries.setdefault(pattern, []).append((check, tuple(indexes)))
-        self._patterns = tuple(sorted(entries))
-        self._entries = tuple(tuple(entries[p]) for p in self._patterns)
-        self._ac: Any = None
-        self._index: _KeywordIndex | None = None
-        self._within: tuple[tuple[tuple[int, int, bool], ...], ...] = ()
+            direct.setdefault(pattern, set())
+            checked.setdefault(pattern, {})
+            if ignore_case or not self._lower:
+                direct[pattern].update(indexes)
+            else:
+                checked[pattern].setdefault(kw, set()).update(indexes)
+        patterns = sorted(direct)
+        self._number = {p: i for i, p in enumerate(patterns)}
+        self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
+        self._checked = tuple(
+            tuple((kw, tuple(sorted(ix))) for kw, ix in sorted(checked[p].items())) for p in patterns
+        )
+        self._find: Any
         if native:
-            if ahocorasick_rs is None:
-                raise ValueError("the Aho-Corasick keyword scan needs ahocorasick_rs, which is not installed")
-            self._ac = ahocorasick_rs.BytesAhoCorasick(
-                list(self._patterns),
-                matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST,
-                implementation=ahocorasick_rs.Implementation.DFA,
+            automaton = ahocorasick_rs.BytesAhoCorasick(
+                patterns, implementation=ahocorasick_rs.Implementation.DFA
             )
-            self._within = tuple(_within(p, self._patterns) for p in self._patterns)
+            self._find = automaton.find_matches_as_indexes
         else:
-            self._index = _KeywordIndex(self._patterns)
+            self._find = _KeywordIndex(patterns).occurrences
 
     @property
     def native(self) -> bool:
-        return self._ac is not None
+        return self._native
 
-    def hits(self, data: bytes) -> list[tuple[int, int]]:
-        """Every ``(start, rule index)``, sorted, each once."""
+    def hits(self, data: bytes) -> list[tuple[int, tuple[int, ...]]]:
+        """``(start, indexes of the rules keyed there)``, sorted by start (a start may repeat)."""
         hay = data.lower() if self._lower else data
-        found: list[tuple[int, int]] = []
-        entries = self._entries
-        if self._ac is not None:
-            patterns, within = self._patterns, self._within
-            for number, start, _end in self._ac.find_matches_as_indexes(hay):
-                _emit(found, data, entries[number], start)
-                for offset, other, must_check in within[number]:
-                    if not must_check or hay.startswith(patterns[other], start + offset):
-                        _emit(found, data, entries[other], start + offset)
+        if self._native:
+            matches: Iterable[tuple[int, int, object]] = self._find(hay, overlapping=True)
         else:
-            assert self._index is not None
-            number_of = {p: i for i, p in enumerate(self._patterns)}
-            for start, pattern in self._index.occurrences(hay):
-                _emit(found, data, entries[number_of[pattern]], start)
-        found = list(set(found))
-        found.sort()
+            number_of = self._number
+            matches = [(number_of[kw], start, None) for start, kw in self._find(hay)]
+        found: list[tuple[int, tuple[int, ...]]] = []
+        append = found.append
+        direct, checked = self._direct, self._checked
+        for number, start, _ in matches:
+            if direct[number]:
+                append((start, direct[number]))
+            for kw, indexes in checked[number]:
+                if data.startswith(kw, start):
+                    append((start, indexes))
+        found.sort(key=_START)
         return found
 
 
-def _emit(
-    found: list[tuple[int, int]],
-    data: bytes,
-    entry: Sequence[tuple[bytes | None, tuple[int, ...]]],
-    start: int,
-) -> None:
-    """Add the rules of a pattern seen at ``start`` whose keyword is there in its own case."""
-    for check, indexes in entry:
-        if check is None or data.startswith(check, start):
-            found.extend((start, index) for index in indexes)
-
-
-def _within(pattern: bytes, patterns: Sequence[bytes]) -> tuple[tuple[int, int, bool], ...]:
-    """``(offset, other pattern, must check)`` for each other pattern that starts inside ``pattern``:
-    lying within it (no check needed) or running past its end (check the bytes after it)."""
-    out = []
-    for number, other in enumerate(patterns):
-        for offset in range(len(pattern)):
-            if offset == 0 and other == pattern:
-                continue
-            tail = pattern[offset:]
-            if len(other) <= len(tail):
-                if tail.startswith(other):
-                    out.append((offset, number, False))
-            elif other.startswith(tail) and offset > 0:
-                out.append((offset, number, True))
-    return tuple(out)
+_START = itemgetter(0)
 
 
 def _backslash_run(data: bytes, pos: int) -> int:
@@ -450,7 +427,7 @@ class Redactor:
     one (the same results; tests compare them).
     """
 
-    __slots__ = ("_enabled", "_keywords", "_rules")
+    __slots__ = ("_enabled", "_keywords", "_matchers", "_rules")
 
     def __init__(
         self, rules: Sequence[Rule] | None = None, *, enabled: bool = True, aho_corasick: bool | None = None
@@ -459,6 +436,7 @@ class Redactor:
         self._enabled = enabled
         allow_cache: dict[str, re.Pattern[bytes]] = {}
         self._rules = tuple(_compile(rule, allow_cache) for rule in source)
+        self._matchers = tuple(rule.regex.match for rule in self._rules)
         names = [rule.name for rule in self._rules]
         if len(set(names)) != len(names):
             raise ValueError("rule names must be unique")
@@ -531,32 +509,36 @@ class Redactor:
         size = len(data)
         skip_to = 0  # hits before this sit on lines already withheld
         escaped: dict[int, bool] = {}
-        for at, index in self._keywords.hits(data):
-            if at < skip_to or at < last_end[index]:
+        matchers = self._matchers
+        for at, indexes in self._keywords.hits(data):
+            if at < skip_to:
                 continue
-            rule = rules[index]
             window = at + MAX_MATCH
-            m = rule.regex.match(data, at, window)
-            if m is None:
-                continue
-            match_end = m.end()
-            last_end[index] = match_end
-            if rule.unbounded and window < size and match_end > window - _CUT_SLACK:
-                cut.append((at, match_end))
-                skip_to = _line_end(data, match_end)
-                continue
-            start, end = m.span(rule.group)
-            if not 0 <= start < end:
-                continue
-            if (rule.entropy is not None or rule.allowlist) and _kept(rule, data, start, end):
-                continue
-            # A match that starts inside an escape (the "npm_" of "\npm_") is not a secret
-            # in decoded text, and replacing it would break the escape.
-            inside = escaped.get(start)
-            if inside is None:
-                inside = escaped[start] = _inside_escape(data, start)
-            if not inside:
-                spans.append((start, end, index))
+            for index in indexes:
+                if at < last_end[index]:
+                    continue
+                m = matchers[index](data, at, window)
+                if m is None:
+                    continue
+                rule = rules[index]
+                match_end = m.end()
+                last_end[index] = match_end
+                if rule.unbounded and window < size and match_end > window - _CUT_SLACK:
+                    cut.append((at, match_end))
+                    skip_to = _line_end(data, match_end)
+                    break
+                start, end = m.span(rule.group)
+                if not 0 <= start < end:
+                    continue
+                if (rule.entropy is not None or rule.allowlist) and _kept(rule, data, start, end):
+                    continue
+                # A match that starts inside an escape (the "npm_" of "\npm_") is not a secret
+                # in decoded text, and replacing it would break the escape.
+                inside = escaped.get(start)
+                if inside is None:
+                    inside = escaped[start] = _inside_escape(data, start)
+                if not inside:
+                    spans.append((start, end, index))
         return spans, cut
 
     def _find_decoded(
