@@ -12,6 +12,7 @@ import json
 import random
 import string
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracemirrord import redact as redact_module
-from tracemirrord.redact import ERROR_RULE, Redaction, Redactor
+from tracemirrord.redact import ERROR_RULE, Redaction, Redactor, native_available
 from tracemirrord.rules import DEFAULT_RULES, Rule
 
 REDACTOR = Redactor()
@@ -676,3 +677,260 @@ def test_property_keyword_index_finds_every_occurrence(keywords: list[str], text
     index = redact_module._KeywordIndex(encoded)
     naive = {(i, kw) for kw in encoded for i in range(len(data)) if data.startswith(kw, i)}
     assert set(index.occurrences(data)) == naive
+
+
+# --- Rule fields: entropy floor, allowlist, case-insensitive keywords ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleWithFields:
+    """Stand-in for ``Rule`` with the fields rules.py is adding (the engine reads them with getattr)."""
+
+    name: str
+    pattern: str
+    keywords: tuple[str, ...]
+    secret_group: int = 0
+    description: str = ""
+    entropy: float | None = None
+    allowlist: tuple[str, ...] = ()
+    keywords_ignore_case: bool = False
+
+
+def rule(**fields: Any) -> Rule:
+    """A ``Rule`` with entropy, allowlist or keywords_ignore_case; the stand-in until Rule has them."""
+    try:
+        return Rule(**fields)
+    except TypeError:
+        return _RuleWithFields(**fields)  # type: ignore[return-value]
+
+
+def test_entropy_floor_keeps_low_entropy_spans() -> None:
+    """A span below the floor (16 times "a": 0 bits) is kept and not counted; a random one goes."""
+    tok = rule(name="tok", pattern=r"tok_([A-Za-z0-9]{16})", keywords=("tok_",), secret_group=1, entropy=3.0)
+    redactor = Redactor([tok])
+    line = b'{"a":"tok_aaaaaaaaaaaaaaaa"}\n'
+    result = redactor.redact(line)
+    assert result.data is line and result.counts == {}
+    result = redactor.redact(b'{"a":"tok_q8Zr3LmX0pVn7KcW"}\n')  # 16 distinct characters: 4 bits
+    assert result.data == b'{"a":"tok_[REDACTED:tok]"}\n'
+    assert result.counts == {"tok": 1}
+
+
+def test_entropy_at_the_floor_is_redacted() -> None:
+    """Only a span below the floor is kept: "abcd" four times is exactly 2 bits, "aabb" is 1 bit."""
+    tok = rule(name="tok", pattern=r"tok_([a-z]{16})", keywords=("tok_",), secret_group=1, entropy=2.0)
+    result = Redactor([tok]).redact(b"tok_abcdabcdabcdabcd tok_aabbaabbaabbaabb\n")
+    assert result.data == b"tok_[REDACTED:tok] tok_aabbaabbaabbaabb\n"
+
+
+def test_allowlist_keeps_a_span_that_fullmatches() -> None:
+    """EXAMPLEEXAMPLEEXAMPLE (a documented placeholder) is kept; a near miss and a real key go."""
+    key = rule(name="key", pattern=r"key_[A-Z]{21}", keywords=("key_",), allowlist=(r"key_(?:EXAMPLE)+",))
+    line = b"key_EXAMPLEEXAMPLEEXAMPLE key_EXAMPLEEXAMPLEEXAMPLX key_QWERTZUIOPASDFGHJKLYX\n"
+    result = Redactor([key]).redact(line)
+    assert result.data == b"key_EXAMPLEEXAMPLEEXAMPLE [REDACTED:key] [REDACTED:key]\n"
+    assert result.counts == {"key": 2}
+
+
+def test_allowlist_is_matched_against_the_replaced_group() -> None:
+    """With a secret group, the allowlist sees the group (the value), not the key name before it."""
+    pw = rule(
+        name="pw",
+        pattern=r"password=([^\s\"\\]{4,64})",
+        keywords=("password=",),
+        secret_group=1,
+        allowlist=(r"changeme|\$\{[A-Z_]+\}",),
+    )
+    result = Redactor([pw]).redact(b"password=changeme password=${DB_PASS} password=hunter2!x\n")
+    assert result.data == b"password=changeme password=${DB_PASS} password=[REDACTED:pw]\n"
+
+
+def test_allowlist_regexes_are_compiled_once_per_redactor() -> None:
+    """Two rules listing the same allowlist regex share one compiled pattern."""
+    first = rule(name="one", pattern=r"one_[a-z]{8}", keywords=("one_",), allowlist=(r"[a-z_]*example",))
+    second = rule(name="two", pattern=r"two_[a-z]{8}", keywords=("two_",), allowlist=(r"[a-z_]*example",))
+    compiled = Redactor([first, second])._rules
+    assert compiled[0].allowlist[0] is compiled[1].allowlist[0]
+
+
+@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
+def test_case_insensitive_keyword(aho_corasick: bool) -> None:
+    """keywords_ignore_case: "authorization" finds AUTHORIZATION, Authorization and aUtHoRiZaTiOn."""
+    auth = rule(
+        name="auth",
+        pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
+        keywords=("authorization",),
+        secret_group=1,
+        keywords_ignore_case=True,
+    )
+    line = (
+        b"AUTHORIZATION: abcdefghij0123456789 Authorization: ABCDEFGHIJ0123456789 "
+        b"aUtHoRiZaTiOn: klmnopqrst0123456789\n"
+    )
+    result = Redactor([auth], aho_corasick=aho_corasick).redact(line)
+    assert result.data == (
+        b"AUTHORIZATION: [REDACTED:auth] Authorization: [REDACTED:auth] aUtHoRiZaTiOn: [REDACTED:auth]\n"
+    )
+    assert result.counts == {"auth": 3}
+
+
+@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
+def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasick: bool) -> None:
+    """With another rule's keywords ignoring case, a case-sensitive keyword still needs its case."""
+    auth = rule(
+        name="auth",
+        pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
+        keywords=("authorization",),
+        secret_group=1,
+        keywords_ignore_case=True,
+    )
+    # The pattern accepts any case; only the keyword decides where it runs.
+    akid = rule(name="akid", pattern=r"(?i:akia)[A-Z0-9]{16}", keywords=("AKIA",))
+    line = b"akiaABCDEFGHIJKLMNOP AKIAABCDEFGHIJKLMNOP authorization: abcdefghij0123456789\n"
+    result = Redactor([auth, akid], aho_corasick=aho_corasick).redact(line)
+    assert result.data == b"akiaABCDEFGHIJKLMNOP [REDACTED:akid] authorization: [REDACTED:auth]\n"
+
+
+def test_case_sensitive_keyword_by_default() -> None:
+    """Without keywords_ignore_case the keyword needs its exact case, whatever the pattern accepts."""
+    auth = rule(
+        name="auth",
+        pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
+        keywords=("authorization",),
+        secret_group=1,
+    )
+    line = b"AUTHORIZATION: abcdefghij0123456789 authorization: ABCDEFGHIJ0123456789\n"
+    result = Redactor([auth]).redact(line)
+    assert result.data == b"AUTHORIZATION: abcdefghij0123456789 authorization: [REDACTED:auth]\n"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"entropy": "high"},
+        {"entropy": -1.0},
+        {"entropy": 9.0},
+        {"entropy": True},
+        {"allowlist": "not-a-tuple"},
+        {"allowlist": ("(",)},
+        {"allowlist": ("é",)},
+    ],
+    ids=[
+        "entropy-text",
+        "entropy-negative",
+        "entropy-over-8",
+        "entropy-bool",
+        "allowlist-str",
+        "allowlist-bad",
+        "allowlist-non-ascii",
+    ],
+)
+def test_bad_rule_fields_are_rejected_at_construction(fields: dict[str, Any]) -> None:
+    """A bad entropy floor or allowlist raises ValueError when the Redactor is built."""
+    with pytest.raises(ValueError):
+        Redactor([_RuleWithFields(name="x", pattern="x", keywords=("x",), **fields)])  # type: ignore[list-item]
+
+
+# --- The two keyword scans give the same results -----------------------------------------------------
+
+needs_native = pytest.mark.skipif(not native_available(), reason="ahocorasick_rs is not installed")
+
+CORPUS: list[bytes] = (
+    [jsonl(envelope(text)) for _, text, _ in SAMPLES]
+    + [jsonl(envelope(text)) for text in NEGATIVES]
+    + [
+        b'{"text":"keys:\\n' + _AWS_ID.encode() + b'\\n"}\n',
+        b'{"text":"id \\u0041' + _AWS_ID[1:].encode() + b'!"}\n',
+        jsonl({"content": json.dumps({"private_key": _PEM_BLOCK, "type": "service_account"})}),
+        b'{"before":1}\n' + _PEM_BLOCK.encode() + b'\n{"after":2}\n',
+        b"sk-ant-1234 sk-abc ask-9999 SK-ANT-1234 Sk-Proj-" + body(40).encode() + b"\n",
+    ]
+)
+
+
+@needs_native
+def test_keyword_scans_agree_on_the_corpus() -> None:
+    """Aho-Corasick and the pure-Python scan give the same bytes and counts on every test line."""
+    native, pure = Redactor(aho_corasick=True), Redactor(aho_corasick=False)
+    assert native.aho_corasick and not pure.aho_corasick
+    for line in CORPUS:
+        assert native.redact(line) == pure.redact(line)
+    buffer = b"".join(CORPUS)
+    assert native.redact(buffer) == pure.redact(buffer)
+
+
+@needs_native
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines_with_secrets())
+def test_property_keyword_scans_agree(case: tuple[bytes, bytes, list[str]]) -> None:
+    """On random JSON lines with planted secrets the two scans give the same result."""
+    line = case[0]
+    assert Redactor(aho_corasick=True).redact(line) == Redactor(aho_corasick=False).redact(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.text(alphabet="abAB_-", min_size=1, max_size=5), st.booleans()),
+        min_size=1,
+        max_size=8,
+        unique_by=lambda kw: kw[0],
+    ),
+    st.text(alphabet="abAB_-x", max_size=200),
+)
+def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bool]], text: str) -> None:
+    """Both scans find exactly the occurrences a naive search finds, case folded where asked."""
+    specs: dict[tuple[bytes, bool], list[int]] = {}
+    for index, (kw, ignore_case) in enumerate(keywords):
+        key = kw.lower().encode() if ignore_case else kw.encode()
+        specs.setdefault((key, ignore_case), []).append(index)
+    data = text.encode()
+    naive = set()
+    for index, (kw, ignore_case) in enumerate(keywords):
+        hay, needle = (data.lower(), kw.lower().encode()) if ignore_case else (data, kw.encode())
+        naive |= {(i, index) for i in range(len(data)) if hay.startswith(needle, i)}
+    for native in [True, False] if native_available() else [False]:
+        hits = redact_module._Keywords(specs, native=native).hits(data)
+        assert [at for at, _ in hits] == sorted(at for at, _ in hits)
+        assert {(at, index) for at, indexes in hits for index in indexes} == naive
+
+
+def test_native_scan_without_the_library_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for Aho-Corasick where ahocorasick_rs is missing fails at construction; the default
+    then falls back to the pure-Python scan."""
+    monkeypatch.setattr(redact_module, "ahocorasick_rs", None)
+    with pytest.raises(ValueError):
+        Redactor(aho_corasick=True)
+    assert not Redactor().aho_corasick
+
+
+# --- Escape helpers --------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='\\/u002dAfx"', max_size=60))
+def test_property_quick_probe_equals_mapped_probe(text: str) -> None:
+    """The quick probe (no position map) and the mapped probe decode the same bytes."""
+    line = text.encode()
+    assert redact_module._quick_probe(line) == redact_module._probe(line)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="\\ab", max_size=300), st.data())
+def test_property_backslash_run(text: str, data: st.DataObject) -> None:
+    """The backslash run before a position, read in growing slices, is the naive count."""
+    line = text.encode()
+    pos = data.draw(st.integers(0, len(line)))
+    run = 0
+    while pos - run > 0 and line[pos - run - 1] == 0x5C:
+        run += 1
+    assert redact_module._backslash_run(line, pos) == run
+
+
+def test_probe_maps_long_backslash_runs() -> None:
+    """A backslash run of any length before \\u002d or \\/ is one escape, decoded to one byte."""
+    line = b"a" + b"\\" * 5000 + b"u002db" + b"\\" * 3 + b"/c"
+    probe, where, extra = redact_module._probe(line)
+    assert probe == b"a-b/c"
+    assert where == [1, 3]
+    assert extra == [5004, 5007]
