@@ -1,17 +1,29 @@
 """Redaction rules as data: which secrets tracemirror scrubs, and the shape of one rule.
 
-Owns ``Rule`` and ``DEFAULT_RULES``. The engine that runs them is ``tracemirrord.redact``.
+Owns ``Rule``, ``DEFAULT_RULES`` and ``load_rules``. The rules themselves live in
+``default_rules.toml`` (package data) so they can be read, reviewed and tested one by one; the
+engine that runs them is ``tracemirrord.redact``.
 
 A rule is a name, a byte regex and the literal keywords that must be present for the regex to
-run. Contract every rule here keeps (``tests/test_redact.py`` checks each one on its own):
+run. Contract every rule keeps (``tests/test_rules_catalog.py`` checks each one on its own):
 
 - **Keywords anchor the match.** Every match of ``pattern`` starts exactly where one of
   ``keywords`` starts (case-sensitive). The engine finds all keyword occurrences in a few passes
   over the buffer and runs ``pattern.match`` only there, so a secret without its keyword is never
-  seen. Context before
-  the keyword goes into a lookbehind (``(?<=[Bb])earer``); case variants are separate keywords.
+  seen. Context before the keyword goes into a lookbehind (``(?<=[Bb])earer``); case variants are
+  separate keywords (``keywords_ignore_case`` says the format is case-insensitive, for an engine
+  that can fold case; the pattern itself accepts the variants).
+- **The replaced group may reach back.** A secret whose fixed marker sits in its middle or at its
+  end (Mailchimp's ``-us6``, Azure's ``Q~``, New Relic's ``NRAL``) is keyed by that marker and
+  captured by a lookahead inside a lookbehind, so ``secret_group`` starts before the keyword.
+  The engine takes ``match.span(secret_group)`` on the whole buffer, so this needs no support.
 - **No start anchor on ``\\b``.** In raw JSON ``...\\nAKIA...`` the ``n`` of the escape is a word
-  character; anchoring on the keyword itself is what catches a secret right after an escape.
+  character; anchoring on the keyword itself is what catches a secret right after an escape. A
+  rule whose short keyword also occurs inside words uses a lookbehind that rejects a letter
+  before it but accepts the ``n`` of ``\\n``.
+- **Bounded and end-anchored.** Every repetition over a token class is bounded (``{20,300}``) and
+  every token ends with a negative lookahead over its class, so a longer run does not match a
+  prefix of itself and a keyword repeated many times costs a bounded amount per occurrence.
 - **JSON-safe spans.** The replaced span (``secret_group``, 0 = whole match) never contains ``"``
   or ``\\`` except whole escape sequences that the pattern consumes on purpose (``\\n`` inside an
   escaped PEM block); token character classes exclude both, so a replacement never breaks an
@@ -22,19 +34,31 @@ run. Contract every rule here keeps (``tests/test_redact.py`` checks each one on
 - **No generic entropy rule.** Git SHAs, UUIDs, digests, integrity hashes and base64 images are
   everywhere in transcripts; every rule is keyed by a prefix or a key name. A rule whose token
   alphabet is that of base64 (``AIza``) ends with a boundary so a run inside image data does not
-  match.
+  match. ``entropy`` and ``allowlist`` only filter matches of patterns that are already specific:
+  every rule is correct without them.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import string
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
-__all__ = ["DEFAULT_RULES", "TOKEN_CHARS", "Rule"]
+__all__ = ["DEFAULT_RULES", "TOKEN_CHARS", "Rule", "load_rules", "shannon_entropy"]
 
 #: Characters a secret (or a keyword) may contain; an escape such as ``\\u002d`` that decodes to
 #: one of them makes the engine scan the line in decoded form too. Others (Go's ``\\u003c``) do not.
 TOKEN_CHARS = frozenset((string.ascii_letters + string.digits + "-_./+=~:, ").encode())
+
+_RULES_FILE = "default_rules.toml"
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+_REQUIRED = ("name", "description", "pattern", "keywords")
+_OPTIONAL = ("secret_group", "entropy", "allowlist", "keywords_ignore_case")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +69,11 @@ class Rule:
     (lowercase letters, digits and dashes). ``pattern`` is a regex over bytes, written as ASCII
     text; every match starts at a keyword. ``secret_group`` is the group that is replaced (0: the
     whole match), so context such as ``Bearer`` or a key name stays readable.
+
+    ``entropy``: minimum Shannon entropy (bits per byte) of the replaced span; a span below it is
+    kept as not a secret (``xxxxxxxx``). ``allowlist``: regexes; a replaced span that fullmatches
+    one is kept (a documented placeholder). ``keywords_ignore_case``: the format is
+    case-insensitive; ``keywords`` still lists the case variants the pattern accepts.
     """
 
     name: str
@@ -52,160 +81,113 @@ class Rule:
     keywords: tuple[str, ...]
     secret_group: int = 0
     description: str = ""
+    entropy: float | None = None
+    allowlist: tuple[str, ...] = ()
+    keywords_ignore_case: bool = False
 
 
-# Building blocks (bytes regex syntax, kept as str here). No token class admits `"` or `\`; the
-# separators consume quotes and whole escapes only outside the replaced group, or whole escapes
-# inside a PEM block.
-_AWS_SECRET_SEP = r"""(?:\\*["'])?[ \t]*(?:=>|:=|[:=])?[ \t]*(?:\\*["'])?"""
-_PEM_HEADER = r"[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
-# Between the lines of a PEM block: real newlines, escaped newlines at any nesting depth (\n,
-# \\n, ...) or spaces (a key flattened into one line). Every escape is consumed whole.
-_PEM_SEP = r"(?:\r?\n|\\+[nrt]|[ \t])+"
-_PEM_B64 = r"(?:[A-Za-z0-9+/=]|\\+/|\\+u00[0-9a-fA-F]{2})"
-_PEM_LINE = rf"(?:{_PEM_B64}{{8,}}|(?:Proc-Type|DEK-Info|Comment|Version):[ \t]*[A-Za-z0-9,:. +/=-]*)"
-_PEM_END = rf"-----END {_PEM_HEADER}"
-_BEARER_TOKEN = r"[A-Za-z0-9._~+/-]"
+def shannon_entropy(data: bytes) -> float:
+    """Shannon entropy of ``data`` in bits per byte (0.0 for empty input): the ``entropy`` floor's measure."""
+    if not data:
+        return 0.0
+    total = len(data)
+    return -sum(n / total * math.log2(n / total) for n in (data.count(b) for b in set(data)))
 
-DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule(
-        name="aws-access-key-id",
-        pattern=r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])",
-        keywords=("AKIA", "ASIA", "ABIA", "ACCA"),
-        description=(
-            "AWS access key id (long-term AKIA, temporary ASIA, ABIA, ACCA): exactly 20 characters, "
-            "so a longer upper-case run (a constant, base64) does not match."
-        ),
-    ),
-    Rule(
-        name="anthropic-admin-key",
-        pattern=r"sk-ant-admin\d{2}-[A-Za-z0-9_-]{20,}",
-        keywords=("sk-ant-",),
-        description="Anthropic Admin API key (sk-ant-admin01-...).",
-    ),
-    Rule(
-        name="anthropic-api-key",
-        pattern=r"sk-ant-(?!admin)[a-z]{2,8}\d{2}-[A-Za-z0-9_-]{20,}",
-        keywords=("sk-ant-",),
-        description="Anthropic API key (sk-ant-api03-...) and OAuth tokens (sk-ant-oat01-, sk-ant-ort01-).",
-    ),
-    Rule(
-        name="openai-admin-key",
-        pattern=r"sk-admin-[A-Za-z0-9_-]{20,}",
-        keywords=("sk-",),
-        description="OpenAI admin key (sk-admin-...).",
-    ),
-    Rule(
-        name="openai-api-key",
-        pattern=r"sk-(?:(?:proj|svcacct|None)-[A-Za-z0-9_-]{20,}|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})",
-        keywords=("sk-",),
-        description="OpenAI project, service-account and legacy keys (the legacy ones hold T3BlbkFJ).",
-    ),
-    Rule(
-        name="github-token",
-        pattern=r"gh[pousr]_[A-Za-z0-9]{36,}",
-        keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-        description="GitHub classic PAT, OAuth, user-to-server, server-to-server and refresh tokens.",
-    ),
-    Rule(
-        name="github-pat",
-        pattern=r"github_pat_[A-Za-z0-9_]{22,}",
-        keywords=("github_pat_",),
-        description="GitHub fine-grained personal access token.",
-    ),
-    Rule(
-        name="gitlab-pat",
-        pattern=r"glpat-[A-Za-z0-9_-]{20,}",
-        keywords=("glpat-",),
-        description="GitLab personal access token.",
-    ),
-    Rule(
-        name="slack-token",
-        pattern=r"(?:xox[abprse]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,})",
-        keywords=("xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe-", "xapp-"),
-        description="Slack bot, user, app, refresh and configuration tokens.",
-    ),
-    Rule(
-        name="slack-webhook",
-        pattern=r"hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9_/-]{20,})",
-        keywords=("hooks.slack.com",),
-        secret_group=1,
-        description="Slack incoming webhook URL (the path after the kind is replaced).",
-    ),
-    Rule(
-        name="huggingface-token",
-        pattern=r"hf_[A-Za-z]{30,}",
-        keywords=("hf_",),
-        description="Hugging Face user access token.",
-    ),
-    Rule(
-        name="huggingface-org-token",
-        pattern=r"api_org_[A-Za-z]{30,}",
-        keywords=("api_org_",),
-        description="Hugging Face organization API token.",
-    ),
-    Rule(
-        name="google-api-key",
-        pattern=r"AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_+/=-])",
-        keywords=("AIza",),
-        description="Google API key; the end boundary keeps base64 image data from matching.",
-    ),
-    Rule(
-        name="stripe-api-key",
-        pattern=r"[sr]k_live_[A-Za-z0-9]{20,}",
-        keywords=("sk_live_", "rk_live_"),
-        description="Stripe live secret and restricted keys.",
-    ),
-    Rule(
-        name="npm-token",
-        pattern=r"npm_[A-Za-z0-9]{36,}",
-        keywords=("npm_",),
-        description="npm access token.",
-    ),
-    Rule(
-        name="aws-secret-access-key",
-        pattern=(
-            r"(?i:aws_?secret(?:_?access)?_?key|secret_?access_?key)"
-            + _AWS_SECRET_SEP
-            + r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
-        ),
-        keywords=(
-            "aws_secret",
-            "AWS_SECRET",
-            "secret_access_key",
-            "SECRET_ACCESS_KEY",
-            "SecretAccessKey",
-            "secretAccessKey",
-        ),
-        secret_group=1,
-        description="AWS secret access key next to an aws_secret_access_key-like key (value replaced).",
-    ),
-    Rule(
-        name="bearer-token",
-        pattern=(
-            r"(?:(?<=[Bb])earer|(?<=B)EARER)(?:[ \t]|\\t)+"
-            rf"((?={_BEARER_TOKEN}{{0,512}}?[0-9]|{_BEARER_TOKEN}{{32}}){_BEARER_TOKEN}{{16,}}=*)"
-        ),
-        keywords=("earer", "EARER"),
-        secret_group=1,
-        description=(
-            "Authorization: Bearer <token> in headers and curl -H lines (token replaced); the "
-            "token has 16+ characters and a digit, or 32+ characters, so prose does not match."
-        ),
-    ),
-    Rule(
-        name="private-key",
-        pattern=(
-            # Greedy and linear: body lines, then a short last line only if END follows, then END.
-            rf"-----BEGIN {_PEM_HEADER}"
-            rf"(?:(?:{_PEM_SEP}{_PEM_LINE})+(?:{_PEM_SEP}{_PEM_B64}{{1,7}}(?={_PEM_SEP}-----END))?"
-            rf"(?:{_PEM_SEP}{_PEM_END})?|{_PEM_SEP}{_PEM_END})"
-        ),
-        keywords=("-----BEGIN",),
-        description=(
-            "PEM/OpenSSH/PGP private key block, with \\n escapes inside a JSON string or real "
-            "newlines in plain text; a block cut before its END line is redacted through its "
-            "last base64 line."
-        ),
-    ),
+
+def load_rules(text: str, source: str = "rules") -> tuple[Rule, ...]:
+    """Parse and validate a rules TOML document (``[[rule]]`` tables); raise ``ValueError`` naming the rule.
+
+    Checked here, so a broken rule file fails at import with a message that says which rule is
+    wrong, never later while a line is redacted: TOML syntax, unknown or missing keys, types,
+    names (``[a-z0-9-]``, unique), keywords (non-empty ASCII), patterns and allowlist entries
+    that compile as byte regexes, and ``secret_group`` within the pattern's groups.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{source}: not valid TOML: {exc}") from exc
+    unknown = set(doc) - {"rule"}
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)} (only [[rule]] tables)")
+    tables = doc.get("rule", [])
+    if not isinstance(tables, list):
+        raise ValueError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables, 1):
+        rule = _parse_rule(table, f"{source}: rule #{index}")
+        if rule.name in seen:
+            raise ValueError(f"{source}: rule #{index} {rule.name!r}: duplicate name")
+        seen.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _parse_rule(table: Any, where: str) -> Rule:
+    """One ``[[rule]]`` table as a ``Rule``; ``where`` names it in errors until its name is known."""
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where}: must be a table")
+    name = table.get("name")
+    if isinstance(name, str):
+        where = f"{where} {name!r}"
+    unknown = sorted(set(table) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (allowed: {', '.join(_REQUIRED + _OPTIONAL)})")
+    missing = [key for key in _REQUIRED if key not in table]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{where}: name must be lowercase letters, digits and dashes")
+    description = table["description"]
+    if not isinstance(description, str) or not description.strip():
+        raise ValueError(f"{where}: description must be a non-empty string")
+    keywords = table["keywords"]
+    if (
+        not isinstance(keywords, list)
+        or not keywords
+        or not all(isinstance(kw, str) and kw and kw.isascii() for kw in keywords)
+    ):
+        raise ValueError(f"{where}: keywords must be a non-empty list of non-empty ASCII strings")
+    regex = _compile(table["pattern"], f"{where}: pattern")
+    group = table.get("secret_group", 0)
+    if type(group) is not int or not 0 <= group <= regex.groups:
+        raise ValueError(f"{where}: secret_group must be a group of the pattern (0 to {regex.groups})")
+    entropy = table.get("entropy")
+    if entropy is not None and (type(entropy) not in (int, float) or not 0 < entropy <= 8):
+        raise ValueError(f"{where}: entropy must be a number of bits per byte above 0 and at most 8")
+    allowlist = table.get("allowlist", [])
+    if not isinstance(allowlist, list):
+        raise ValueError(f"{where}: allowlist must be a list of regexes")
+    for entry in allowlist:
+        _compile(entry, f"{where}: allowlist entry")
+    ignore_case = table.get("keywords_ignore_case", False)
+    if type(ignore_case) is not bool:
+        raise ValueError(f"{where}: keywords_ignore_case must be true or false")
+    return Rule(
+        name=name,
+        pattern=table["pattern"],
+        keywords=tuple(keywords),
+        secret_group=group,
+        description=description,
+        entropy=None if entropy is None else float(entropy),
+        allowlist=tuple(allowlist),
+        keywords_ignore_case=ignore_case,
+    )
+
+
+def _compile(pattern: Any, where: str) -> re.Pattern[bytes]:
+    """Compile ``pattern`` as the engine does (ASCII text, bytes regex); ValueError names ``where``."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"{where} must be a non-empty string")
+    try:
+        return re.compile(pattern.encode("ascii"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} must be ASCII: {exc}") from exc
+    except re.error as exc:
+        raise ValueError(f"{where} does not compile: {exc}") from exc
+
+
+DEFAULT_RULES: tuple[Rule, ...] = load_rules(
+    resources.files("tracemirrord").joinpath(_RULES_FILE).read_text(encoding="utf-8"), _RULES_FILE
 )
+"""The rules ``Redactor()`` runs by default, in file order (a tie between two rules goes to the earlier)."""
