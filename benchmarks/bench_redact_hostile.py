@@ -6,6 +6,12 @@ and printed with MB/s and the ratio of the two times (about 2 when linear, about
 
     .venv/bin/python benchmarks/bench_redact_hostile.py [--scale 1.0] [--timeout 120] [--only NAME ...]
     .venv/bin/python benchmarks/bench_redact_hostile.py --engine-root /tmp/redact-before   # another tree
+    .venv/bin/python benchmarks/bench_redact_hostile.py --rules [--show 15]   # each rule on its own
+
+``--rules`` times each default rule alone on lines made of one of its keywords followed by 16 KiB
+of one filler byte (a space, a tab, a letter, a digit, ``-``, ``\\n`` escapes, ...), and of the
+keyword and one filler byte repeated over 16 KiB: a pattern that backtracks over its window shows
+up as a slow rule here.
 
 ``--engine-root`` imports ``tracemirrord`` from another checkout (a ``git worktree`` of an older
 commit), so the same lines can be timed before and after a change.
@@ -90,6 +96,70 @@ CASES: dict[str, tuple[str, int, Callable[[int], bytes]]] = {
 }
 
 
+FILLERS = (
+    b" ",
+    b"\t",
+    b"a",
+    b"A",
+    b"0",
+    b"f",
+    b"-",
+    b"_",
+    b"/",
+    b"=",
+    b".",
+    b":",
+    b"+",
+    b"%",
+    b"\\n",
+    b"\\\\",
+)
+
+
+def rule_child(name: str, engine_root: str) -> None:
+    """Time default rule ``name`` alone on its hostile lines; print the slowest as JSON."""
+    sys.path.insert(0, engine_root)
+    from tracemirrord.redact import Redactor  # imported here: from the tree chosen at run time
+    from tracemirrord.rules import DEFAULT_RULES
+
+    rule = next(rule for rule in DEFAULT_RULES if rule.name == name)
+    redactor = Redactor([rule])
+    worst = (0.0, "")
+    for kw in rule.keywords:
+        for filler in FILLERS:
+            run = filler * (16384 // len(filler))
+            repeated = (kw.encode() + filler) * (16384 // (len(kw) + len(filler)))
+            for what, line in (("run", kw.encode() + run), ("repeated", repeated)):
+                t = time.perf_counter()
+                redactor.redact(line + b"\n")
+                seconds = time.perf_counter() - t
+                if seconds > worst[0]:
+                    worst = (seconds, f"{kw!r} + {what} of {filler.decode()!r}")
+    print(json.dumps({"rule": rule.name, "seconds": worst[0], "line": worst[1]}))
+
+
+def rules_main(engine_root: str, timeout: float, show: int) -> None:
+    """Each default rule in its own child process; print the slowest ones."""
+    sys.path.insert(0, engine_root)
+    from tracemirrord.rules import DEFAULT_RULES
+
+    rows = []
+    for rule in DEFAULT_RULES:
+        cmd = [sys.executable, __file__, "--rule-child", rule.name, "--engine-root", engine_root]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        except subprocess.TimeoutExpired:
+            rows.append({"rule": rule.name, "seconds": float("inf"), "line": f"over {timeout:.0f} s"})
+        print(f"  {rows[-1]['rule']}: {rows[-1]['seconds']:.3f} s", file=sys.stderr, flush=True)
+    rows.sort(key=lambda row: -row["seconds"])
+    print(f"{len(rows)} rules; slowest hostile line per rule (16 KiB each), the {show} slowest:")
+    print("| rule | seconds | line |")
+    print("|---|---|---|")
+    for row in rows[:show]:
+        print(f"| {row['rule']} | {row['seconds']:.3f} | {row['line']} |")
+
+
 def child(name: str, size: int, engine_root: str) -> None:
     """Time one redaction in this process and print the result as JSON."""
     sys.path.insert(0, engine_root)
@@ -121,10 +191,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size S by this")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is given up")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    parser.add_argument("--rules", action="store_true", help="time each default rule on its own")
+    parser.add_argument("--show", type=int, default=15, help="with --rules: how many rules to list")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--rule-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]), args.engine_root)
+        return
+    if args.rule_child is not None:
+        rule_child(args.rule_child, args.engine_root)
+        return
+    if args.rules:
+        rules_main(args.engine_root, args.timeout, args.show)
         return
 
     print(f"engine: {args.engine_root}")

@@ -12,7 +12,6 @@ import json
 import random
 import string
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -682,31 +681,9 @@ def test_property_keyword_index_finds_every_occurrence(keywords: list[str], text
 # --- Rule fields: entropy floor, allowlist, case-insensitive keywords ------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _RuleWithFields:
-    """Stand-in for ``Rule`` with the fields rules.py is adding (the engine reads them with getattr)."""
-
-    name: str
-    pattern: str
-    keywords: tuple[str, ...]
-    secret_group: int = 0
-    description: str = ""
-    entropy: float | None = None
-    allowlist: tuple[str, ...] = ()
-    keywords_ignore_case: bool = False
-
-
-def rule(**fields: Any) -> Rule:
-    """A ``Rule`` with entropy, allowlist or keywords_ignore_case; the stand-in until Rule has them."""
-    try:
-        return Rule(**fields)
-    except TypeError:
-        return _RuleWithFields(**fields)  # type: ignore[return-value]
-
-
 def test_entropy_floor_keeps_low_entropy_spans() -> None:
     """A span below the floor (16 times "a": 0 bits) is kept and not counted; a random one goes."""
-    tok = rule(name="tok", pattern=r"tok_([A-Za-z0-9]{16})", keywords=("tok_",), secret_group=1, entropy=3.0)
+    tok = Rule(name="tok", pattern=r"tok_([A-Za-z0-9]{16})", keywords=("tok_",), secret_group=1, entropy=3.0)
     redactor = Redactor([tok])
     line = b'{"a":"tok_aaaaaaaaaaaaaaaa"}\n'
     result = redactor.redact(line)
@@ -718,14 +695,14 @@ def test_entropy_floor_keeps_low_entropy_spans() -> None:
 
 def test_entropy_at_the_floor_is_redacted() -> None:
     """Only a span below the floor is kept: "abcd" four times is exactly 2 bits, "aabb" is 1 bit."""
-    tok = rule(name="tok", pattern=r"tok_([a-z]{16})", keywords=("tok_",), secret_group=1, entropy=2.0)
+    tok = Rule(name="tok", pattern=r"tok_([a-z]{16})", keywords=("tok_",), secret_group=1, entropy=2.0)
     result = Redactor([tok]).redact(b"tok_abcdabcdabcdabcd tok_aabbaabbaabbaabb\n")
     assert result.data == b"tok_[REDACTED:tok] tok_aabbaabbaabbaabb\n"
 
 
 def test_allowlist_keeps_a_span_that_fullmatches() -> None:
     """EXAMPLEEXAMPLEEXAMPLE (a documented placeholder) is kept; a near miss and a real key go."""
-    key = rule(name="key", pattern=r"key_[A-Z]{21}", keywords=("key_",), allowlist=(r"key_(?:EXAMPLE)+",))
+    key = Rule(name="key", pattern=r"key_[A-Z]{21}", keywords=("key_",), allowlist=(r"key_(?:EXAMPLE)+",))
     line = b"key_EXAMPLEEXAMPLEEXAMPLE key_EXAMPLEEXAMPLEEXAMPLX key_QWERTZUIOPASDFGHJKLYX\n"
     result = Redactor([key]).redact(line)
     assert result.data == b"key_EXAMPLEEXAMPLEEXAMPLE [REDACTED:key] [REDACTED:key]\n"
@@ -734,7 +711,7 @@ def test_allowlist_keeps_a_span_that_fullmatches() -> None:
 
 def test_allowlist_is_matched_against_the_replaced_group() -> None:
     """With a secret group, the allowlist sees the group (the value), not the key name before it."""
-    pw = rule(
+    pw = Rule(
         name="pw",
         pattern=r"password=([^\s\"\\]{4,64})",
         keywords=("password=",),
@@ -747,8 +724,8 @@ def test_allowlist_is_matched_against_the_replaced_group() -> None:
 
 def test_allowlist_regexes_are_compiled_once_per_redactor() -> None:
     """Two rules listing the same allowlist regex share one compiled pattern."""
-    first = rule(name="one", pattern=r"one_[a-z]{8}", keywords=("one_",), allowlist=(r"[a-z_]*example",))
-    second = rule(name="two", pattern=r"two_[a-z]{8}", keywords=("two_",), allowlist=(r"[a-z_]*example",))
+    first = Rule(name="one", pattern=r"one_[a-z]{8}", keywords=("one_",), allowlist=(r"[a-z_]*example",))
+    second = Rule(name="two", pattern=r"two_[a-z]{8}", keywords=("two_",), allowlist=(r"[a-z_]*example",))
     compiled = Redactor([first, second])._rules
     assert compiled[0].allowlist[0] is compiled[1].allowlist[0]
 
@@ -756,7 +733,7 @@ def test_allowlist_regexes_are_compiled_once_per_redactor() -> None:
 @pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
 def test_case_insensitive_keyword(aho_corasick: bool) -> None:
     """keywords_ignore_case: "authorization" finds AUTHORIZATION, Authorization and aUtHoRiZaTiOn."""
-    auth = rule(
+    auth = Rule(
         name="auth",
         pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
         keywords=("authorization",),
@@ -777,7 +754,7 @@ def test_case_insensitive_keyword(aho_corasick: bool) -> None:
 @pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
 def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasick: bool) -> None:
     """With another rule's keywords ignoring case, a case-sensitive keyword still needs its case."""
-    auth = rule(
+    auth = Rule(
         name="auth",
         pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
         keywords=("authorization",),
@@ -785,7 +762,7 @@ def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasi
         keywords_ignore_case=True,
     )
     # The pattern accepts any case; only the keyword decides where it runs.
-    akid = rule(name="akid", pattern=r"(?i:akia)[A-Z0-9]{16}", keywords=("AKIA",))
+    akid = Rule(name="akid", pattern=r"(?i:akia)[A-Z0-9]{16}", keywords=("AKIA",))
     line = b"akiaABCDEFGHIJKLMNOP AKIAABCDEFGHIJKLMNOP authorization: abcdefghij0123456789\n"
     result = Redactor([auth, akid], aho_corasick=aho_corasick).redact(line)
     assert result.data == b"akiaABCDEFGHIJKLMNOP [REDACTED:akid] authorization: [REDACTED:auth]\n"
@@ -793,7 +770,7 @@ def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasi
 
 def test_case_sensitive_keyword_by_default() -> None:
     """Without keywords_ignore_case the keyword needs its exact case, whatever the pattern accepts."""
-    auth = rule(
+    auth = Rule(
         name="auth",
         pattern=r"(?i:authorization):[ \t]*([A-Za-z0-9]{20,64})",
         keywords=("authorization",),
@@ -828,7 +805,7 @@ def test_case_sensitive_keyword_by_default() -> None:
 def test_bad_rule_fields_are_rejected_at_construction(fields: dict[str, Any]) -> None:
     """A bad entropy floor or allowlist raises ValueError when the Redactor is built."""
     with pytest.raises(ValueError):
-        Redactor([_RuleWithFields(name="x", pattern="x", keywords=("x",), **fields)])  # type: ignore[list-item]
+        Redactor([Rule(name="x", pattern="x", keywords=("x",), **fields)])
 
 
 # --- The two keyword scans give the same results -----------------------------------------------------

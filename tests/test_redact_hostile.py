@@ -14,37 +14,12 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from tracemirrord import redact as redact_module
 from tracemirrord.redact import MAX_MATCH, Redaction, Redactor, native_available
 from tracemirrord.rules import Rule
-
-
-@dataclass(frozen=True, slots=True)
-class _RuleWithFields:
-    """Stand-in for ``Rule`` with the fields rules.py is adding (the engine reads them with getattr)."""
-
-    name: str
-    pattern: str
-    keywords: tuple[str, ...]
-    secret_group: int = 0
-    description: str = ""
-    entropy: float | None = None
-    allowlist: tuple[str, ...] = ()
-    keywords_ignore_case: bool = False
-
-
-def rule(**fields: Any) -> Rule:
-    """A ``Rule`` with entropy, allowlist or keywords_ignore_case; the stand-in until Rule has them."""
-    try:
-        return Rule(**fields)
-    except TypeError:
-        return _RuleWithFields(**fields)  # type: ignore[return-value]
-
 
 # The keyword scan under test: the Aho-Corasick one (when installed) and the pure-Python one.
 ENGINES = [pytest.param(False, id="pure-python")]
@@ -312,7 +287,7 @@ def test_error_in_a_rule_check_withholds_the_lines_it_hit(monkeypatch: pytest.Mo
         raise ValueError("simulated")
 
     monkeypatch.setattr(redact_module, "_kept", boom)
-    listed = rule(name="listed", pattern=r"key_[a-z]{8}", keywords=("key_",), allowlist=(r"key_example",))
+    listed = Rule(name="listed", pattern=r"key_[a-z]{8}", keywords=("key_",), allowlist=(r"key_example",))
     buffer = b'{"a":"key_abcdefgh"}\n{"b":"clean"}\n'
     result = Redactor([listed]).redact(buffer)
     assert result.data == (

@@ -43,16 +43,14 @@ How a buffer is scanned (the hot path of backfill, so it scans the whole buffer 
 
 from __future__ import annotations
 
-import math
 import re
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from tracemirrord.rules import DEFAULT_RULES, TOKEN_CHARS, Rule
+from tracemirrord.rules import DEFAULT_RULES, TOKEN_CHARS, Rule, shannon_entropy
 
 try:  # a Rust Aho-Corasick: one pass for all keywords, whatever their number
     import ahocorasick_rs
@@ -366,15 +364,9 @@ def _placeholder(reason: str, withheld_bytes: int) -> bytes:
     return b'{"tracemirror":"line_withheld","reason":"%s","bytes":%d}' % (reason.encode(), withheld_bytes)
 
 
-def _entropy(span: bytes) -> float:
-    """Shannon entropy of ``span`` in bits per byte."""
-    n = len(span)
-    return -sum(c / n * math.log2(c / n) for c in Counter(span).values()) if n else 0.0
-
-
 def _kept(rule: _Compiled, data: bytes, start: int, end: int) -> bool:
     """True if the rule's entropy floor or allowlist says ``data[start:end]`` is no secret."""
-    if rule.entropy is not None and _entropy(data[start:end]) < rule.entropy:
+    if rule.entropy is not None and shannon_entropy(data[start:end]) < rule.entropy:
         return True
     return any(allowed.fullmatch(data, start, end) for allowed in rule.allowlist)
 
@@ -442,7 +434,7 @@ class Redactor:
             raise ValueError("rule names must be unique")
         specs: dict[tuple[bytes, bool], list[int]] = {}
         for index, rule in enumerate(source):
-            ignore_case = bool(getattr(rule, "keywords_ignore_case", False))
+            ignore_case = bool(rule.keywords_ignore_case)
             for kw in dict.fromkeys(rule.keywords):
                 key = kw.encode("ascii")
                 specs.setdefault((key.lower() if ignore_case else key, ignore_case), []).append(index)
@@ -696,16 +688,16 @@ def _compile(rule: Rule, allow_cache: dict[str, re.Pattern[bytes]]) -> _Compiled
         raise ValueError(f"rule {rule.name!r}: bad pattern: {exc}") from exc
     if not 0 <= rule.secret_group <= regex.groups:
         raise ValueError(f"rule {rule.name!r}: no group {rule.secret_group}")
-    entropy = getattr(rule, "entropy", None)
+    entropy = rule.entropy
     if entropy is not None:
         if isinstance(entropy, bool) or not isinstance(entropy, int | float) or not 0 <= entropy <= 8:
             raise ValueError(f"rule {rule.name!r}: entropy must be a number of bits per byte, 0 to 8")
         entropy = float(entropy)
-    allowlist = getattr(rule, "allowlist", ())
+    allowlist = rule.allowlist
     if isinstance(allowlist, str | bytes):
         raise ValueError(f"rule {rule.name!r}: allowlist must be a tuple of regexes")
     allowed = []
-    for source in allowlist:
+    for source in allowlist:  # compiled once per Redactor, shared by the rules that list it
         if source not in allow_cache:
             try:
                 allow_cache[source] = re.compile(source.encode("ascii"))
