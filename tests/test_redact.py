@@ -856,7 +856,8 @@ def test_property_keyword_scans_agree(case: tuple[bytes, bytes, list[str]]) -> N
     st.text(alphabet="abAB_-x", max_size=200),
 )
 def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bool]], text: str) -> None:
-    """Both scans find exactly the occurrences a naive search finds, case folded where asked."""
+    """Both scans find exactly the occurrences a naive search finds, case folded where asked, with
+    chunk ends anywhere."""
     specs: dict[tuple[bytes, bool], list[int]] = {}
     for index, (kw, ignore_case) in enumerate(keywords):
         key = kw.lower().encode() if ignore_case else kw.encode()
@@ -867,9 +868,14 @@ def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bo
         hay, needle = (data.lower(), kw.lower().encode()) if ignore_case else (data, kw.encode())
         naive |= {(i, index) for i in range(len(data)) if hay.startswith(needle, i)}
     for native in [True, False] if native_available() else [False]:
-        hits = redact_module._Keywords(specs, native=native).hits(data)
-        assert [at for at, _ in hits] == sorted(at for at, _ in hits)
-        assert {(at, index) for at, indexes in hits for index in indexes} == naive
+        for chunk in (redact_module._CHUNK, 7):  # 7: many chunk ends, keywords across them
+            saved, redact_module._CHUNK = redact_module._CHUNK, chunk
+            try:
+                hits = list(redact_module._Keywords(specs, native=native).hits(data))
+            finally:
+                redact_module._CHUNK = saved
+            assert [at for at, _ in hits] == sorted(at for at, _ in hits)
+            assert {(at, index) for at, indexes in hits for index in indexes} == naive
 
 
 def test_native_scan_without_the_library_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -66,6 +66,8 @@ ERROR_RULE = WITHHELD_RULE
 #: Longest match a rule may have: a pattern scans at most this far from its keyword. A match of an
 #: unbounded pattern that reaches it may be a longer secret cut short, so its lines are withheld.
 MAX_MATCH = 16 * 1024
+# Keywords are scanned for in chunks of this size, so the hits held at once stay bounded.
+_CHUNK = 256 * 1024
 # A match ending this close to its window's end may have been shortened by the window (a lookahead
 # or boundary that could not see past it), so it counts as cut short too.
 _CUT_SLACK = 64
@@ -234,7 +236,7 @@ class _Keywords:
     the same hits.
     """
 
-    __slots__ = ("_checked", "_direct", "_find", "_lower", "_native", "_number")
+    __slots__ = ("_checked", "_direct", "_find", "_lower", "_native", "_number", "_overlap")
 
     def __init__(self, specs: Mapping[tuple[bytes, bool], Sequence[int]], *, native: bool) -> None:
         if native and ahocorasick_rs is None:
@@ -252,6 +254,7 @@ class _Keywords:
             else:
                 checked[pattern].setdefault(kw, set()).update(indexes)
         patterns = sorted(direct)
+        self._overlap = max(map(len, patterns), default=1) - 1
         self._number = {p: i for i, p in enumerate(patterns)}
         self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
         self._checked = tuple(
@@ -270,25 +273,35 @@ class _Keywords:
     def native(self) -> bool:
         return self._native
 
-    def hits(self, data: bytes) -> list[tuple[int, tuple[int, ...]]]:
-        """``(start, indexes of the rules keyed there)``, sorted by start (a start may repeat)."""
+    def hits(self, data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """``(start, indexes of the rules keyed there)`` in order of start (a start may repeat).
+
+        The data is scanned in chunks of ``_CHUNK`` bytes (plus the longest keyword less one, so an
+        occurrence across a chunk end is whole), so the hits held at once stay bounded however
+        many the buffer has (a 20 MB line of one repeated keyword).
+        """
         hay = data.lower() if self._lower else data
-        if self._native:
-            matches: Iterable[tuple[int, int, object]] = self._find(hay, overlapping=True)
-        else:
-            number_of = self._number
-            matches = [(number_of[kw], start, None) for start, kw in self._find(hay)]
-        found: list[tuple[int, tuple[int, ...]]] = []
-        append = found.append
-        direct, checked = self._direct, self._checked
-        for number, start, _ in matches:
-            if direct[number]:
-                append((start, direct[number]))
-            for kw, indexes in checked[number]:
-                if data.startswith(kw, start):
-                    append((start, indexes))
-        found.sort(key=_START)
-        return found
+        view = memoryview(hay)
+        direct, checked, number_of = self._direct, self._checked, self._number
+        for low in range(0, len(hay), _CHUNK):
+            chunk = view[low : low + _CHUNK + self._overlap]
+            if self._native:
+                matches: Iterable[tuple[int, int, object]] = self._find(chunk, overlapping=True)
+            else:
+                matches = [(number_of[kw], start, None) for start, kw in self._find(chunk.tobytes())]
+            found: list[tuple[int, tuple[int, ...]]] = []
+            append = found.append
+            for number, start, _ in matches:
+                if start >= _CHUNK:
+                    continue  # starts in the next chunk, which finds it
+                start += low
+                if direct[number]:
+                    append((start, direct[number]))
+                for kw, indexes in checked[number]:
+                    if data.startswith(kw, start):
+                        append((start, indexes))
+            found.sort(key=_START)
+            yield from found
 
 
 _START = itemgetter(0)
