@@ -856,8 +856,8 @@ def test_property_keyword_scans_agree(case: tuple[bytes, bytes, list[str]]) -> N
     st.text(alphabet="abAB_-x", max_size=200),
 )
 def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bool]], text: str) -> None:
-    """Both scans find exactly the occurrences a naive search finds, case folded where asked, with
-    chunk ends anywhere."""
+    """Every scan (Aho-Corasick leftmost-longest with recovery, overlapping, pure Python) finds
+    exactly the occurrences a naive search finds, case folded where asked, with chunk ends anywhere."""
     specs: dict[tuple[bytes, bool], list[int]] = {}
     for index, (kw, ignore_case) in enumerate(keywords):
         key = kw.lower().encode() if ignore_case else kw.encode()
@@ -867,11 +867,15 @@ def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bo
     for index, (kw, ignore_case) in enumerate(keywords):
         hay, needle = (data.lower(), kw.lower().encode()) if ignore_case else (data, kw.encode())
         naive |= {(i, index) for i in range(len(data)) if hay.startswith(needle, i)}
-    for native in [True, False] if native_available() else [False]:
+    scans = (
+        [(True, False), (True, True), (True, None), (False, None)] if native_available() else [(False, None)]
+    )
+    for native, overlapping in scans:
         for chunk in (redact_module._CHUNK, 7):  # 7: many chunk ends, keywords across them
             saved, redact_module._CHUNK = redact_module._CHUNK, chunk
             try:
-                hits = list(redact_module._Keywords(specs, native=native).hits(data))
+                scan = redact_module._Keywords(specs, native=native, overlapping=overlapping)
+                hits = list(scan.hits(data))
             finally:
                 redact_module._CHUNK = saved
             assert [at for at, _ in hits] == sorted(at for at, _ in hits)

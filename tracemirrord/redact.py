@@ -68,6 +68,8 @@ ERROR_RULE = WITHHELD_RULE
 MAX_MATCH = 16 * 1024
 # Keywords are scanned for in chunks of this size, so the hits held at once stay bounded.
 _CHUNK = 256 * 1024
+# A chunk with more than one keyword hit per this many bytes switches the buffer to the overlapping scan.
+_DENSE = 4096
 # A match ending this close to its window's end may have been shortened by the window (a lookahead
 # or boundary that could not see past it), so it counts as cut short too.
 _CUT_SLACK = 64
@@ -231,14 +233,38 @@ class _Keywords:
     ignores case is given lowercased). One scan finds them all: over the data as it is when every
     keyword is case-sensitive, else over a lowercased copy, where a case-sensitive keyword's hit is
     checked against the original bytes (one scan of a copy is faster than two scans, and few hits
-    need the check). The scan is an ``ahocorasick_rs`` automaton (overlapping matches, so ``sk-``
-    and ``sk-ant-`` at one place are both reported) or, without it, ``_KeywordIndex``; both give
-    the same hits.
+    need the check). Without ``ahocorasick_rs`` the scan is ``_KeywordIndex``. With it, one of two
+    automaton scans that give the same hits, chosen per chunk:
+
+    - leftmost-longest, non-overlapping: the library's fast path (GB/s where keywords are rare,
+      as it can skip ahead). The occurrences it steps over are recovered exactly: one that starts
+      inside a reported keyword either lies within it (known from that keyword alone) or runs past
+      its end (checked with one ``startswith`` per offset); one that starts at or after its end is
+      reported by the scan itself.
+    - overlapping: every occurrence reported, no recovery, less work per hit. A buffer switches to
+      it after a chunk dense with hits (or from the start, with ``overlapping=True``).
     """
 
-    __slots__ = ("_checked", "_direct", "_find", "_lower", "_native", "_number", "_overlap")
+    __slots__ = (
+        "_checked",
+        "_direct",
+        "_find",
+        "_find_all",
+        "_lower",
+        "_native",
+        "_number",
+        "_overlap",
+        "_overlapping",
+        "_within",
+    )
 
-    def __init__(self, specs: Mapping[tuple[bytes, bool], Sequence[int]], *, native: bool) -> None:
+    def __init__(
+        self,
+        specs: Mapping[tuple[bytes, bool], Sequence[int]],
+        *,
+        native: bool,
+        overlapping: bool | None = None,
+    ) -> None:
         if native and ahocorasick_rs is None:
             raise ValueError("the Aho-Corasick keyword scan needs ahocorasick_rs, which is not installed")
         self._native = native
@@ -260,12 +286,18 @@ class _Keywords:
         self._checked = tuple(
             tuple((kw, tuple(sorted(ix))) for kw, ix in sorted(checked[p].items())) for p in patterns
         )
-        self._find: Any
+        self._within = tuple(_within(p, patterns) for p in patterns)
+        self._overlapping = overlapping  # None: chosen per chunk
+        self._find: Any = None
+        self._find_all: Any = None
         if native:
-            automaton = ahocorasick_rs.BytesAhoCorasick(
-                patterns, implementation=ahocorasick_rs.Implementation.DFA
-            )
-            self._find = automaton.find_matches_as_indexes
+            dfa = ahocorasick_rs.Implementation.DFA
+            self._find = ahocorasick_rs.BytesAhoCorasick(
+                patterns, matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST, implementation=dfa
+            ).find_matches_as_indexes
+            self._find_all = ahocorasick_rs.BytesAhoCorasick(
+                patterns, matchkind=ahocorasick_rs.MATCHKIND_STANDARD, implementation=dfa
+            ).find_matches_as_indexes
         else:
             self._find = _KeywordIndex(patterns).occurrences
 
@@ -278,30 +310,91 @@ class _Keywords:
 
         The data is scanned in chunks of ``_CHUNK`` bytes (plus the longest keyword less one, so an
         occurrence across a chunk end is whole), so the hits held at once stay bounded however
-        many the buffer has (a 20 MB line of one repeated keyword).
+        many the buffer has (a 20 MB line of one repeated keyword). Each chunk reports only the
+        occurrences that start in it.
         """
         hay = data.lower() if self._lower else data
         view = memoryview(hay)
         direct, checked, number_of = self._direct, self._checked, self._number
+        recover = self._native and not self._overlapping
         for low in range(0, len(hay), _CHUNK):
             chunk = view[low : low + _CHUNK + self._overlap]
-            if self._native:
-                matches: Iterable[tuple[int, int, object]] = self._find(chunk, overlapping=True)
+            if not self._native:
+                matches: list[tuple[int, int, object]] = [
+                    (number_of[kw], start, None) for start, kw in self._find(chunk.tobytes())
+                ]
+            elif recover:
+                matches = self._find(chunk)
             else:
-                matches = [(number_of[kw], start, None) for start, kw in self._find(chunk.tobytes())]
+                matches = self._find_all(chunk, overlapping=True)
             found: list[tuple[int, tuple[int, ...]]] = []
             append = found.append
             for number, start, _ in matches:
                 if start >= _CHUNK:
                     continue  # starts in the next chunk, which finds it
-                start += low
+                at = low + start
                 if direct[number]:
-                    append((start, direct[number]))
+                    append((at, direct[number]))
                 for kw, indexes in checked[number]:
-                    if data.startswith(kw, start):
-                        append((start, indexes))
+                    if data.startswith(kw, at):
+                        append((at, indexes))
+                if recover and (self._within[number][0] or self._within[number][1]):
+                    self._recover(found, data, hay, number, at, low + _CHUNK)
+            if recover and self._overlapping is None and len(matches) > _CHUNK // _DENSE:
+                recover = False  # a chunk dense with hits: recovery would cost more than it saves
             found.sort(key=_START)
             yield from found
+
+    def _recover(
+        self,
+        found: list[tuple[int, tuple[int, ...]]],
+        data: bytes,
+        hay: bytes,
+        number: int,
+        at: int,
+        end: int,
+    ) -> None:
+        """Add the occurrences that start inside the reported occurrence of ``number`` at ``at``
+        (before ``end``, the chunk's end), which a leftmost-longest scan steps over."""
+        contained, tails = self._within[number]
+        others = [(other, at + offset) for offset, other in contained]
+        for offset, candidates, numbers in tails:
+            pos = at + offset
+            if hay.startswith(candidates, pos):
+                others += (
+                    (n, pos) for n, c in zip(numbers, candidates, strict=True) if hay.startswith(c, pos)
+                )
+        for other, pos in others:
+            if pos >= end:
+                continue
+            if self._direct[other]:
+                found.append((pos, self._direct[other]))
+            for kw, indexes in self._checked[other]:
+                if data.startswith(kw, pos):
+                    found.append((pos, indexes))
+
+
+def _within(
+    pattern: bytes, patterns: Sequence[bytes]
+) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, tuple[bytes, ...], tuple[int, ...]], ...]]:
+    """The patterns that may start inside an occurrence of ``pattern``: those lying within it,
+    ``(offset, number)``, and per offset those that run past its end and must be checked,
+    ``(offset, candidates, their numbers)``."""
+    contained = []
+    tails = []
+    for offset in range(len(pattern)):
+        tail = pattern[offset:]
+        running_on = []
+        for number, other in enumerate(patterns):
+            if offset == 0 and other == pattern:
+                continue
+            if tail.startswith(other):
+                contained.append((offset, number))
+            elif offset and other.startswith(tail):
+                running_on.append((other, number))
+        if running_on:
+            tails.append((offset, tuple(o for o, _ in running_on), tuple(n for _, n in running_on)))
+    return tuple(contained), tuple(tails)
 
 
 _START = itemgetter(0)
