@@ -230,11 +230,11 @@ class _Keywords:
     """Every keyword occurrence of every rule, as ``(start, rule indexes)`` sorted by start.
 
     ``specs`` maps ``(keyword, ignore_case)`` to the indexes of the rules it keys (a keyword that
-    ignores case is given lowercased). One scan finds them all: over the data as it is when every
-    keyword is case-sensitive, else over a lowercased copy, where a case-sensitive keyword's hit is
-    checked against the original bytes (one scan of a copy is faster than two scans, and few hits
-    need the check). Without ``ahocorasick_rs`` the scan is ``_KeywordIndex``. With it, one of two
-    automaton scans that give the same hits, chosen per chunk:
+    ignores case is given lowercased). With ``ahocorasick_rs``, one automaton scan finds them all:
+    over the data as it is when every keyword is case-sensitive, else over a lowercased copy, where
+    a case-sensitive keyword's hit is checked against the original bytes (one scan of a copy is
+    faster than two scans, and few hits need the check). The automaton scan is one of two that
+    give the same hits, chosen per chunk:
 
     - leftmost-longest, non-overlapping: the library's fast path (GB/s where keywords are rare,
       as it can skip ahead). The occurrences it steps over are recovered exactly: one that starts
@@ -243,6 +243,9 @@ class _Keywords:
       reported by the scan itself.
     - overlapping: every occurrence reported, no recovery, less work per hit. A buffer switches to
       it after a chunk dense with hits (or from the start, with ``overlapping=True``).
+
+    Without ``ahocorasick_rs``, ``_KeywordIndex`` finds the same hits: case-sensitive keywords in
+    the data as it is (where its pivots are fast), the others in a lowercased copy.
     """
 
     __slots__ = (
@@ -252,7 +255,6 @@ class _Keywords:
         "_find_all",
         "_lower",
         "_native",
-        "_number",
         "_overlap",
         "_overlapping",
         "_within",
@@ -281,7 +283,6 @@ class _Keywords:
                 checked[pattern].setdefault(kw, set()).update(indexes)
         patterns = sorted(direct)
         self._overlap = max(map(len, patterns), default=1) - 1
-        self._number = {p: i for i, p in enumerate(patterns)}
         self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
         self._checked = tuple(
             tuple((kw, tuple(sorted(ix))) for kw, ix in sorted(checked[p].items())) for p in patterns
@@ -298,12 +299,37 @@ class _Keywords:
             self._find_all = ahocorasick_rs.BytesAhoCorasick(
                 patterns, matchkind=ahocorasick_rs.MATCHKIND_STANDARD, implementation=dfa
             ).find_matches_as_indexes
-        else:
-            self._find = _KeywordIndex(patterns).occurrences
+        else:  # case-sensitive keywords on the data as it is (the index's fast pivots), the others lowercased
+            by_case: dict[bool, dict[bytes, set[int]]] = {False: {}, True: {}}
+            for (kw, ignore_case), indexes in specs.items():
+                by_case[ignore_case].setdefault(kw, set()).update(indexes)
+            self._find = tuple(
+                (
+                    ignore_case,
+                    _KeywordIndex(keyed).occurrences,
+                    {kw: tuple(sorted(ix)) for kw, ix in keyed.items()},
+                )
+                for ignore_case, keyed in by_case.items()
+                if keyed
+            )
 
     @property
     def native(self) -> bool:
         return self._native
+
+    def _hits_pure(self, data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """``hits`` with ``_KeywordIndex``: the same hits in the same order, no automaton."""
+        lowered = data.lower() if self._lower else data
+        for low in range(0, len(data), _CHUNK):
+            end = low + _CHUNK + self._overlap
+            found = [
+                (low + start, rules[kw])
+                for ignore_case, occurrences, rules in self._find
+                for start, kw in occurrences((lowered if ignore_case else data)[low:end])
+                if start < _CHUNK
+            ]
+            found.sort(key=_START)
+            yield from found
 
     def hits(self, data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
         """``(start, indexes of the rules keyed there)`` in order of start (a start may repeat).
@@ -313,17 +339,17 @@ class _Keywords:
         many the buffer has (a 20 MB line of one repeated keyword). Each chunk reports only the
         occurrences that start in it.
         """
+        if not self._native:
+            yield from self._hits_pure(data)
+            return
         hay = data.lower() if self._lower else data
         view = memoryview(hay)
-        direct, checked, number_of = self._direct, self._checked, self._number
-        recover = self._native and not self._overlapping
+        direct, checked = self._direct, self._checked
+        recover = not self._overlapping
         for low in range(0, len(hay), _CHUNK):
             chunk = view[low : low + _CHUNK + self._overlap]
-            if not self._native:
-                matches: list[tuple[int, int, object]] = [
-                    (number_of[kw], start, None) for start, kw in self._find(chunk.tobytes())
-                ]
-            elif recover:
+            matches: list[tuple[int, int, int]]
+            if recover:
                 matches = self._find(chunk)
             else:
                 matches = self._find_all(chunk, overlapping=True)
