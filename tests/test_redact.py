@@ -156,9 +156,9 @@ def test_rule_redacts_its_token_inside_a_json_line(rule: str, text: str, secret:
     assert not any(secret in s for s in strings(parsed))
 
 
-def test_every_default_rule_has_a_sample() -> None:
-    """The sample table covers every default rule, so no rule ships untested."""
-    assert {rule.name for rule in DEFAULT_RULES} == {sample[0] for sample in SAMPLES}
+def test_every_sample_names_a_default_rule() -> None:
+    """The engine's samples are default rules (every rule's own cases: tests/test_rules_catalog.py)."""
+    assert {sample[0] for sample in SAMPLES} <= {rule.name for rule in DEFAULT_RULES}
 
 
 def test_secret_in_plain_text_line() -> None:
