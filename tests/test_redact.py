@@ -921,3 +921,30 @@ def test_probe_maps_long_backslash_runs() -> None:
     assert probe == b"a-b/c"
     assert where == [1, 3]
     assert extra == [5004, 5007]
+
+
+ESCAPED_LINES = [
+    b'{"t":"key sk\\u002Dant\\u002Dapi03\\u002D' + body(93, ALNUM).encode() + b'AA"}\n',  # upper-case hex
+    b'{"t":"hook https:\\/\\/hooks.slack.com\\/services\\/'
+    + _HOOK_PATH.replace("/", "\\/").encode()
+    + b'"}\n',
+    b'{"t":"\\U002D is no escape; sk\\U002Dproj\\U002D' + body(40).encode() + b'"}\n',
+    jsonl({"content": '{"key": "' + ("sk-proj-" + body(80, ALNUM + "_")).replace("-", "\\u002d") + '"}'}),
+]
+
+
+@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
+def test_escaped_secrets_with_chunk_ends_anywhere(
+    aho_corasick: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escapes found by the keyword scan (upper-case hex too) lead to the decoded scan; chunk ends
+    inside escapes and keywords change nothing."""
+    redactor = Redactor(aho_corasick=aho_corasick)
+    buffer = b"".join(ESCAPED_LINES)
+    expected = redactor.redact(buffer)
+    assert expected.counts == {"anthropic-api-key": 1, "slack-webhook": 1, "openai-api-key": 1}
+    assert json.loads(expected.data.split(b"\n")[0]) == {"t": "key [REDACTED:anthropic-api-key]"}
+    assert expected.data.split(b"\n")[2] == ESCAPED_LINES[2].rstrip(b"\n")  # \U002D is not JSON
+    for chunk in (5, 7, 64):
+        monkeypatch.setattr(redact_module, "_CHUNK", chunk)
+        assert redactor.redact(buffer) == expected

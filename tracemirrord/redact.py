@@ -21,10 +21,10 @@ Invariants, for any input buffer (complete lines, each ending in ``\\n``):
 
 How a buffer is scanned (the hot path of backfill, so it scans the whole buffer at once):
 
-1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass: an Aho-Corasick
-   automaton (``ahocorasick_rs``) when it is installed, else ``_KeywordIndex`` (a few regex and
-   ``bytes.find`` passes); both give the same hits. Keywords that ignore case are looked for in a
-   lowercased copy.
+1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass, chunk by chunk: an
+   Aho-Corasick automaton (``ahocorasick_rs``) when it is installed, else ``_KeywordIndex`` (a few
+   regex and ``bytes.find`` passes); both give the same hits. Keywords that ignore case are looked
+   for in a lowercased copy.
 2. At each hit, in order, the keyword's rules run ``pattern.match`` on at most ``MAX_MATCH`` bytes.
    A hit inside the previous match of the same rule is skipped (a rule's matches never overlap,
    as with ``finditer``), so a keyword repeated along a run costs one match, not one per keyword.
@@ -251,6 +251,7 @@ class _Keywords:
     __slots__ = (
         "_checked",
         "_direct",
+        "_escape",
         "_find",
         "_find_all",
         "_lower",
@@ -281,7 +282,21 @@ class _Keywords:
                 direct[pattern].update(indexes)
             else:
                 checked[pattern].setdefault(kw, set()).update(indexes)
+        # The automaton also finds the escapes that hide a token character (\/, \u002d), so
+        # ``_redact_buffer`` needs no scan of its own for the lines to decode; a hit is checked
+        # against the original bytes (a lowercased \U002D is no escape).
+        escapes = {b"\\/"}
+        for c in TOKEN_CHARS:
+            if 0x20 <= c < 0x80:
+                escapes.add(b"\\u00%02x" % c)
+                if not self._lower:
+                    escapes.add(b"\\u00%02X" % c)
+        if native:
+            for escape in escapes:
+                direct.setdefault(escape, set())
+                checked.setdefault(escape, {})
         patterns = sorted(direct)
+        self._escape = tuple(native and p in escapes for p in patterns)
         self._overlap = max(map(len, patterns), default=1) - 1
         self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
         self._checked = tuple(
@@ -317,8 +332,10 @@ class _Keywords:
     def native(self) -> bool:
         return self._native
 
-    def _hits_pure(self, data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
+    def _hits_pure(self, data: bytes, escapes: list[int] | None) -> Iterator[tuple[int, tuple[int, ...]]]:
         """``hits`` with ``_KeywordIndex``: the same hits in the same order, no automaton."""
+        if escapes is not None:
+            escapes += (m.start() for m in _TOKEN_ESCAPE.finditer(data))
         lowered = data.lower() if self._lower else data
         for low in range(0, len(data), _CHUNK):
             end = low + _CHUNK + self._overlap
@@ -331,20 +348,23 @@ class _Keywords:
             found.sort(key=_START)
             yield from found
 
-    def hits(self, data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
+    def hits(self, data: bytes, escapes: list[int] | None = None) -> Iterator[tuple[int, tuple[int, ...]]]:
         """``(start, indexes of the rules keyed there)`` in order of start (a start may repeat).
 
         The data is scanned in chunks of ``_CHUNK`` bytes (plus the longest keyword less one, so an
         occurrence across a chunk end is whole), so the hits held at once stay bounded however
         many the buffer has (a 20 MB line of one repeated keyword). Each chunk reports only the
-        occurrences that start in it.
+        occurrences that start in it. Given ``escapes``, the start of every token-hiding escape
+        (or what may be one: check it with ``_TOKEN_ESCAPE``) is added to it, in no fixed order.
         """
         if not self._native:
-            yield from self._hits_pure(data)
+            yield from self._hits_pure(data, escapes)
             return
         hay = data.lower() if self._lower else data
         view = memoryview(hay)
-        direct, checked = self._direct, self._checked
+        direct, checked, escape = self._direct, self._checked, self._escape
+        if escapes is None:
+            escapes = []  # found, not wanted
         recover = not self._overlapping
         for low in range(0, len(hay), _CHUNK):
             chunk = view[low : low + _CHUNK + self._overlap]
@@ -364,8 +384,10 @@ class _Keywords:
                 for kw, indexes in checked[number]:
                     if data.startswith(kw, at):
                         append((at, indexes))
+                if escape[number]:
+                    escapes.append(at)
                 if recover and (self._within[number][0] or self._within[number][1]):
-                    self._recover(found, data, hay, number, at, low + _CHUNK)
+                    self._recover(found, escapes, data, hay, number, at, low + _CHUNK)
             if recover and self._overlapping is None and len(matches) > _CHUNK // _DENSE:
                 recover = False  # a chunk dense with hits: recovery would cost more than it saves
             found.sort(key=_START)
@@ -374,6 +396,7 @@ class _Keywords:
     def _recover(
         self,
         found: list[tuple[int, tuple[int, ...]]],
+        escapes: list[int],
         data: bytes,
         hay: bytes,
         number: int,
@@ -398,6 +421,8 @@ class _Keywords:
             for kw, indexes in self._checked[other]:
                 if data.startswith(kw, pos):
                     found.append((pos, indexes))
+            if self._escape[other]:
+                escapes.append(pos)
 
 
 def _within(
@@ -623,7 +648,9 @@ class Redactor:
             start = end + 1
         return Redaction(b"".join(out), counts)
 
-    def _find(self, data: bytes) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    def _find(
+        self, data: bytes, escapes: list[int] | None = None
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
         """Spans to replace, ``(start, end, rule index)`` (unsorted, may overlap), and the
         ``(start, end)`` of matches that may have been cut short (their lines are withheld)."""
         spans: list[tuple[int, int, int]] = []
@@ -634,7 +661,7 @@ class Redactor:
         skip_to = 0  # hits before this sit on lines already withheld
         escaped: dict[int, bool] = {}
         matchers = self._matchers
-        for at, indexes in self._keywords.hits(data):
+        for at, indexes in self._keywords.hits(data, escapes):
             if at < skip_to:
                 continue
             window = at + MAX_MATCH
@@ -691,7 +718,8 @@ class Redactor:
         return spans, False
 
     def _redact_buffer(self, data: bytes) -> Redaction:
-        spans, cut = self._find(data)
+        escapes: list[int] = []
+        spans, cut = self._find(data, escapes)
         withheld: dict[int, tuple[int, str]] = {}  # line start -> (line end, reason)
         for start, end in cut:
             line_start = data.rfind(b"\n", 0, start) + 1
@@ -703,10 +731,14 @@ class Redactor:
                 line_start = line_end + 1
 
         # Lines hiding a token character behind an escape are scanned again, decoded.
-        m = _TOKEN_ESCAPE.search(data)
-        while m is not None:
-            line_start = data.rfind(b"\n", 0, m.start()) + 1
-            line_end = _line_end(data, m.end())
+        escapes.sort()
+        line_end = -1
+        for at in escapes:
+            if at <= line_end or not _TOKEN_ESCAPE.match(data, at):
+                continue  # a line already scanned, or no escape in the original bytes
+            newline = data.rfind(b"\n", line_end + 1, at)
+            line_start = line_end + 1 if newline < 0 else newline + 1
+            line_end = _line_end(data, at)
             if line_start not in withheld:
                 try:
                     found, too_long = self._find_decoded(data, line_start, line_end)
@@ -715,7 +747,6 @@ class Redactor:
                     spans.extend(found)
                 except Exception:
                     withheld[line_start] = (line_end, _ERROR)
-            m = _TOKEN_ESCAPE.search(data, line_end)
 
         if not spans and not withheld:
             return Redaction(data, {})
