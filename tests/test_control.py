@@ -553,3 +553,27 @@ async def test_a_harness_error_clears_when_it_recovers(
         assert daemon.telemetry.counters.errors == {"harness": 1}
     finally:
         await daemon.close()
+
+
+def test_sigterm_during_start_up_is_a_clean_stop(tmp_path: Path) -> None:
+    """A SIGTERM before the daemon's own handler is in place (still importing, opening) still ends
+    in a clean stop with exit 0, not death by the default action."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+    for delay in (0.05, 0.2, 0.5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracemirrord"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (delay, err.decode()[-2000:])
+    once = subprocess.Popen(
+        [sys.executable, "-m", "tracemirrord", "--once"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.05)
+    once.send_signal(signal.SIGTERM)
+    once.communicate(timeout=30)
+    assert once.returncode in (143, -15), "--once stopped by SIGTERM did not mirror everything: not 0"

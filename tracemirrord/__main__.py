@@ -7,9 +7,15 @@ not mirror everything, ``--check`` could not reach the bucket, another daemon ho
 
 from __future__ import annotations
 
+import sys
+
+from tracemirrord import early_signals
+
+# before the slow imports below (harnesses, the rule set): a SIGTERM now must not kill us unflushed
+early_signals.install(daemon=not {"--once", "--check"} & set(sys.argv[1:]))
+
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import anyio

@@ -28,7 +28,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
-from tracemirrord import __version__, anonymize, layout
+from tracemirrord import __version__, anonymize, early_signals, layout
 from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
@@ -492,6 +492,7 @@ class Daemon:
 
     async def run_forever(self) -> int:
         """Run until SIGTERM/SIGINT; drain; exit code 0."""
+        early_signals.daemon_starting()  # also when run in-process, without __main__
         stopping = self._stopping = anyio.Event()
         metrics = self._bind_metrics()  # first: a refused metrics address leaves no socket behind
         try:
@@ -572,6 +573,9 @@ class Daemon:
 
     async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            if early_signals.pending() and not stopping.is_set():
+                log.info("stopping: flushing what is held", signal="SIGTERM (during start-up)")
+                stopping.set()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if not stopping.is_set():
