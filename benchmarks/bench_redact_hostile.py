@@ -130,6 +130,7 @@ def rule_child(name: str, engine_root: str) -> None:
             run = filler * (16384 // len(filler))
             repeated = (kw.encode() + filler) * (16384 // (len(kw) + len(filler)))
             for what, line in (("run", kw.encode() + run), ("repeated", repeated)):
+                print(json.dumps({"running": f"{kw!r} + {what} of {filler.decode()!r}"}), flush=True)
                 t = time.perf_counter()
                 redactor.redact(line + b"\n")
                 seconds = time.perf_counter() - t
@@ -138,19 +139,25 @@ def rule_child(name: str, engine_root: str) -> None:
     print(json.dumps({"rule": rule.name, "seconds": worst[0], "line": worst[1]}))
 
 
-def rules_main(engine_root: str, timeout: float, show: int) -> None:
-    """Each default rule in its own child process; print the slowest ones."""
+def rules_main(engine_root: str, timeout: float, show: int, only: list[str] | None) -> None:
+    """Each default rule in its own child process; print the slowest ones. A child still running
+    after ``timeout`` is stopped; its row names the line it was on."""
     sys.path.insert(0, engine_root)
     from tracemirrord.rules import DEFAULT_RULES
 
     rows = []
     for rule in DEFAULT_RULES:
+        if only and rule.name not in only:
+            continue
         cmd = [sys.executable, __file__, "--rule-child", rule.name, "--engine-root", engine_root]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-        except subprocess.TimeoutExpired:
-            rows.append({"rule": rule.name, "seconds": float("inf"), "line": f"over {timeout:.0f} s"})
+        except subprocess.TimeoutExpired as exc:
+            done = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            last = json.loads(done.strip().splitlines()[-1]) if done.strip() else {"running": "?"}
+            line = f"stopped after {timeout:.0f} s, on {last['running']}"
+            rows.append({"rule": rule.name, "seconds": float("inf"), "line": line})
         print(f"  {rows[-1]['rule']}: {rows[-1]['seconds']:.3f} s", file=sys.stderr, flush=True)
     rows.sort(key=lambda row: -row["seconds"])
     print(f"{len(rows)} rules; slowest hostile line per rule (16 KiB each), the {show} slowest:")
@@ -190,7 +197,7 @@ def main() -> None:
     parser.add_argument("--engine-root", default=str(ROOT), help="checkout whose tracemirrord is timed")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size S by this")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is given up")
-    parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="case (or with --rules, rule) names to run (default: all)")
     parser.add_argument("--rules", action="store_true", help="time each default rule on its own")
     parser.add_argument("--show", type=int, default=15, help="with --rules: how many rules to list")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "SIZE"), help=argparse.SUPPRESS)
@@ -203,7 +210,7 @@ def main() -> None:
         rule_child(args.rule_child, args.engine_root)
         return
     if args.rules:
-        rules_main(args.engine_root, args.timeout, args.show)
+        rules_main(args.engine_root, args.timeout, args.show, args.only)
         return
 
     print(f"engine: {args.engine_root}")

@@ -44,7 +44,7 @@ How a buffer is scanned (the hot path of backfill, so it scans the whole buffer 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -296,13 +296,19 @@ class _Keywords:
                 direct.setdefault(escape, set())
                 checked.setdefault(escape, {})
         patterns = sorted(direct)
-        self._escape = tuple(native and p in escapes for p in patterns)
+        self._within = tuple(_within(p, patterns) for p in patterns)
+        # Per pattern: False, True (an escape), or _ONLY (an escape, no keyword, nothing to recover).
+        self._escape: tuple[object, ...] = tuple(
+            (_ONLY if not direct[p] and not checked[p] and not any(self._within[i]) else True)
+            if native and p in escapes
+            else False
+            for i, p in enumerate(patterns)
+        )
         self._overlap = max(map(len, patterns), default=1) - 1
         self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
         self._checked = tuple(
             tuple((kw, tuple(sorted(ix))) for kw, ix in sorted(checked[p].items())) for p in patterns
         )
-        self._within = tuple(_within(p, patterns) for p in patterns)
         self._overlapping = overlapping  # None: chosen per chunk
         self._find: Any = None
         self._find_all: Any = None
@@ -362,7 +368,7 @@ class _Keywords:
             return
         hay = data.lower() if self._lower else data
         view = memoryview(hay)
-        direct, checked, escape = self._direct, self._checked, self._escape
+        direct, checked, escape, within = self._direct, self._checked, self._escape, self._within
         if escapes is None:
             escapes = []  # found, not wanted
         recover = not self._overlapping
@@ -379,14 +385,16 @@ class _Keywords:
                 if start >= _CHUNK:
                     continue  # starts in the next chunk, which finds it
                 at = low + start
+                if escape[number]:
+                    escapes.append(at)
+                    if escape[number] is _ONLY:
+                        continue  # an escape and nothing else: no keyword, none inside or running on
                 if direct[number]:
                     append((at, direct[number]))
                 for kw, indexes in checked[number]:
                     if data.startswith(kw, at):
                         append((at, indexes))
-                if escape[number]:
-                    escapes.append(at)
-                if recover and (self._within[number][0] or self._within[number][1]):
+                if recover and (within[number][0] or within[number][1]):
                     self._recover(found, escapes, data, hay, number, at, low + _CHUNK)
             if recover and self._overlapping is None and len(matches) > _CHUNK // _DENSE:
                 recover = False  # a chunk dense with hits: recovery would cost more than it saves
@@ -449,6 +457,7 @@ def _within(
 
 
 _START = itemgetter(0)
+_ONLY = object()  # see _Keywords._escape
 
 
 def _backslash_run(data: bytes, pos: int) -> int:
@@ -733,9 +742,12 @@ class Redactor:
         # Lines hiding a token character behind an escape are scanned again, decoded.
         escapes.sort()
         line_end = -1
-        for at in escapes:
-            if at <= line_end or not _TOKEN_ESCAPE.match(data, at):
-                continue  # a line already scanned, or no escape in the original bytes
+        i = 0
+        while i < len(escapes):
+            at = escapes[i]
+            i += 1
+            if not _TOKEN_ESCAPE.match(data, at):
+                continue  # no escape in the original bytes (a lowercased \U002D)
             newline = data.rfind(b"\n", line_end + 1, at)
             line_start = line_end + 1 if newline < 0 else newline + 1
             line_end = _line_end(data, at)
@@ -747,6 +759,7 @@ class Redactor:
                     spans.extend(found)
                 except Exception:
                     withheld[line_start] = (line_end, _ERROR)
+            i = bisect_right(escapes, line_end, i)  # the rest of this line's escapes
 
         if not spans and not withheld:
             return Redaction(data, {})
