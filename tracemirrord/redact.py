@@ -147,7 +147,8 @@ class _KeywordIndex:
     pivot as a literal (a cheap first-byte test) followed by a lookbehind over the whole keyword;
     keywords that end at the pivot sit behind a one-byte lookbehind gate. Every search restarts
     one byte after the previous stop, so overlapping occurrences are all found. Keywords without a
-    pivot byte (and pivots with a single keyword) are found with ``bytes.find``.
+    pivot byte share one regex per first byte instead; a group of one keyword is found with
+    ``bytes.find``. So the passes number the pivots and first bytes, not the keywords.
     """
 
     __slots__ = ("_literals", "_pivoted")
@@ -161,8 +162,8 @@ class _KeywordIndex:
                 if at >= 0:
                     groups.setdefault(pivot, []).append((kw, at))
                     break
-            else:
-                literals.append(kw)
+            else:  # no shared pivot: keywords that start with the same byte share a regex on it
+                groups.setdefault(kw[:1], []).append((kw, 0))
         pivoted = []
         for pivot, members in groups.items():
             if len(members) == 1:
