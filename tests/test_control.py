@@ -559,7 +559,8 @@ def test_sigterm_during_start_up_is_a_clean_stop(tmp_path: Path) -> None:
     """A SIGTERM before the daemon's own handler is in place (still importing, opening) still ends
     in a clean stop with exit 0, not death by the default action."""
     env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
-    for delay in (0.05, 0.2, 0.5):
+    # not earlier: before the interpreter itself is up no Python program has its handlers yet
+    for delay in (0.4, 0.8):
         proc = subprocess.Popen(
             [sys.executable, "-m", "tracemirrord"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
