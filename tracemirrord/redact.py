@@ -297,7 +297,8 @@ class _Keywords:
                 direct.setdefault(escape, set())
                 checked.setdefault(escape, {})
         patterns = sorted(direct)
-        self._within = tuple(_within(p, patterns) for p in patterns)
+        numbers = {p: i for i, p in enumerate(patterns)}
+        self._within = tuple(_within(p, patterns, numbers) for p in patterns) if native else ()
         # Per pattern: False, True (an escape), or _ONLY (an escape, no keyword, nothing to recover).
         self._escape: tuple[object, ...] = tuple(
             (_ONLY if not direct[p] and not checked[p] and not any(self._within[i]) else True)
@@ -435,25 +436,28 @@ class _Keywords:
 
 
 def _within(
-    pattern: bytes, patterns: Sequence[bytes]
+    pattern: bytes, patterns: Sequence[bytes], numbers: Mapping[bytes, int]
 ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, tuple[bytes, ...], tuple[int, ...]], ...]]:
     """The patterns that may start inside an occurrence of ``pattern``: those lying within it,
     ``(offset, number)``, and per offset those that run past its end and must be checked,
-    ``(offset, candidates, their numbers)``."""
+    ``(offset, candidates, their numbers)``. ``patterns`` is sorted; ``numbers`` maps each to
+    its index. Found by lookup and bisection, so a few hundred keywords take milliseconds."""
     contained = []
     tails = []
     for offset in range(len(pattern)):
         tail = pattern[offset:]
-        running_on = []
-        for number, other in enumerate(patterns):
-            if offset == 0 and other == pattern:
-                continue
-            if tail.startswith(other):
+        for size in range(1, len(tail) + 1):  # the patterns that are prefixes of the tail
+            number = numbers.get(tail[:size])
+            if number is not None and not (offset == 0 and size == len(pattern)):
                 contained.append((offset, number))
-            elif offset and other.startswith(tail):
-                running_on.append((other, number))
-        if running_on:
-            tails.append((offset, tuple(o for o, _ in running_on), tuple(n for _, n in running_on)))
+        if offset:  # the patterns that start with the tail and are longer: a sorted range
+            running_on = []
+            at = bisect_right(patterns, tail)
+            while at < len(patterns) and patterns[at].startswith(tail):
+                running_on.append((patterns[at], at))
+                at += 1
+            if running_on:
+                tails.append((offset, tuple(o for o, _ in running_on), tuple(n for _, n in running_on)))
     return tuple(contained), tuple(tails)
 
 
