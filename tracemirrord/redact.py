@@ -24,7 +24,7 @@ How a buffer is scanned (the hot path of backfill, so it scans the whole buffer 
 1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass, chunk by chunk: an
    Aho-Corasick automaton (``ahocorasick_rs``) when it is installed, else ``_KeywordIndex`` (a few
    regex and ``bytes.find`` passes); both give the same hits. Keywords that ignore case are looked
-   for in a lowercased copy.
+   for in a lowercased copy. The same pass finds the escapes of step 3.
 2. At each hit, in order, the keyword's rules run ``pattern.match`` on at most ``MAX_MATCH`` bytes.
    A hit inside the previous match of the same rule is skipped (a rule's matches never overlap,
    as with ``finditer``), so a keyword repeated along a run costs one match, not one per keyword.
