@@ -134,7 +134,6 @@ class SessionMirror:
         self.writer = SessionWriter(key, ctx, source)
         self.status = "idle"
         self.last_error: str | None = None
-        self.lag_s: float | None = None
         self.finished = False
         self.parked = False
         self._eligible = ctx.backfill_cutoff is None
@@ -484,12 +483,9 @@ class SessionMirror:
         )
 
     async def _flush(self) -> None:
-        since = self._batch.since
         await self.writer.put_part(self._batch.records)
         if self.in_backfill:
             self.ctx.telemetry.backfill_progress(self._batch.source_bytes)
-        if since is not None:
-            self.lag_s = time.monotonic() - since
         self._batch.clear()
 
     async def _source_missing(self, now: float) -> float | None:

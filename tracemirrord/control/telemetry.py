@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tracemirrord.control.schema import (
     HEARTBEAT_KIND,
@@ -36,6 +36,7 @@ from tracemirrord.store.base import (
     StoreError,
 )
 
+T = TypeVar("T")
 STORE_OPERATIONS = ("put", "get", "head", "list", "check")
 
 
@@ -326,48 +327,28 @@ class CountingStore:
         return self.inner.url
 
     async def put(self, key: str, body: bytes, **kwargs: Any) -> str:
-        self._telemetry.request("put", len(body))
-        try:
-            return await self.inner.put(key, body, **kwargs)
-        except StoreError as exc:
-            self._failed(exc)
-            raise
+        return await self._counted("put", self.inner.put(key, body, **kwargs), len(body))
 
     async def get(self, key: str) -> StoredObject:
-        self._telemetry.request("get")
-        try:
-            return await self.inner.get(key)
-        except StoreError as exc:
-            self._failed(exc)
-            raise
+        return await self._counted("get", self.inner.get(key))
 
     async def head(self, key: str) -> ObjectInfo:
-        self._telemetry.request("head")
-        try:
-            return await self.inner.head(key)
-        except StoreError as exc:
-            self._failed(exc)
-            raise
+        return await self._counted("head", self.inner.head(key))
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> list[ObjectInfo]:
-        self._telemetry.request("list")
-        try:
-            return await self.inner.list(prefix, start_after=start_after)
-        except StoreError as exc:
-            self._failed(exc)
-            raise
+        return await self._counted("list", self.inner.list(prefix, start_after=start_after))
 
     async def check(self) -> None:
-        self._telemetry.request("check")
+        await self._counted("check", self.inner.check())
+
+    async def _counted(self, operation: str, request: Awaitable[T], sent_bytes: int = 0) -> T:
+        self._telemetry.request(operation, sent_bytes)
         try:
-            await self.inner.check()
+            return await request
         except StoreError as exc:
-            self._failed(exc)
+            if not isinstance(exc, NotFound | PreconditionFailed):
+                self._telemetry.request_failed(exc)
             raise
 
     async def close(self) -> None:
         await self.inner.close()
-
-    def _failed(self, exc: StoreError) -> None:
-        if not isinstance(exc, NotFound | PreconditionFailed):
-            self._telemetry.request_failed(exc)
