@@ -91,7 +91,8 @@ class Daemon:
             self.kill9()
 
 
-def _store(bucket: str, s3_env: dict[str, str] | None):  # type: ignore[no-untyped-def]
+def store_for(bucket: str, s3_env: dict[str, str] | None):  # type: ignore[no-untyped-def]
+    """A fresh client of the bucket (the moto server's test credentials for s3://)."""
     from tracemirrord.store import S3Options
 
     options = None
@@ -111,7 +112,7 @@ def read_back(
     """Reassemble one session from the bucket (a fresh store client each call)."""
 
     async def go() -> Reassembled:
-        store = _store(bucket, s3_env)
+        store = store_for(bucket, s3_env)
         try:
             return await reassemble(store, project, key)
         finally:
@@ -126,7 +127,7 @@ def read_meta(
     """A session's meta.json from the bucket, parsed (None while there is none)."""
 
     async def go() -> dict[str, Any] | None:
-        store = _store(bucket, s3_env)
+        store = store_for(bucket, s3_env)
         try:
             got = await store.get(layout.meta_key(project, key))
         except NotFound:

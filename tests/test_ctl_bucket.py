@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 import pytest
 import zstandard
-from daemon import Daemon, daemon_env, wait_for
+from daemon import Daemon, daemon_env, store_for, wait_for
 from s3server import free_port
 
-from tracemirrord.store import ObjectStore, S3Options, open_store
+from tracemirrord.store import ObjectStore
 
 T = TypeVar("T")
 
@@ -142,15 +142,7 @@ def with_store(
     bucket: str, use: Callable[[ObjectStore], Awaitable[T]], s3: dict[str, str] | None = None
 ) -> T:
     async def go() -> T:
-        options = None
-        if s3:
-            options = S3Options(
-                endpoint_url=s3["TRACEMIRROR_S3__ENDPOINT_URL"],
-                region="us-east-1",
-                access_key_id=s3["AWS_ACCESS_KEY_ID"],
-                secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
-            )
-        store = open_store(bucket, options)
+        store = store_for(bucket, s3)
         try:
             return await use(store)
         finally:
