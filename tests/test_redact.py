@@ -84,6 +84,9 @@ def _pem() -> tuple[str, str]:
 
 
 _PEM_BLOCK, _PEM_LINE = _pem()
+# The marker lines a redacted block keeps (the body between them is replaced).
+_RSA_BEGIN = "-----BEGIN RSA PRIVATE KEY-----"
+_RSA_END = "-----END RSA PRIVATE KEY-----"
 _JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + body(60) + "." + body(43, ALNUM + "-_")
 _AWS_ID = "AKIA" + "IOSFODNN7EXAMPLE"
 _AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
@@ -316,11 +319,13 @@ def test_match_starting_inside_an_escape_is_left_alone() -> None:
 
 
 def test_private_key_with_escaped_newlines() -> None:
-    """A PEM block inside a JSON string (\\n escapes) is replaced whole, text after it kept."""
+    """A PEM block inside a JSON string (\\n escapes): its body is replaced, the text around it kept."""
     line = jsonl({"content": "key:\n" + _PEM_BLOCK + "\nused for deploys"})
     result = redact_line(line)
     assert result.counts == {"private-key": 1}
-    assert json.loads(result.data) == {"content": "key:\n[REDACTED:private-key]\nused for deploys"}
+    assert json.loads(result.data) == {
+        "content": f"key:\n{_RSA_BEGIN}\n[REDACTED:private-key]\n{_RSA_END}\nused for deploys"
+    }
 
 
 def test_private_key_nested_in_json_string() -> None:
@@ -329,7 +334,10 @@ def test_private_key_nested_in_json_string() -> None:
     result = redact_line(line)
     assert result.counts == {"private-key": 1}
     inner = json.loads(json.loads(result.data)["content"])
-    assert inner == {"private_key": "[REDACTED:private-key]", "type": "service_account"}
+    assert inner == {
+        "private_key": f"{_RSA_BEGIN}\n[REDACTED:private-key]\n{_RSA_END}",
+        "type": "service_account",
+    }
 
 
 def test_private_key_cut_before_its_end_line() -> None:
@@ -338,16 +346,17 @@ def test_private_key_cut_before_its_end_line() -> None:
     line = jsonl({"content": cut + "\n\nthat is all"})
     result = redact_line(line)
     assert result.counts == {"private-key": 1}
-    assert json.loads(result.data) == {"content": "[REDACTED:private-key]\n\nthat is all"}
+    assert json.loads(result.data) == {"content": f"{_RSA_BEGIN}\n[REDACTED:private-key]\nthat is all"}
 
 
 def test_private_key_with_real_newlines_in_plain_text() -> None:
-    """A PEM block over several plain-text lines is redacted on each line, keeping the count."""
+    """A PEM block over several plain-text lines: each body line is replaced, the count is one block."""
     buffer = b'{"before":1}\n' + _PEM_BLOCK.encode() + b'\n{"after":2}\n'
     result = redact_line(buffer)
     out = result.data.split(b"\n")
-    assert out[0] == b'{"before":1}' and out[-2] == b'{"after":2}'
-    assert all(piece == b"[REDACTED:private-key]" for piece in out[1:-2])
+    assert out[:2] == [b'{"before":1}', _RSA_BEGIN.encode()]
+    assert out[-3:] == [_RSA_END.encode(), b'{"after":2}', b""]
+    assert out[2:-3] == [b"[REDACTED:private-key]"] * 6
     assert result.counts == {"private-key": 1}
 
 
@@ -371,14 +380,15 @@ def test_private_key_shapes(header: str, extra_lines: list[str]) -> None:
     for newline in ("\n", "\r\n"):
         text = "before\n" + block.replace("\n", newline) + "\nafter"
         result = redact_line(jsonl({"t": text}))
-        assert json.loads(result.data) == {"t": "before\n[REDACTED:private-key]\nafter"}
+        kept = f"-----BEGIN {header}-----{newline}[REDACTED:private-key]{newline}-----END {header}-----"
+        assert json.loads(result.data) == {"t": f"before\n{kept}\nafter"}
 
 
 def test_private_key_flattened_on_one_line() -> None:
     """A PEM block flattened with spaces (an env var) is replaced whole."""
     flat = _PEM_BLOCK.replace("\n", " ")
     result = redact_line(jsonl({"env": "KEY=" + flat}))
-    assert json.loads(result.data) == {"env": "KEY=[REDACTED:private-key]"}
+    assert json.loads(result.data) == {"env": f"KEY={_RSA_BEGIN}[REDACTED:private-key]{_RSA_END}"}
 
 
 def test_bearer_after_an_escaped_tab() -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tracemirrord.redact import Redactor
+from tracemirrord.pem import find_private_keys
+from tracemirrord.redact import WITHHELD_RULE, Redactor
 from tracemirrord.rules import DEFAULT_RULES, Rule, load_rules, shannon_entropy
 
 REDACTOR = Redactor(rules=DEFAULT_RULES)
@@ -575,10 +576,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "--aws-secret-access-key $AWS_SECRET_ACCESS_KEY",
     ),
     ("bearer-token", 'curl -H "Authorization: Bearer {s}"', r(39) + "9", "Authorization: Bearer <token>"),
-    (
+    (  # a structural detector (tests/test_pem.py has every prefix): the body goes, the markers stay
         "private-key",
-        "SSH_KEY={s}",
-        _PEM.replace("\n", " "),
+        "SSH_KEY=-----BEGIN RSA PRIVATE KEY-----{s}-----END RSA PRIVATE KEY-----",
+        _PEM.replace("\n", " ")
+        .removeprefix("-----BEGIN RSA PRIVATE KEY-----")
+        .removesuffix("-----END RSA PRIVATE KEY-----"),
         "-----BEGIN PUBLIC KEY----- " + r(64, B64) + " -----END PUBLIC KEY-----",
     ),
     ("password-assignment", "export DB_PASSWORD={s}", "Tr0ub4dor-" + r(6), "DB_PASSWORD=${DB_PASSWORD}"),
@@ -746,12 +749,15 @@ def test_positive_passes_the_rule_filters(rule: str, template: str, secret: str,
     """
     spec = RULES[rule]
     text = template.replace("{s}", secret).encode()
-    compiled = re.compile(spec.pattern.encode())
-    spans = [
-        m.group(spec.secret_group)
-        for at in range(len(text))
-        if (m := compiled.match(text, at)) and m.group(spec.secret_group)
-    ]
+    if spec.detector:
+        spans = [text[start:end] for start, end in find_private_keys(text).spans]
+    else:
+        compiled = re.compile(spec.pattern.encode())
+        spans = [
+            m.group(spec.secret_group)
+            for at in range(len(text))
+            if (m := compiled.match(text, at)) and m.group(spec.secret_group)
+        ]
     assert secret.encode() in spans
     if spec.entropy is not None:
         assert shannon_entropy(secret.encode()) >= spec.entropy
@@ -907,13 +913,8 @@ _SMALL_CLASSES = ("[ \\t]", "[\"']", "[Bb]", "[nrt]")
 
 
 def test_patterns_are_bounded_and_anchor_on_their_keywords() -> None:
-    """No \\b, no {n,}, and no + or * over a character class other than a few short ones.
-
-    private-key is kept as it was (it moves to the structural PEM module); its runs are linear.
-    """
+    """No \\b, no {n,}, and no + or * over a character class other than a few short ones."""
     for rule in DEFAULT_RULES:
-        if rule.name == "private-key":
-            continue
         assert "\\b" not in rule.pattern, rule.name
         for m in _UNBOUNDED_CLASS.finditer(rule.pattern):
             if m.group() in ("]+", "]*"):
@@ -929,6 +930,8 @@ def test_each_keyword_starts_a_match_of_its_rule() -> None:
     for rule, template, secret, _ in CASES:
         positives.setdefault(rule, []).append(template.replace("{s}", secret).encode())
     for rule in DEFAULT_RULES:
+        if rule.detector:  # no pattern; its keyword is checked by test_detector_rules_are_structural
+            continue
         compiled = re.compile(rule.pattern.encode())
         starts = {
             m.start()
@@ -943,6 +946,15 @@ def test_each_keyword_starts_a_match_of_its_rule() -> None:
                     assert any(text.startswith(kw.encode(), at) for kw in rule.keywords), rule.name
 
 
+def test_detector_rules_are_structural() -> None:
+    """private-key has no pattern: tracemirrord.pem finds its blocks wherever its keyword occurs."""
+    detectors = {rule.name: rule for rule in DEFAULT_RULES if rule.detector}
+    assert set(detectors) == {"private-key"}
+    rule = detectors["private-key"]
+    assert rule.detector == "private-key-block" and rule.pattern == ""
+    assert rule.keywords == ("-----BEGIN ",)
+
+
 def test_a_keyword_repeated_many_times_is_cheap() -> None:
     """Every keyword of every rule repeated 2,000 times in one line: bounded work per occurrence.
 
@@ -954,7 +966,7 @@ def test_a_keyword_repeated_many_times_is_cheap() -> None:
     started = time.perf_counter()
     data, counts = redact(line)
     elapsed = time.perf_counter() - started
-    assert "redaction_error" not in counts
+    assert WITHHELD_RULE not in counts
     assert isinstance(json.loads(data)["content"], str)
     assert elapsed < 30, f"{len(line)} bytes took {elapsed:.1f}s"
 

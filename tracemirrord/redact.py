@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from tracemirrord.rules import DEFAULT_RULES, TOKEN_CHARS, Rule, shannon_entropy
+from tracemirrord import pem
+from tracemirrord.rules import DEFAULT_RULES, DETECTORS, TOKEN_CHARS, Rule, shannon_entropy
 
 try:  # a Rust Aho-Corasick: one pass for all keywords, whatever their number
     import ahocorasick_rs
@@ -78,6 +79,11 @@ _CUT_SLACK = 64
 _UNSAFE = "unsafe_span"
 _TOO_LONG = "match_too_long"
 _ERROR = "redaction_error"
+
+# Structural detectors by name (rules.DETECTORS): each finds the spans of its secrets in a buffer,
+# and the ones it cannot cut safely (their lines are withheld).
+_DETECT: dict[str, Callable[[bytes], pem.KeyBlocks]] = {"private-key-block": pem.find_private_keys}
+assert set(_DETECT) == set(DETECTORS)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 _RESERVED_NAMES = frozenset({WITHHELD_RULE, "redaction_error"})
@@ -132,6 +138,7 @@ class _Compiled:
     unbounded: bool  # a match may be as long as MAX_MATCH (so one that long may be cut short)
     entropy: float | None  # a span with fewer bits per byte is kept
     allowlist: tuple[re.Pattern[bytes], ...]  # a span that fullmatches one is kept
+    detect: Callable[[bytes], pem.KeyBlocks] | None  # a structural detector instead of the regex
 
 
 class _UnsafeSpan(Exception):
@@ -590,7 +597,7 @@ class Redactor:
     one (the same results; tests compare them).
     """
 
-    __slots__ = ("_enabled", "_keywords", "_matchers", "_rules")
+    __slots__ = ("_detectors", "_enabled", "_keywords", "_matchers", "_rules")
 
     def __init__(
         self, rules: Sequence[Rule] | None = None, *, enabled: bool = True, aho_corasick: bool | None = None
@@ -600,6 +607,7 @@ class Redactor:
         allow_cache: dict[str, re.Pattern[bytes]] = {}
         self._rules = tuple(_compile(rule, allow_cache) for rule in source)
         self._matchers = tuple(rule.regex.match for rule in self._rules)
+        self._detectors = tuple(i for i, rule in enumerate(self._rules) if rule.detect is not None)
         names = [rule.name for rule in self._rules]
         if len(set(names)) != len(names):
             raise ValueError("rule names must be unique")
@@ -664,17 +672,21 @@ class Redactor:
 
     def _find(
         self, data: bytes, escapes: list[int] | None = None
-    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, str]]]:
         """Spans to replace, ``(start, end, rule index)`` (unsorted, may overlap), and the
-        ``(start, end)`` of matches that may have been cut short (their lines are withheld)."""
+        ``(start, end, reason)`` of what cannot be replaced safely: matches that may have been cut
+        short, blocks a detector cannot cut (their lines are withheld)."""
         spans: list[tuple[int, int, int]] = []
-        cut: list[tuple[int, int]] = []
+        cut: list[tuple[int, int, str]] = []
         rules = self._rules
         last_end = [0] * len(rules)  # where each rule's previous match ended
         size = len(data)
         skip_to = 0  # hits before this sit on lines already withheld
         escaped: dict[int, bool] = {}
         matchers = self._matchers
+        detected: list[int] = []  # detector rules whose keyword occurs: they run once, after the scan
+        if self._detectors:
+            matchers = _noting_detectors(matchers, self._detectors, detected)
         for at, indexes in self._keywords.hits(data, escapes):
             if at < skip_to:
                 continue
@@ -689,7 +701,7 @@ class Redactor:
                 match_end = m.end()
                 last_end[index] = match_end
                 if rule.unbounded and window < size and match_end > window - _CUT_SLACK:
-                    cut.append((at, match_end))
+                    cut.append((at, match_end, _TOO_LONG))
                     skip_to = _line_end(data, match_end)
                     break
                 start, end = m.span(rule.group)
@@ -704,20 +716,25 @@ class Redactor:
                     inside = escaped[start] = _inside_escape(data, start)
                 if not inside:
                     spans.append((start, end, index))
+        for index in dict.fromkeys(detected):
+            blocks = rules[index].detect(data)  # type: ignore[misc]
+            spans += ((start, end, index) for start, end in blocks.spans)
+            cut += ((start, end, _UNSAFE) for start, end in blocks.unsafe)
         return spans, cut
 
     def _find_decoded(
         self, data: bytes, line_start: int, line_end: int
-    ) -> tuple[list[tuple[int, int, int]], bool]:
+    ) -> tuple[list[tuple[int, int, int]], str | None]:
         """Spans of one line found in its decoded probe, mapped back to raw positions in ``data``,
-        and whether a match in the probe may have been cut short (the line is then withheld)."""
+        and why the line must be withheld instead (a match in the probe that cannot be replaced
+        safely), if it must."""
         line = data[line_start:line_end]
         quick = _quick_probe(line)
         found, cut = self._find(quick)
         if cut:
-            return [], True
+            return [], cut[0][2]
         if not found:
-            return [], False  # the usual case: no secret, so no position map is needed
+            return [], None  # the usual case: no secret, so no position map is needed
         probe, where, extra = _probe(line)
         if probe != quick:
             raise RuntimeError("probes disagree")  # cannot map spans back: withhold the line
@@ -729,17 +746,17 @@ class Redactor:
             raw_end = line_start + end + (extra[i - 1] if i else 0)
             if not _inside_escape(data, raw_start):
                 spans.append((raw_start, raw_end, index))
-        return spans, False
+        return spans, None
 
     def _redact_buffer(self, data: bytes) -> Redaction:
         escapes: list[int] = []
         spans, cut = self._find(data, escapes)
         withheld: dict[int, tuple[int, str]] = {}  # line start -> (line end, reason)
-        for start, end in cut:
+        for start, end, reason in cut:
             line_start = data.rfind(b"\n", 0, start) + 1
-            while True:  # every line the cut match touched
+            while True:  # every line the match touched
                 line_end = _line_end(data, line_start)
-                withheld[line_start] = (line_end, _TOO_LONG)
+                withheld[line_start] = (line_end, reason)
                 if line_end >= end or line_end >= len(data):
                     break
                 line_start = line_end + 1
@@ -758,9 +775,9 @@ class Redactor:
             line_end = _line_end(data, at)
             if line_start not in withheld:
                 try:
-                    found, too_long = self._find_decoded(data, line_start, line_end)
-                    if too_long:
-                        withheld[line_start] = (line_end, _TOO_LONG)
+                    found, unsafe = self._find_decoded(data, line_start, line_end)
+                    if unsafe:
+                        withheld[line_start] = (line_end, unsafe)
                     spans.extend(found)
                 except Exception:
                     withheld[line_start] = (line_end, _ERROR)
@@ -832,6 +849,25 @@ class Redactor:
         return Redaction(b"".join(out), counts)
 
 
+def _noting_detectors(
+    matchers: Sequence[Callable[..., Any]], detectors: Sequence[int], noted: list[int]
+) -> list[Callable[..., Any]]:
+    """``matchers`` where each detector rule's matcher notes its index in ``noted`` and matches nothing.
+
+    So the keyword scan says whether a detector has anything to look at, at no cost to the other
+    rules' hits, and the detector runs once per buffer, not once per keyword occurrence.
+    """
+    out = list(matchers)
+    for index in detectors:
+
+        def note(data: bytes, at: int, window: int, _index: int = index) -> None:
+            noted.append(_index)
+            return None
+
+        out[index] = note
+    return out
+
+
 def _withhold_all(data: bytes) -> Redaction:
     """Every line withheld: the last resort when even line-by-line redaction failed."""
     sizes = [len(line) for line in data.split(b"\n")]
@@ -864,7 +900,7 @@ def _compile(rule: Rule, allow_cache: dict[str, re.Pattern[bytes]]) -> _Compiled
     if not rule.keywords or not all(kw and kw.isascii() for kw in rule.keywords):
         raise ValueError(f"rule {rule.name!r}: keywords must be non-empty ASCII literals")
     try:
-        regex = re.compile(rule.pattern.encode("ascii"))
+        regex = re.compile(rule.pattern.encode("ascii") if not rule.detector else b"(?!)")
     except (re.error, UnicodeEncodeError) as exc:
         raise ValueError(f"rule {rule.name!r}: bad pattern: {exc}") from exc
     if not 0 <= rule.secret_group <= regex.groups:
@@ -885,6 +921,12 @@ def _compile(rule: Rule, allow_cache: dict[str, re.Pattern[bytes]]) -> _Compiled
             except (re.error, UnicodeEncodeError, AttributeError) as exc:
                 raise ValueError(f"rule {rule.name!r}: bad allowlist regex {source!r}: {exc}") from exc
         allowed.append(allow_cache[source])
+    detect = None
+    if rule.detector:
+        if rule.detector not in _DETECT:
+            raise ValueError(f"rule {rule.name!r}: unknown detector {rule.detector!r}")
+        detect = _DETECT[rule.detector]
+        regex = re.compile(b"(?!)")  # never runs: the detector finds the spans
     return _Compiled(
         name=rule.name,
         regex=regex,
@@ -893,4 +935,5 @@ def _compile(rule: Rule, allow_cache: dict[str, re.Pattern[bytes]]) -> _Compiled
         unbounded=_max_width(regex) is None,
         entropy=entropy,
         allowlist=tuple(allowed),
+        detect=detect,
     )

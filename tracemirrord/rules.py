@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-__all__ = ["DEFAULT_RULES", "TOKEN_CHARS", "Rule", "load_rules", "shannon_entropy"]
+__all__ = ["DEFAULT_RULES", "DETECTORS", "TOKEN_CHARS", "Rule", "load_rules", "shannon_entropy"]
 
 #: Characters a secret (or a keyword) may contain; an escape such as ``\\u002d`` that decodes to
 #: one of them makes the engine scan the line in decoded form too. Others (Go's ``\\u003c``) do not.
@@ -57,8 +57,11 @@ TOKEN_CHARS = frozenset((string.ascii_letters + string.digits + "-_./+=~:, ").en
 
 _RULES_FILE = "default_rules.toml"
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
-_REQUIRED = ("name", "description", "pattern", "keywords")
-_OPTIONAL = ("secret_group", "entropy", "allowlist", "keywords_ignore_case")
+_REQUIRED = ("name", "description", "keywords")
+_OPTIONAL = ("pattern", "detector", "secret_group", "entropy", "allowlist", "keywords_ignore_case")
+#: Structural detectors: code the engine runs where a rule's keyword occurs, for secrets no regex
+#: can take whole (a private key block under arbitrary per-line prefixes; ``tracemirrord.pem``).
+DETECTORS = ("private-key-block",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class Rule:
     kept as not a secret (``xxxxxxxx``). ``allowlist``: regexes; a replaced span that fullmatches
     one is kept (a documented placeholder). ``keywords_ignore_case``: the format is
     case-insensitive; ``keywords`` still lists the case variants the pattern accepts.
+    ``detector``: the name of a structural detector (``DETECTORS``) that finds the spans where a
+    keyword occurs, for a rule that has no ``pattern``.
     """
 
     name: str
@@ -84,6 +89,7 @@ class Rule:
     entropy: float | None = None
     allowlist: tuple[str, ...] = ()
     keywords_ignore_case: bool = False
+    detector: str = ""  # one of DETECTORS instead of a pattern ("": the pattern is the rule)
 
 
 def shannon_entropy(data: bytes) -> float:
@@ -148,7 +154,17 @@ def _parse_rule(table: Any, where: str) -> Rule:
         or not all(isinstance(kw, str) and kw and kw.isascii() for kw in keywords)
     ):
         raise ValueError(f"{where}: keywords must be a non-empty list of non-empty ASCII strings")
-    regex = _compile(table["pattern"], f"{where}: pattern")
+    detector = table.get("detector", "")
+    if "pattern" in table and detector:
+        raise ValueError(f"{where}: give a pattern or a detector, not both")
+    if detector:
+        if detector not in DETECTORS:
+            raise ValueError(f"{where}: unknown detector {detector!r} (known: {', '.join(DETECTORS)})")
+        regex = re.compile(b"(?!)")
+    elif "pattern" in table:
+        regex = _compile(table["pattern"], f"{where}: pattern")
+    else:
+        raise ValueError(f"{where}: missing pattern")
     group = table.get("secret_group", 0)
     if type(group) is not int or not 0 <= group <= regex.groups:
         raise ValueError(f"{where}: secret_group must be a group of the pattern (0 to {regex.groups})")
@@ -165,13 +181,14 @@ def _parse_rule(table: Any, where: str) -> Rule:
         raise ValueError(f"{where}: keywords_ignore_case must be true or false")
     return Rule(
         name=name,
-        pattern=table["pattern"],
+        pattern=table.get("pattern", ""),
         keywords=tuple(keywords),
         secret_group=group,
         description=description,
         entropy=None if entropy is None else float(entropy),
         allowlist=tuple(allowlist),
         keywords_ignore_case=ignore_case,
+        detector=detector,
     )
 
 
