@@ -190,6 +190,32 @@ def run(name: str, size: int, engine_root: str, timeout: float) -> dict[str, obj
     return json.loads(out.strip().splitlines()[-1])
 
 
+def keywords_main(engine_root: str, repeat: int, show: int) -> None:
+    """Time every keyword of the default set repeated ``repeat`` times, alone and with a separator.
+
+    Runs in this process with the engine from ``engine_root``. A rule whose token run backtracks
+    over its window at each occurrence shows here as tens of microseconds per byte.
+    """
+    sys.path.insert(0, engine_root)
+    from tracemirrord.redact import Redactor
+    from tracemirrord.rules import DEFAULT_RULES
+
+    redactor = Redactor()
+    rows = []
+    for kw in sorted({kw for rule in DEFAULT_RULES for kw in rule.keywords}):
+        for sep in (b"", b" ", b"a", b"0"):
+            line = b'{"content":"' + (kw.encode() + sep) * repeat + b'"}\n'
+            started = time.perf_counter()
+            redactor.redact(line)
+            rows.append(((time.perf_counter() - started) / len(line) * 1e6, kw, sep, len(line)))
+    rows.sort(reverse=True)
+    print(f"{len(rows)} lines (each keyword x{repeat}, alone and followed by ' ', 'a', '0'); the {show} slowest:")
+    print("| keyword | separator | bytes | us per byte |")
+    print("|---|---|---|---|")
+    for us, kw, sep, size in rows[:show]:
+        print(f"| `{kw}` | {sep.decode()!r} | {size} | {us:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,7 +225,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is given up")
     parser.add_argument("--only", nargs="*", help="case (or with --rules, rule) names to run (default: all)")
     parser.add_argument("--rules", action="store_true", help="time each default rule on its own")
-    parser.add_argument("--show", type=int, default=15, help="with --rules: how many rules to list")
+    parser.add_argument("--show", type=int, default=15, help="with --rules/--keywords: how many to list")
+    parser.add_argument(
+        "--keywords", type=int, metavar="N", help="time every keyword repeated N times in one line"
+    )
     parser.add_argument("--child", nargs=2, metavar=("NAME", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--rule-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,6 +237,9 @@ def main() -> None:
         return
     if args.rule_child is not None:
         rule_child(args.rule_child, args.engine_root)
+        return
+    if args.keywords:
+        keywords_main(args.engine_root, args.keywords, args.show)
         return
     if args.rules:
         rules_main(args.engine_root, args.timeout, args.show, args.only)
