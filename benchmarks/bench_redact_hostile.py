@@ -209,7 +209,8 @@ def keywords_main(engine_root: str, repeat: int, show: int) -> None:
             redactor.redact(line)
             rows.append(((time.perf_counter() - started) / len(line) * 1e6, kw, sep, len(line)))
     rows.sort(reverse=True)
-    print(f"{len(rows)} lines (each keyword x{repeat}, alone and followed by ' ', 'a', '0'); the {show} slowest:")
+    print(f"{len(rows)} lines (each keyword x{repeat}, alone and followed by ' ', 'a', '0')", end="")
+    print(f"; the {show} slowest:")
     print("| keyword | separator | bytes | us per byte |")
     print("|---|---|---|---|")
     for us, kw, sep, size in rows[:show]:
