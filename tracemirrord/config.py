@@ -14,9 +14,17 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,7 +34,11 @@ from pydantic_settings import (
 )
 
 from tracemirrord.model import is_safe_segment
+from tracemirrord.rules import Rule, configured_rules, parse_rules
 from tracemirrord.store import ObjectStore, S3Options, open_store, parse_bucket_url
+
+if TYPE_CHECKING:
+    from tracemirrord.redact import Redactor
 
 ENV_PREFIX = "TRACEMIRROR_"
 
@@ -122,6 +134,32 @@ class S3Settings(BaseModel):
     addressing_style: Literal["auto", "path", "virtual"] | None = None
 
 
+class RedactionSettings(BaseModel):
+    """The config file's ``[redaction]`` table: the user's additions to the default rule set.
+
+    ``rules``: ``[[redaction.rules]]`` tables with the fields of ``default_rules.toml`` (name,
+    description, pattern, keywords, ...). ``allowlist``: regexes; a span that fullmatches one is
+    never redacted, by any rule. ``disable``: names of default rules to switch off. Checked at
+    start (and on reload) by building the rule set, so a bad pattern stops the start, naming it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[dict[str, Any]] = Field(default_factory=list)
+    allowlist: list[str] = Field(default_factory=list)
+    disable: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> RedactionSettings:
+        self.rule_set()
+        return self
+
+    def rule_set(self) -> tuple[Rule, ...]:
+        """The rules the redactor runs: the defaults, less ``disable``, plus ``rules``, with ``allowlist``."""
+        extra = parse_rules(self.rules, "redaction.rules")
+        return configured_rules(extra, self.allowlist, self.disable)
+
+
 class Settings(BaseSettings):
     """The daemon's whole configuration; see docs/configuration.md for each setting."""
 
@@ -153,6 +191,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     s3: S3Settings = Field(default_factory=S3Settings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
 
     @field_validator("bucket")
     @classmethod
@@ -299,6 +338,13 @@ def load_settings(config_path: Path | None = None) -> Settings:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     finally:
         _CONFIG_FILE["path"] = None
+
+
+def build_redactor(settings: Settings) -> Redactor:
+    """The redactor the settings name: the configured rule set, on or off (no anonymizer here)."""
+    from tracemirrord.redact import Redactor
+
+    return Redactor(settings.redaction.rule_set(), enabled=settings.redact)
 
 
 def build_store(settings: Settings) -> ObjectStore:

@@ -1,7 +1,7 @@
 """What a SIGHUP may change while the daemon runs, and what needs a restart.
 
 Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
-concurrency, the heartbeat interval, redaction on/off, the backfill window and the log level. A
+concurrency, the heartbeat interval, redaction on/off and its rules, the backfill window and the log level. A
 change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
 address, line limit, log format, anonymizer) would move or rename what is already mirrored or bound, so a
 reload that touches it is refused as a whole and the running configuration stays.
@@ -13,9 +13,8 @@ import time
 from typing import Any
 
 from tracemirrord.anonymize import AnonymizingRedactor
-from tracemirrord.config import Settings
+from tracemirrord.config import Settings, build_redactor
 from tracemirrord.logs import configure_logging
-from tracemirrord.redact import Redactor
 from tracemirrord.writer import MirrorContext
 
 RESTART_ONLY = (
@@ -73,13 +72,16 @@ def apply_live_settings(ctx: MirrorContext, old: Settings, new: Settings) -> lis
     if new.upload_concurrency != old.upload_concurrency:
         ctx.limiter.total_tokens = new.upload_concurrency
         changes.append(f"upload concurrency {old.upload_concurrency} -> {new.upload_concurrency}")
-    if new.redact != old.redact:
-        redactor = Redactor(enabled=new.redact)
+    if new.redact != old.redact or new.redaction != old.redaction:
+        redactor = build_redactor(new)
         if isinstance(ctx.redactor, AnonymizingRedactor):
             ctx.redactor = AnonymizingRedactor(redactor, ctx.redactor.anonymizer)
         else:
             ctx.redactor = redactor
-        changes.append(f"redaction {'on' if new.redact else 'OFF'}")
+        if new.redact != old.redact:
+            changes.append(f"redaction {'on' if new.redact else 'OFF'}")
+        if new.redaction != old.redaction:
+            changes.append(f"redaction rules: {len(redactor.rule_names)} rules")
     if new.backfill != old.backfill:
         max_age = new.backfill_max_age_s
         ctx.backfill_cutoff = None if max_age is None else time.time() - max_age

@@ -44,12 +44,21 @@ import math
 import re
 import string
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-__all__ = ["DEFAULT_RULES", "DETECTORS", "TOKEN_CHARS", "Rule", "load_rules", "shannon_entropy"]
+__all__ = [
+    "DEFAULT_RULES",
+    "DETECTORS",
+    "TOKEN_CHARS",
+    "Rule",
+    "configured_rules",
+    "load_rules",
+    "parse_rules",
+    "shannon_entropy",
+]
 
 #: Characters a secret (or a keyword) may contain; an escape such as ``\\u002d`` that decodes to
 #: one of them makes the engine scan the line in decoded form too. Others (Go's ``\\u003c``) do not.
@@ -118,6 +127,12 @@ def load_rules(text: str, source: str = "rules") -> tuple[Rule, ...]:
     tables = doc.get("rule", [])
     if not isinstance(tables, list):
         raise ValueError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    return parse_rules(tables, source)
+
+
+def parse_rules(tables: list[Any], source: str = "rules") -> tuple[Rule, ...]:
+    """Rules from already-parsed ``[[rule]]`` tables (a rules file, or the config file's
+    ``[[redaction.rules]]``); the same checks as ``load_rules``, errors naming ``source``."""
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, table in enumerate(tables, 1):
@@ -190,6 +205,35 @@ def _parse_rule(table: Any, where: str) -> Rule:
         keywords_ignore_case=ignore_case,
         detector=detector,
     )
+
+
+def configured_rules(
+    extra: Sequence[Rule] = (),
+    allowlist: Sequence[str] = (),
+    disable: Sequence[str] = (),
+    defaults: Sequence[Rule] | None = None,
+) -> tuple[Rule, ...]:
+    """The default rules less ``disable`` (names), then ``extra``, each with ``allowlist`` added.
+
+    What a user's config file may change (``[redaction]``): rules of their own (a token format of
+    their company), spans never to redact (a documented example key their tests use), default
+    rules to switch off. Raises ``ValueError`` for an unknown name to disable, an extra rule whose
+    name is taken, or an allowlist entry that does not compile.
+    """
+    base = DEFAULT_RULES if defaults is None else tuple(defaults)
+    names = {rule.name for rule in base}
+    unknown = sorted(set(disable) - names)
+    if unknown:
+        raise ValueError(f"cannot disable unknown rule {', '.join(unknown)}")
+    for rule in extra:
+        if rule.name in names:
+            raise ValueError(f"rule {rule.name!r} is a default rule: give yours another name, or disable it")
+    for entry in allowlist:
+        _compile(entry, "allowlist entry")
+    kept = [rule for rule in base if rule.name not in set(disable)] + list(extra)
+    if not allowlist:
+        return tuple(kept)
+    return tuple(replace(rule, allowlist=(*rule.allowlist, *allowlist)) for rule in kept)
 
 
 def _compile(pattern: Any, where: str) -> re.Pattern[bytes]:

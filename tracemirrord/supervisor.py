@@ -32,7 +32,14 @@ from tracemirrord import __version__, anonymize, early_signals, layout
 from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.attachments import AttachmentMirror
 from tracemirrord.checkpoint import Checkpointer, parse_cached
-from tracemirrord.config import ConfigError, Settings, build_store, load_settings, parse_metrics_addr
+from tracemirrord.config import (
+    ConfigError,
+    Settings,
+    build_redactor,
+    build_store,
+    load_settings,
+    parse_metrics_addr,
+)
 from tracemirrord.control.api import ControlApi
 from tracemirrord.control.schema import (
     FlushResult,
@@ -386,7 +393,7 @@ class Daemon:
             host="[host]" if settings.anonymize else socket.gethostname(),  # meta.json, heartbeat
             redaction=settings.redact,
         )
-        redactor: Redactor | AnonymizingRedactor = Redactor(enabled=settings.redact)
+        redactor: Redactor | AnonymizingRedactor = build_redactor(settings)
         if settings.anonymize:
             redactor = anonymize.for_this_machine(redactor, settings.state_dir)
         self.telemetry = Telemetry(self.identity, live_settings(settings), redactor.rule_names)

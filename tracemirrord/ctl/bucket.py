@@ -800,8 +800,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise CtlError(f"--harness {args.harness!r} is not a harness name", EXIT_USAGE)
 
     async def work(store: ObjectStore, settings: Settings) -> int:
+        from tracemirrord.config import build_redactor
         from tracemirrord.model import SessionKey
-        from tracemirrord.redact import Redactor
 
         project = settings.project
         if args.session is not None:
@@ -814,7 +814,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             prefix = base + (f"{args.harness}/" if args.harness else "")
             groups = _group_listing(await store.list(prefix), base)
             views = [(SessionKey(h, s), infos) for (h, s), infos in sorted(groups.items())]
-        verifier = _Verifier(store, settings, Redactor(enabled=settings.redact))
+        verifier = _Verifier(store, settings, build_redactor(settings))
         meta_reads = asyncio.Semaphore(_META_READS)
         comparisons = asyncio.Semaphore(_VERIFY_SESSIONS)
 

@@ -1,8 +1,9 @@
 """``tracemirrorctl redact FILE|-``: what the daemon would upload of a transcript, before trusting it.
 
-The same Redactor the daemon runs, line by line over complete lines (a last line without its
-newline is redacted too: a file given by hand has no writer still appending). ``--report`` prints
-which rules fired on which lines, never the secrets themselves.
+The same Redactor and rules the daemon runs (the config file's ``[redaction]`` included), line
+by line over complete lines (a last line without its newline is redacted too: a file given by
+hand has no writer still appending). ``--report`` prints which rules fired on which lines, never
+the secrets themselves.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from tracemirrord.control.schema import EXIT_DEGRADED, EXIT_HEALTHY
-from tracemirrord.ctl.common import CtlError, Verb
+from tracemirrord.ctl.common import CtlError, Verb, load_settings_for
 
 CHUNK_LINES = 512  # lines redacted per call: the engine's per-call cost is amortised, memory bounded
 MAX_LINE_NUMBERS = 12  # line numbers listed per rule in the report (then "and N more")
@@ -52,7 +53,9 @@ def _chunks(stream: BinaryIO) -> Iterator[list[bytes]]:
 def run_redact(args: argparse.Namespace) -> int:
     from tracemirrord.redact import Redactor
 
-    redactor = Redactor()
+    # The daemon's rule set, with the config file's [redaction] rules, allowlist and disabled
+    # rules; redaction is on here even where the daemon has it off (this verb is the check).
+    redactor = Redactor(load_settings_for(args).redaction.rule_set())
     try:
         stream: BinaryIO = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
     except OSError as exc:
