@@ -1,4 +1,4 @@
-"""Property test over every rule: random JSON documents with planted secrets keep their shape, lose the secrets.
+"""Property test over every rule: random JSON with planted secrets keeps its shape and loses the secrets.
 
 Each planted text is one rule's true positive from the catalog (``test_rules_catalog.CASES``:
 a template with its context, and the secret in it). Hypothesis plants them in keys, values and
@@ -45,7 +45,8 @@ def planted_lines(draw: st.DrawFn) -> tuple[bytes, Any, list[str], list[str]]:
 
     def planted() -> str:
         rule, template, secret, _ = draw(st.sampled_from(CASES))
-        text = draw(st.sampled_from(_BEFORE)) + template.replace("{s}", secret) + draw(st.sampled_from(_AFTER))
+        before, after = draw(st.sampled_from(_BEFORE)), draw(st.sampled_from(_AFTER))
+        text = before + template.replace("{s}", secret) + after
         texts.append(text)
         secrets.append(secret)
         rules.append(rule)
