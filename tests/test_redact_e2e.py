@@ -151,3 +151,32 @@ def test_planted_secrets_of_every_rule_never_reach_the_bucket(
     assert meta["redaction_counts"] == dict(planted)
     other = read_meta(bucket, SessionKey("claude-code", cwd_session.session_id), s3_env=s3_env)
     assert other is not None and other["cwd"] == "/home/dev/[REDACTED:github-token]/proj"
+
+
+def test_a_hostile_line_in_one_session_does_not_stall_another(
+    tmp_path: Path, s3_bucket: str, s3_env: dict[str, str]
+) -> None:
+    """While a 6 MB line of a repeated keyword is redacted (seconds of work), another session's new
+    lines land. Ordering, not a timer: the second session's lines are all in the bucket before the
+    hostile session's part is, which fails if redaction runs on the event loop (the loop would
+    not put anything until the hostile line was done)."""
+    bucket = f"s3://{s3_bucket}"
+    env = daemon_env(tmp_path, bucket, s3_env)
+    home = Path(env["HOME"])
+    hostile, calm = make_session(home, "claude-code"), make_session(home, "claude-code")
+    calm.path.write_bytes(claude_line(calm.session_id, 0, "first"))
+    hostile_key = SessionKey("claude-code", hostile.session_id)
+    calm_key = SessionKey("claude-code", calm.session_id)
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: mirrored(bucket, calm_key, s3_env).count(b"\n") == 1, 30, "the calm session")
+        hostile.path.write_bytes(claude_line(hostile.session_id, 0, "sk-proj-" * 750_000))
+        with calm.path.open("ab") as f:
+            for i in range(1, 4):
+                f.write(claude_line(calm.session_id, i, f"line {i}"))
+                f.flush()
+        wait_for(lambda: mirrored(bucket, calm_key, s3_env).count(b"\n") == 4, 60, "the calm session's lines")
+        assert not read_back(bucket, hostile_key, s3_env=s3_env).generations, "the hostile line landed first"
+        wait_for(lambda: mirrored(bucket, hostile_key, s3_env).count(b"\n") == 1, 120, "the hostile line")
+        assert daemon.stop() == 0
+    line = json.loads(mirrored(bucket, hostile_key, s3_env))  # landed whole, as valid JSON
+    assert line["uuid"] == "u-0" and line["message"]["content"].startswith("sk-proj-sk-proj-")
