@@ -740,8 +740,8 @@ def test_allowlist_regexes_are_compiled_once_per_redactor() -> None:
     assert compiled[0].allowlist[0] is compiled[1].allowlist[0]
 
 
-@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
-def test_case_insensitive_keyword(aho_corasick: bool) -> None:
+@pytest.mark.parametrize("native", [True, False] if native_available() else [False])
+def test_case_insensitive_keyword(native: bool) -> None:
     """keywords_ignore_case: "authorization" finds AUTHORIZATION, Authorization and aUtHoRiZaTiOn."""
     auth = Rule(
         name="auth",
@@ -754,15 +754,15 @@ def test_case_insensitive_keyword(aho_corasick: bool) -> None:
         b"AUTHORIZATION: abcdefghij0123456789 Authorization: ABCDEFGHIJ0123456789 "
         b"aUtHoRiZaTiOn: klmnopqrst0123456789\n"
     )
-    result = Redactor([auth], aho_corasick=aho_corasick).redact(line)
+    result = Redactor([auth], native=native).redact(line)
     assert result.data == (
         b"AUTHORIZATION: [REDACTED:auth] Authorization: [REDACTED:auth] aUtHoRiZaTiOn: [REDACTED:auth]\n"
     )
     assert result.counts == {"auth": 3}
 
 
-@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
-def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasick: bool) -> None:
+@pytest.mark.parametrize("native", [True, False] if native_available() else [False])
+def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(native: bool) -> None:
     """With another rule's keywords ignoring case, a case-sensitive keyword still needs its case."""
     auth = Rule(
         name="auth",
@@ -774,7 +774,7 @@ def test_case_sensitive_keywords_stay_so_beside_case_insensitive_ones(aho_corasi
     # The pattern accepts any case; only the keyword decides where it runs.
     akid = Rule(name="akid", pattern=r"(?i:akia)[A-Z0-9]{16}", keywords=("AKIA",))
     line = b"akiaABCDEFGHIJKLMNOP AKIAABCDEFGHIJKLMNOP authorization: abcdefghij0123456789\n"
-    result = Redactor([auth, akid], aho_corasick=aho_corasick).redact(line)
+    result = Redactor([auth, akid], native=native).redact(line)
     assert result.data == b"akiaABCDEFGHIJKLMNOP [REDACTED:akid] authorization: [REDACTED:auth]\n"
 
 
@@ -820,7 +820,7 @@ def test_bad_rule_fields_are_rejected_at_construction(fields: dict[str, Any]) ->
 
 # --- The two keyword scans give the same results -----------------------------------------------------
 
-needs_native = pytest.mark.skipif(not native_available(), reason="ahocorasick_rs is not installed")
+needs_native = pytest.mark.skipif(not native_available(), reason="hyperscan is not installed")
 
 CORPUS: list[bytes] = (
     [jsonl(envelope(text)) for _, text, _ in SAMPLES]
@@ -837,9 +837,9 @@ CORPUS: list[bytes] = (
 
 @needs_native
 def test_keyword_scans_agree_on_the_corpus() -> None:
-    """Aho-Corasick and the pure-Python scan give the same bytes and counts on every test line."""
-    native, pure = Redactor(aho_corasick=True), Redactor(aho_corasick=False)
-    assert native.aho_corasick and not pure.aho_corasick
+    """The Hyperscan and the pure-Python scan give the same bytes and counts on every test line."""
+    native, pure = Redactor(native=True), Redactor(native=False)
+    assert native.native and not pure.native
     for line in CORPUS:
         assert native.redact(line) == pure.redact(line)
     buffer = b"".join(CORPUS)
@@ -852,7 +852,7 @@ def test_keyword_scans_agree_on_the_corpus() -> None:
 def test_property_keyword_scans_agree(case: tuple[bytes, bytes, list[str]]) -> None:
     """On random JSON lines with planted secrets the two scans give the same result."""
     line = case[0]
-    assert Redactor(aho_corasick=True).redact(line) == Redactor(aho_corasick=False).redact(line)
+    assert Redactor(native=True).redact(line) == Redactor(native=False).redact(line)
 
 
 @settings(max_examples=300, deadline=None)
@@ -866,8 +866,8 @@ def test_property_keyword_scans_agree(case: tuple[bytes, bytes, list[str]]) -> N
     st.text(alphabet="abAB_-x", max_size=200),
 )
 def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bool]], text: str) -> None:
-    """Every scan (Aho-Corasick leftmost-longest with recovery, overlapping, pure Python) finds
-    exactly the occurrences a naive search finds, case folded where asked, with chunk ends anywhere."""
+    """Both scans (Hyperscan, pure Python) find exactly the occurrences a naive search finds, case
+    folded where asked, with chunk ends anywhere."""
     specs: dict[tuple[bytes, bool], list[int]] = {}
     for index, (kw, ignore_case) in enumerate(keywords):
         key = kw.lower().encode() if ignore_case else kw.encode()
@@ -877,14 +877,11 @@ def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bo
     for index, (kw, ignore_case) in enumerate(keywords):
         hay, needle = (data.lower(), kw.lower().encode()) if ignore_case else (data, kw.encode())
         naive |= {(i, index) for i in range(len(data)) if hay.startswith(needle, i)}
-    scans = (
-        [(True, False), (True, True), (True, None), (False, None)] if native_available() else [(False, None)]
-    )
-    for native, overlapping in scans:
+    for native in [True, False] if native_available() else [False]:
         for chunk in (redact_module._CHUNK, 7):  # 7: many chunk ends, keywords across them
             saved, redact_module._CHUNK = redact_module._CHUNK, chunk
             try:
-                scan = redact_module._Keywords(specs, native=native, overlapping=overlapping)
+                scan = redact_module._Keywords(specs, native=native)
                 hits = list(scan.hits(data))
             finally:
                 redact_module._CHUNK = saved
@@ -893,12 +890,12 @@ def test_property_keyword_hits_are_every_occurrence(keywords: list[tuple[str, bo
 
 
 def test_native_scan_without_the_library_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Asking for Aho-Corasick where ahocorasick_rs is missing fails at construction; the default
+    """Asking for the native scan where hyperscan is missing fails at construction; the default
     then falls back to the pure-Python scan."""
-    monkeypatch.setattr(redact_module, "ahocorasick_rs", None)
+    monkeypatch.setattr(redact_module, "hyperscan", None)
     with pytest.raises(ValueError):
-        Redactor(aho_corasick=True)
-    assert not Redactor().aho_corasick
+        Redactor(native=True)
+    assert not Redactor().native
 
 
 # --- Escape helpers --------------------------------------------------------------------------------
@@ -943,13 +940,11 @@ ESCAPED_LINES = [
 ]
 
 
-@pytest.mark.parametrize("aho_corasick", [True, False] if native_available() else [False])
-def test_escaped_secrets_with_chunk_ends_anywhere(
-    aho_corasick: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("native", [True, False] if native_available() else [False])
+def test_escaped_secrets_with_chunk_ends_anywhere(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Escapes found by the keyword scan (upper-case hex too) lead to the decoded scan; chunk ends
     inside escapes and keywords change nothing."""
-    redactor = Redactor(aho_corasick=aho_corasick)
+    redactor = Redactor(native=native)
     buffer = b"".join(ESCAPED_LINES)
     expected = redactor.redact(buffer)
     assert expected.counts == {"anthropic-api-key": 1, "slack-webhook": 1, "openai-api-key": 1}
@@ -958,3 +953,30 @@ def test_escaped_secrets_with_chunk_ends_anywhere(
     for chunk in (5, 7, 64):
         monkeypatch.setattr(redact_module, "_CHUNK", chunk)
         assert redactor.redact(buffer) == expected
+
+
+def test_one_redactor_shared_by_threads_gives_the_same_results() -> None:
+    """Writers redact in worker threads with one Redactor: each thread gets its own scan scratch
+    space, so concurrent calls give exactly what one call alone gives."""
+    import threading
+
+    buffer = b"".join(CORPUS) * 20
+    redactor = Redactor()
+    expected = redactor.redact(buffer)
+    assert expected.counts and ERROR_RULE not in expected.counts
+    results: list[Redaction] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.extend(redactor.redact(buffer) for _ in range(5))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(results) == 20 and all(result == expected for result in results)

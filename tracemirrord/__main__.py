@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 
 from tracemirrord import __version__
-from tracemirrord.config import ConfigError, Settings, default_config_file, load_settings
+from tracemirrord.config import ConfigError, Settings, build_redactor, default_config_file, load_settings
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
@@ -109,10 +109,12 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     print(f"state dir:   {settings.state_dir}", file=out)
     print(f"socket:      {settings.socket_path}", file=out)
     print(f"metrics:     {settings.metrics_addr or 'off (TRACEMIRROR_METRICS_ADDR)'}", file=out)
-    print(
-        f"redaction:   {'on' if settings.redact else 'OFF: secrets would be uploaded as they are'}",
-        file=out,
-    )
+    if settings.redact:
+        redactor = build_redactor(settings)
+        scan = "hyperscan" if redactor.native else "pure Python (no hyperscan wheel here: slower)"
+        print(f"redaction:   on ({len(redactor.rule_names)} rules; keyword scan: {scan})", file=out)
+    else:
+        print("redaction:   OFF: secrets would be uploaded as they are", file=out)
     print(f"backfill:    {settings.backfill}", file=out)
     print(
         f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes",

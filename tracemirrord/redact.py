@@ -21,22 +21,24 @@ Invariants, for any input buffer (complete lines, each ending in ``\\n``):
 
 How a buffer is scanned (the hot path of backfill, so it scans the whole buffer at once):
 
-1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass, chunk by chunk: an
-   Aho-Corasick automaton (``ahocorasick_rs``) when it is installed, else ``_KeywordIndex`` (a few
-   regex and ``bytes.find`` passes); both give the same hits. Keywords that ignore case are looked
-   for in a lowercased copy. The same pass finds the escapes of step 3.
-2. At each hit, in order, the keyword's rules run ``pattern.match`` on at most ``MAX_MATCH`` bytes.
+1. ``_Keywords`` finds every occurrence of every rule's keywords in one pass, chunk by chunk: a
+   Hyperscan literal database (``hyperscan``, caseless where a rule's format is) when it is
+   installed, else ``_KeywordIndex`` (a few regex and ``bytes.find`` passes over the data and a
+   lowercased copy); both give the same hits. The same pass finds the escapes of step 3.
+2. Rules with a structural detector instead of a pattern (``private-key``: ``tracemirrord.pem``)
+   run once per buffer when their keyword occurs.
+3. At each hit, in order, the keyword's rules run ``pattern.match`` on at most ``MAX_MATCH`` bytes.
    A hit inside the previous match of the same rule is skipped (a rule's matches never overlap,
    as with ``finditer``), so a keyword repeated along a run costs one match, not one per keyword.
    A match of an unbounded pattern that fills its window may have been cut short: its lines are
    withheld. A span below the rule's entropy floor, or that fullmatches one of its allowlist
    regexes, is kept.
-3. Lines that hold an escape decoding to a token character (``\\u002d``, ``\\/``; see
+4. Lines that hold an escape decoding to a token character (``\\u002d``, ``\\/``; see
    ``rules.TOKEN_CHARS``) are scanned again in decoded form (a probe in which each such escape
    is one byte), and probe spans are mapped back to the raw bytes, so the replacement covers the
    whole escape sequences. Nested JSON needs no parsing: token classes stop at ``\\`` and ``"``
    at any nesting depth, and a backslash run of any length is one escape in the probe.
-4. Spans are merged, cut at line ends (only a PEM block in plain text spans lines), and only the
+5. Spans are merged, cut at line ends (only a PEM block in plain text spans lines), and only the
    lines that hold one are rebuilt. Escape parity is read from the backslash run before a
    position in growing C-level slices, never by a walk from every position.
 """
@@ -44,6 +46,7 @@ How a buffer is scanned (the hot path of backfill, so it scans the whole buffer 
 from __future__ import annotations
 
 import re
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,10 +56,10 @@ from typing import Any
 from tracemirrord import pem
 from tracemirrord.rules import DEFAULT_RULES, DETECTORS, TOKEN_CHARS, Rule, shannon_entropy
 
-try:  # a Rust Aho-Corasick: one pass for all keywords, whatever their number
-    import ahocorasick_rs
+try:  # Hyperscan's literal matcher: one pass for all keywords, whatever their number
+    import hyperscan
 except ImportError:  # pragma: no cover - a platform without its wheel: _KeywordIndex gives the same hits
-    ahocorasick_rs = None
+    hyperscan = None
 
 __all__ = ["ERROR_RULE", "MAX_MATCH", "WITHHELD_RULE", "Redaction", "Redactor", "Rule", "native_available"]
 
@@ -69,8 +72,6 @@ ERROR_RULE = WITHHELD_RULE
 MAX_MATCH = 16 * 1024
 # Keywords are scanned for in chunks of this size, so the hits held at once stay bounded.
 _CHUNK = 256 * 1024
-# A chunk with more than one keyword hit per this many bytes switches the buffer to the overlapping scan.
-_DENSE = 4096
 # A match ending this close to its window's end may have been shortened by the window (a lookahead
 # or boundary that could not see past it), so it counts as cut short too.
 _CUT_SLACK = 64
@@ -94,8 +95,8 @@ _PIVOTS = (b"_", b"-", b"A")
 
 
 def native_available() -> bool:
-    """Whether the Aho-Corasick keyword scan (``ahocorasick_rs``) can be used here."""
-    return ahocorasick_rs is not None
+    """Whether the native keyword scan (``hyperscan``) can be used here."""
+    return hyperscan is not None
 
 
 def _escaped_token_chars(chars: Iterable[int]) -> bytes:
@@ -238,98 +239,52 @@ class _Keywords:
     """Every keyword occurrence of every rule, as ``(start, rule indexes)`` sorted by start.
 
     ``specs`` maps ``(keyword, ignore_case)`` to the indexes of the rules it keys (a keyword that
-    ignores case is given lowercased). With ``ahocorasick_rs``, one automaton scan finds them all:
-    over the data as it is when every keyword is case-sensitive, else over a lowercased copy, where
-    a case-sensitive keyword's hit is checked against the original bytes (one scan of a copy is
-    faster than two scans, and few hits need the check). The automaton scan is one of two that
-    give the same hits, chosen per chunk:
+    ignores case is given lowercased). Two scans give the same hits (tests compare them):
 
-    - leftmost-longest, non-overlapping: the library's fast path (GB/s where keywords are rare,
-      as it can skip ahead). The occurrences it steps over are recovered exactly: one that starts
-      inside a reported keyword either lies within it (known from that keyword alone) or runs past
-      its end (checked with one ``startswith`` per offset); one that starts at or after its end is
-      reported by the scan itself.
-    - overlapping: every occurrence reported, no recovery, less work per hit. A buffer switches to
-      it after a chunk dense with hits (or from the start, with ``overlapping=True``).
-
-    Without ``ahocorasick_rs``, ``_KeywordIndex`` finds the same hits: case-sensitive keywords in
-    the data as it is (where its pivots are fast), the others in a lowercased copy.
+    - native: one Hyperscan literal database holds every keyword (caseless where the rule says so)
+      and the escapes that hide a token character; one pass over the data as it is, no lowercased
+      copy, at GB/s whatever the number of keywords.
+    - pure Python (``native=False``, or where ``hyperscan`` has no wheel): ``_KeywordIndex`` finds
+      the case-sensitive keywords in the data as it is (where its pivots are fast) and the others
+      in a lowercased copy; ``_TOKEN_ESCAPE`` finds the escapes.
     """
 
-    __slots__ = (
-        "_checked",
-        "_direct",
-        "_escape",
-        "_find",
-        "_find_all",
-        "_lower",
-        "_native",
-        "_overlap",
-        "_overlapping",
-        "_within",
-    )
+    __slots__ = ("_db", "_find", "_info", "_local", "_lower", "_native", "_overlap")
 
-    def __init__(
-        self,
-        specs: Mapping[tuple[bytes, bool], Sequence[int]],
-        *,
-        native: bool,
-        overlapping: bool | None = None,
-    ) -> None:
-        if native and ahocorasick_rs is None:
-            raise ValueError("the Aho-Corasick keyword scan needs ahocorasick_rs, which is not installed")
+    def __init__(self, specs: Mapping[tuple[bytes, bool], Sequence[int]], *, native: bool) -> None:
+        if native and hyperscan is None:
+            raise ValueError("the native keyword scan needs hyperscan, which is not installed")
         self._native = native
         self._lower = any(ignore_case for _, ignore_case in specs)
-        direct: dict[bytes, set[int]] = {}  # pattern -> rules keyed there with no check
-        checked: dict[bytes, dict[bytes, set[int]]] = {}  # pattern -> keyword to check -> rules
-        for (kw, ignore_case), indexes in specs.items():
-            pattern = kw.lower() if self._lower else kw
-            direct.setdefault(pattern, set())
-            checked.setdefault(pattern, {})
-            if ignore_case or not self._lower:
-                direct[pattern].update(indexes)
-            else:
-                checked[pattern].setdefault(kw, set()).update(indexes)
-        # The automaton also finds the escapes that hide a token character (\/, \u002d), so
-        # ``_redact_buffer`` needs no scan of its own for the lines to decode; a hit is checked
-        # against the original bytes (a lowercased \U002D is no escape).
-        escapes = {b"\\/"}
-        for c in TOKEN_CHARS:
-            if 0x20 <= c < 0x80:
-                escapes.add(b"\\u00%02x" % c)
-                if not self._lower:
-                    escapes.add(b"\\u00%02X" % c)
-        if native:
-            for escape in escapes:
-                direct.setdefault(escape, set())
-                checked.setdefault(escape, {})
-        patterns = sorted(direct)
-        numbers = {p: i for i, p in enumerate(patterns)}
-        self._within = tuple(_within(p, patterns, numbers) for p in patterns) if native else ()
-        # Per pattern: False, True (an escape), or _ONLY (an escape, no keyword, nothing to recover).
-        self._escape: tuple[object, ...] = tuple(
-            (_ONLY if not direct[p] and not checked[p] and not any(self._within[i]) else True)
-            if native and p in escapes
-            else False
-            for i, p in enumerate(patterns)
-        )
-        self._overlap = max(map(len, patterns), default=1) - 1
-        self._direct = tuple(tuple(sorted(direct[p])) for p in patterns)
-        self._checked = tuple(
-            tuple((kw, tuple(sorted(ix))) for kw, ix in sorted(checked[p].items())) for p in patterns
-        )
-        self._overlapping = overlapping  # None: chosen per chunk
+        self._overlap = max((len(kw) for kw, _ in specs), default=1) + 6  # 6: the longest escape
+        self._local = threading.local()
         self._find: Any = None
-        self._find_all: Any = None
         if native:
-            dfa = ahocorasick_rs.Implementation.DFA
-            self._find = ahocorasick_rs.BytesAhoCorasick(
-                patterns, matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST, implementation=dfa
-            ).find_matches_as_indexes
-            self._find_all = ahocorasick_rs.BytesAhoCorasick(
-                patterns, matchkind=ahocorasick_rs.MATCHKIND_STANDARD, implementation=dfa
-            ).find_matches_as_indexes
+            # Per literal id: its length, the rules it keys (None for an escape only), whether it
+            # is an escape. Escapes are caseless (upper-case hex); a hit is checked later.
+            literals: list[bytes] = []
+            flags: list[int] = []
+            info: list[tuple[int, tuple[int, ...] | None, bool]] = []
+            for (kw, ignore_case), indexes in sorted(specs.items()):
+                literals.append(kw)
+                flags.append(hyperscan.HS_FLAG_CASELESS if ignore_case else 0)
+                info.append((len(kw), tuple(sorted(set(indexes))), False))
+            for escape in sorted(_escape_literals()):
+                literals.append(escape)
+                flags.append(hyperscan.HS_FLAG_CASELESS)
+                info.append((len(escape), None, True))
+            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._db.compile(
+                expressions=literals,
+                ids=list(range(len(literals))),
+                elements=len(literals),
+                flags=flags,
+                literal=True,
+            )
+            self._info = tuple(info)
         else:  # case-sensitive keywords on the data as it is (the index's fast pivots), the others lowercased
+            self._db = None
+            self._info = ()
             by_case: dict[bool, dict[bytes, set[int]]] = {False: {}, True: {}}
             for (kw, ignore_case), indexes in specs.items():
                 by_case[ignore_case].setdefault(kw, set()).update(indexes)
@@ -347,8 +302,48 @@ class _Keywords:
     def native(self) -> bool:
         return self._native
 
+    def hits(self, data: bytes, escapes: list[int] | None = None) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """``(start, indexes of the rules keyed there)`` in order of start (a start may repeat).
+
+        The data is scanned in chunks of ``_CHUNK`` bytes (plus the longest keyword, so an
+        occurrence across a chunk end is whole), so the hits held at once stay bounded however
+        many the buffer has (a 20 MB line of one repeated keyword). Each chunk reports only the
+        occurrences that start in it. Given ``escapes``, the start of every token-hiding escape
+        (or what may be one: check it with ``_TOKEN_ESCAPE``) is added to it, in no fixed order.
+        """
+        if self._native:
+            yield from self._hits_native(data, escapes)
+        else:
+            yield from self._hits_pure(data, escapes)
+
+    def _hits_native(self, data: bytes, escapes: list[int] | None) -> Iterator[tuple[int, tuple[int, ...]]]:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:  # one scratch space per thread: writers redact in worker threads
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)
+        info = self._info
+        scan = self._db.scan
+        ends: list[tuple[int, int]] = []
+        on_match = _collector(ends)
+        for low in range(0, len(data), _CHUNK):
+            ends.clear()
+            scan(data[low : low + _CHUNK + self._overlap], match_event_handler=on_match, scratch=scratch)
+            found: list[tuple[int, tuple[int, ...]]] = []
+            append = found.append
+            for number, end in ends:
+                size, indexes, escape = info[number]
+                start = end - size
+                if start >= _CHUNK:
+                    continue  # starts in the next chunk, which finds it
+                if escape:
+                    if escapes is not None:
+                        escapes.append(low + start)
+                    continue
+                append((low + start, indexes))  # type: ignore[arg-type]
+            found.sort(key=_START)
+            yield from found
+
     def _hits_pure(self, data: bytes, escapes: list[int] | None) -> Iterator[tuple[int, tuple[int, ...]]]:
-        """``hits`` with ``_KeywordIndex``: the same hits in the same order, no automaton."""
+        """``hits`` with ``_KeywordIndex``: the same hits in the same order, no native library."""
         if escapes is not None:
             escapes += (m.start() for m in _TOKEN_ESCAPE.finditer(data))
         lowered = data.lower() if self._lower else data
@@ -363,113 +358,23 @@ class _Keywords:
             found.sort(key=_START)
             yield from found
 
-    def hits(self, data: bytes, escapes: list[int] | None = None) -> Iterator[tuple[int, tuple[int, ...]]]:
-        """``(start, indexes of the rules keyed there)`` in order of start (a start may repeat).
 
-        The data is scanned in chunks of ``_CHUNK`` bytes (plus the longest keyword less one, so an
-        occurrence across a chunk end is whole), so the hits held at once stay bounded however
-        many the buffer has (a 20 MB line of one repeated keyword). Each chunk reports only the
-        occurrences that start in it. Given ``escapes``, the start of every token-hiding escape
-        (or what may be one: check it with ``_TOKEN_ESCAPE``) is added to it, in no fixed order.
-        """
-        if not self._native:
-            yield from self._hits_pure(data, escapes)
-            return
-        hay = data.lower() if self._lower else data
-        view = memoryview(hay)
-        direct, checked, escape, within = self._direct, self._checked, self._escape, self._within
-        if escapes is None:
-            escapes = []  # found, not wanted
-        recover = not self._overlapping
-        for low in range(0, len(hay), _CHUNK):
-            chunk = view[low : low + _CHUNK + self._overlap]
-            matches: list[tuple[int, int, int]]
-            if recover:
-                matches = self._find(chunk)
-            else:
-                matches = self._find_all(chunk, overlapping=True)
-            found: list[tuple[int, tuple[int, ...]]] = []
-            append = found.append
-            for number, start, _ in matches:
-                if start >= _CHUNK:
-                    continue  # starts in the next chunk, which finds it
-                at = low + start
-                if escape[number]:
-                    escapes.append(at)
-                    if escape[number] is _ONLY:
-                        continue  # an escape and nothing else: no keyword, none inside or running on
-                if direct[number]:
-                    append((at, direct[number]))
-                for kw, indexes in checked[number]:
-                    if data.startswith(kw, at):
-                        append((at, indexes))
-                if recover and (within[number][0] or within[number][1]):
-                    self._recover(found, escapes, data, hay, number, at, low + _CHUNK)
-            if recover and self._overlapping is None and len(matches) > _CHUNK // _DENSE:
-                recover = False  # a chunk dense with hits: recovery would cost more than it saves
-            found.sort(key=_START)
-            yield from found
+def _collector(ends: list[tuple[int, int]]) -> Callable[..., None]:
+    """A Hyperscan match handler that records ``(literal id, end offset)`` into ``ends``."""
+    append = ends.append
 
-    def _recover(
-        self,
-        found: list[tuple[int, tuple[int, ...]]],
-        escapes: list[int],
-        data: bytes,
-        hay: bytes,
-        number: int,
-        at: int,
-        end: int,
-    ) -> None:
-        """Add the occurrences that start inside the reported occurrence of ``number`` at ``at``
-        (before ``end``, the chunk's end), which a leftmost-longest scan steps over."""
-        contained, tails = self._within[number]
-        others = [(other, at + offset) for offset, other in contained]
-        for offset, candidates, numbers in tails:
-            pos = at + offset
-            if hay.startswith(candidates, pos):
-                others += (
-                    (n, pos) for n, c in zip(numbers, candidates, strict=True) if hay.startswith(c, pos)
-                )
-        for other, pos in others:
-            if pos >= end:
-                continue
-            if self._direct[other]:
-                found.append((pos, self._direct[other]))
-            for kw, indexes in self._checked[other]:
-                if data.startswith(kw, pos):
-                    found.append((pos, indexes))
-            if self._escape[other]:
-                escapes.append(pos)
+    def on_match(number: int, start: int, end: int, flags: int, context: object) -> None:
+        append((number, end))
+
+    return on_match
 
 
-def _within(
-    pattern: bytes, patterns: Sequence[bytes], numbers: Mapping[bytes, int]
-) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, tuple[bytes, ...], tuple[int, ...]], ...]]:
-    """The patterns that may start inside an occurrence of ``pattern``: those lying within it,
-    ``(offset, number)``, and per offset those that run past its end and must be checked,
-    ``(offset, candidates, their numbers)``. ``patterns`` is sorted; ``numbers`` maps each to
-    its index. Found by lookup and bisection, so a few hundred keywords take milliseconds."""
-    contained = []
-    tails = []
-    for offset in range(len(pattern)):
-        tail = pattern[offset:]
-        for size in range(1, len(tail) + 1):  # the patterns that are prefixes of the tail
-            number = numbers.get(tail[:size])
-            if number is not None and not (offset == 0 and size == len(pattern)):
-                contained.append((offset, number))
-        if offset:  # the patterns that start with the tail and are longer: a sorted range
-            running_on = []
-            at = bisect_right(patterns, tail)
-            while at < len(patterns) and patterns[at].startswith(tail):
-                running_on.append((patterns[at], at))
-                at += 1
-            if running_on:
-                tails.append((offset, tuple(o for o, _ in running_on), tuple(n for _, n in running_on)))
-    return tuple(contained), tuple(tails)
+def _escape_literals() -> set[bytes]:
+    """The escapes that may hide a token character: ``\\/`` and ``\\u00XX`` (lower-case hex)."""
+    return {b"\\/"} | {b"\\u00%02x" % c for c in TOKEN_CHARS if 0x20 <= c < 0x80}
 
 
 _START = itemgetter(0)
-_ONLY = object()  # see _Keywords._escape
 
 
 def _backslash_run(data: bytes, pos: int) -> int:
@@ -592,15 +497,15 @@ class Redactor:
 
     ``rules`` defaults to ``tracemirrord.rules.DEFAULT_RULES``. With ``enabled=False``,
     ``redact`` returns its input unchanged and no counts. A bad rule (name, keywords, pattern,
-    entropy, allowlist) raises ``ValueError`` here, never later in ``redact``. ``aho_corasick``
-    picks the keyword scan: None uses ``ahocorasick_rs`` when installed, False the pure-Python
-    one (the same results; tests compare them).
+    entropy, allowlist) raises ``ValueError`` here, never later in ``redact``. ``native``
+    picks the keyword scan: None uses ``hyperscan`` when installed, False the pure-Python one
+    (the same results; tests compare them).
     """
 
     __slots__ = ("_detectors", "_enabled", "_keywords", "_matchers", "_rules")
 
     def __init__(
-        self, rules: Sequence[Rule] | None = None, *, enabled: bool = True, aho_corasick: bool | None = None
+        self, rules: Sequence[Rule] | None = None, *, enabled: bool = True, native: bool | None = None
     ) -> None:
         source = DEFAULT_RULES if rules is None else tuple(rules)
         self._enabled = enabled
@@ -617,7 +522,7 @@ class Redactor:
             for kw in dict.fromkeys(rule.keywords):
                 key = kw.encode("ascii")
                 specs.setdefault((key.lower() if ignore_case else key, ignore_case), []).append(index)
-        native = native_available() if aho_corasick is None else aho_corasick
+        native = native_available() if native is None else native
         self._keywords = _Keywords(specs, native=native)
 
     @property
@@ -626,8 +531,8 @@ class Redactor:
         return self._enabled
 
     @property
-    def aho_corasick(self) -> bool:
-        """Whether keywords are found with ``ahocorasick_rs`` (else with the pure-Python scan)."""
+    def native(self) -> bool:
+        """Whether keywords are found with ``hyperscan`` (else with the pure-Python scan)."""
         return self._keywords.native
 
     @property
