@@ -21,7 +21,14 @@ from pathlib import Path
 import anyio
 
 from tracemirrord import __version__
-from tracemirrord.config import ConfigError, Settings, build_redactor, default_config_file, load_settings
+from tracemirrord.config import (
+    ConfigError,
+    Settings,
+    build_redactor,
+    default_config_file,
+    load_settings,
+    log_redactor,
+)
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tracemirrord: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, redactor=log_redactor(settings))
     try:
         if args.check:
             return anyio.run(_check, settings, backend_options=_backend_options())

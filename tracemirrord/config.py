@@ -347,6 +347,13 @@ def build_redactor(settings: Settings) -> Redactor:
     return Redactor(settings.redaction.rule_set(), enabled=settings.redact)
 
 
+def log_redactor(settings: Settings) -> Redactor:
+    """The redactor log lines and shown errors pass: the configured rules, on whatever ``redact`` says."""
+    from tracemirrord.redact import Redactor
+
+    return Redactor(settings.redaction.rule_set())
+
+
 def build_store(settings: Settings) -> ObjectStore:
     """The store the settings name (nothing is contacted yet)."""
     s3 = settings.s3

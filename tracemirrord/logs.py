@@ -19,27 +19,51 @@ from tracemirrord.redact import Redactor
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
 
 
+# The redactor every log line and shown error passes: the default rules until the daemon's
+# configuration (with the user's [redaction] rules) is known. Built once: a Redactor compiles.
+_redactor: Redactor | None = None
+
+
+def _log_redactor() -> Redactor:
+    global _redactor
+    if _redactor is None:
+        _redactor = Redactor()
+    return _redactor
+
+
+def set_log_redactor(redactor: Redactor) -> None:
+    """Use ``redactor`` for every log line and shown error from now on (a reload's new rules)."""
+    global _redactor
+    _redactor = redactor
+
+
 class _SecretFreeRenderer:
     """Wraps the final renderer: masks URL credentials and redacts what looks like a secret."""
 
     def __init__(self, render: Any) -> None:
         self._render = render
-        self._redactor = Redactor()
 
     def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
-        line = self._render(logger, name, event)
-        line = _URL_USERINFO.sub(r"\g<scheme>***@", line)
-        cleaned = self._redactor.redact(line.encode("utf-8", "replace").replace(b"\n", b"\r") + b"\n")
-        return cleaned.data[:-1].replace(b"\r", b"\n").decode("utf-8", "replace")
+        return secret_free(self._render(logger, name, event))
 
 
 def secret_free(text: str) -> str:
     """``text`` as it may be shown to a person: URL credentials masked, secrets redacted."""
-    return _SecretFreeRenderer(lambda *_: text)(None, "", {})
+    text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    cleaned = _log_redactor().redact(text.encode("utf-8", "replace").replace(b"\n", b"\r") + b"\n")
+    return cleaned.data[:-1].replace(b"\r", b"\n").decode("utf-8", "replace")
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Route structlog to ``stream`` (stderr) as console text on a TTY, JSON lines otherwise."""
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, redactor: Redactor | None = None
+) -> None:
+    """Route structlog to ``stream`` (stderr) as console text on a TTY, JSON lines otherwise.
+
+    ``redactor`` (the configured rule set, always enabled: logs stay secret-free even with
+    ``TRACEMIRROR_REDACT=false``) replaces the default one for log lines and shown errors.
+    """
+    if redactor is not None:
+        set_log_redactor(redactor)
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from tracemirrord.anonymize import AnonymizingRedactor
-from tracemirrord.config import Settings, build_redactor
-from tracemirrord.logs import configure_logging
+from tracemirrord.config import Settings, build_redactor, log_redactor
+from tracemirrord.logs import configure_logging, set_log_redactor
 from tracemirrord.writer import MirrorContext
 
 RESTART_ONLY = (
@@ -81,12 +81,13 @@ def apply_live_settings(ctx: MirrorContext, old: Settings, new: Settings) -> lis
         if new.redact != old.redact:
             changes.append(f"redaction {'on' if new.redact else 'OFF'}")
         if new.redaction != old.redaction:
+            set_log_redactor(log_redactor(new))
             changes.append(f"redaction rules: {len(redactor.rule_names)} rules")
     if new.backfill != old.backfill:
         max_age = new.backfill_max_age_s
         ctx.backfill_cutoff = None if max_age is None else time.time() - max_age
         changes.append(f"backfill {old.backfill} -> {new.backfill}")
     if new.log_level != old.log_level:
-        configure_logging(new.log_level, new.log_format)
+        configure_logging(new.log_level, new.log_format, redactor=log_redactor(new))
         changes.append(f"log level {old.log_level} -> {new.log_level}")
     return changes
