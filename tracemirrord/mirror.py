@@ -21,12 +21,11 @@ import structlog
 
 from tracemirrord.control.schema import SessionStatus
 from tracemirrord.control.telemetry import iso
+from tracemirrord.lease import LeaseHeld
 from tracemirrord.model import SessionKey, SessionState
 from tracemirrord.source import Discontinuity, Position, Probe, Records, Source, UnknownFormat
 from tracemirrord.store.base import StoreError, StoreRejected
 from tracemirrord.writer import (
-    LEASE_TTL_S,
-    LeaseHeld,
     MirrorContext,
     SessionWriter,
     StoreHealth,
@@ -288,7 +287,8 @@ class SessionMirror:
                 except LeaseHeld as exc:
                     self._fail("blocked", str(exc), kind="lease_held")
                     self._backfill_done()  # another writer's to mirror: not ours to wait for
-                    delay = LEASE_TTL_S / 4
+                    self._forget_position()  # look at the bucket (and the lease) again first
+                    delay = exc.retry_in_s
                 except WriterConflict as exc:
                     self.log.warning("another writer wrote this session; rolling forward", detail=str(exc))
                     self.ctx.telemetry.failed("writer_conflict", f"{self.key}: {exc}")

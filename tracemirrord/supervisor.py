@@ -52,6 +52,7 @@ from tracemirrord.control.telemetry import (
 )
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
+from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
@@ -410,6 +411,7 @@ class Daemon:
             limiter=anyio.CapacityLimiter(settings.upload_concurrency),
             telemetry=self.telemetry,
             backfill_cutoff=None if max_age is None else time.time() - max_age,
+            lease_ttl_s=settings.lease_ttl,
         )
         self.tasks = [self._new_task(name) for name in settings.harnesses]
         self.notifier = Notifier(self.env)
@@ -451,6 +453,8 @@ class Daemon:
 
     async def open(self) -> None:
         self._lock_state_dir()
+        # the lock proves every earlier daemon on this state dir is gone: their leases are ours
+        self.ctx.predecessors = record_instance(self.settings.state_dir, self.identity.instance)
         await self.checkpoint.open()
         if self.checkpoint.last_error:
             log.warning("checkpoint reset", error=self.checkpoint.last_error)

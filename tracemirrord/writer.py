@@ -8,16 +8,17 @@ instead of uploading them again.
 
 Part keys are fixed by (session, seq) (layout.part_token) and written create-only, so a second
 writer racing for the same seq loses with 412, reads what won, and continues after it: parts never
-overlap. The meta.json lease makes a second agent back off before it even tries.
+overlap. The meta.json lease (lease.py) makes a second daemon back off before it even tries,
+whatever its agent id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,6 +29,7 @@ from tracemirrord import layout
 from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.control.telemetry import Telemetry
 from tracemirrord.frame import OVERSIZE_RULE
+from tracemirrord.lease import Holder, pid_scope, takeover_reason
 from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
 
@@ -39,17 +41,13 @@ from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, S
 
 log = structlog.get_logger("tracemirrord.mirror")
 
-LEASE_TTL_S = 120.0
+LEASE_TTL_S = 120.0  # the default of TRACEMIRROR_LEASE_TTL
 _INLINE_REDACT_BYTES = 32 * 1024  # larger batches go to a worker thread: one session's big (or
 # hostile) lines must not hold up the others, the heartbeat or SIGTERM; below this the hop costs more
 _DESCRIBE_LINES = 8
 _DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
 _DESCRIBE_PART_BYTES = 64 * 1024  # ... and small (a live session's, not a backfill's)
 _DESCRIBED_FIELDS = 2  # info fields most sessions have (model, agent version): stop looking then
-
-
-class LeaseHeld(Exception):
-    """Another agent holds a live lease on this session: back off, say so, do not write."""
 
 
 class WriterConflict(Exception):
@@ -101,6 +99,14 @@ class MirrorContext:
     health: StoreHealth = field(default_factory=StoreHealth)
     backfill_cutoff: float | None = None  # sessions last modified before this are not mirrored
     parts_window: int = layout.META_PARTS_WINDOW
+    lease_ttl_s: float = LEASE_TTL_S
+    predecessors: frozenset[str] = frozenset()  # earlier instances on our state dir (lease.py)
+    pid_scope: str = field(default_factory=pid_scope)
+
+    @property
+    def holder(self) -> Holder:
+        """This daemon as its leases name it."""
+        return Holder(self.agent_id, self.instance, os.getpid(), self.pid_scope, self.predecessors)
 
 
 class SessionWriter:
@@ -202,16 +208,15 @@ class SessionWriter:
         await self.write_meta()  # claims the lease before the first part of this run
 
     def check_lease(self, lease: Lease | None) -> None:
-        if lease is None or lease.agent_id == self.ctx.agent_id:
-            return
-        try:
-            renewed = datetime.fromisoformat(lease.renewed_at.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return
-        if time.time() - renewed < LEASE_TTL_S:
-            raise LeaseHeld(
-                f"agent {lease.agent_id} is mirroring this session (lease renewed {lease.renewed_at}); "
-                "backing off"
+        """Raise LeaseHeld while another live instance holds the session; log a takeover once."""
+        reason = takeover_reason(lease, self.ctx.holder, self.ctx.lease_ttl_s, time.time())
+        if reason is not None and lease is not None:
+            self.log.info(
+                "taking over the session's lease",
+                reason=reason,
+                agent=lease.agent_id,
+                instance=lease.instance,
+                renewed_at=lease.renewed_at,
             )
 
     # ---------- writing ----------
@@ -220,7 +225,8 @@ class SessionWriter:
         """Redact ``batch`` and put it as the next part; then meta.json (when due) and the checkpoint."""
         assert self.state is not None and batch
         written = self._meta_written_at
-        if not self.unclaimed and (written is None or time.monotonic() - written > LEASE_TTL_S / 2):
+        renew_after = self.ctx.lease_ttl_s / 2
+        if not self.unclaimed and (written is None or time.monotonic() - written > renew_after):
             await self.write_meta()  # renew the lease before writing under it
         raw = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
         redaction = await self._redact(raw)
@@ -382,7 +388,7 @@ class SessionWriter:
         self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
         for _ in range(5):
-            state.lease = None if release else Lease(self.ctx.agent_id, self.ctx.instance, utc_now_iso())
+            state.lease = None if release else self.ctx.holder.lease(utc_now_iso())
             body = layout.render_meta(state, agent_id=self.ctx.agent_id, host=self.ctx.host)
             try:
                 if self._meta_etag is None:
