@@ -135,6 +135,18 @@ class Checkpointer:
         self.last_error = None
         return True
 
+    async def forget_bucket(self) -> None:
+        """Drop everything cached of this bucket: it was deleted or replaced under us."""
+        if self._db is None:
+            return
+        try:
+            for table in ("session_state", "source_cursor"):
+                await self._db.execute(
+                    f"DELETE FROM {table} WHERE bucket=? AND project=?", (self._bucket, self._project)
+                )
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint write failed: {exc}"
+
     async def load_cursor(self, harness: str, source: str) -> str | None:
         """A shared read position of a source many sessions come from (hermes' global rowid).
 

@@ -148,6 +148,7 @@ class SessionMirror:
         self._flush_asked = 0  # flush requests (tracemirrorctl flush) asked / done, and their waiters
         self._flush_done = 0
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
+        self._bucket_replaced = False
 
     # ---------- what the harness task uses ----------
 
@@ -236,6 +237,11 @@ class SessionMirror:
         self.writer.use_cached(state)
         if state is not None:
             self._eligible = True
+
+    def bucket_replaced(self) -> None:
+        """The bucket was deleted or replaced: drop what we know and mirror from what it holds now."""
+        self._bucket_replaced = True
+        self.nudge()
 
     def nudge(self) -> None:
         """Wake the follower now (its source changed, or the daemon is stopping)."""
@@ -361,6 +367,11 @@ class SessionMirror:
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
+        if self._bucket_replaced:
+            self._bucket_replaced = False
+            self._batch.clear()
+            self._last_probe = None
+            self._drop_state()
         probe = self.source.probe()
         if probe is None:
             return await self._source_missing(now)

@@ -59,7 +59,7 @@ from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
 from tracemirrord.sdnotify import Notifier
 from tracemirrord.source import START, Probe, Source
-from tracemirrord.store.base import StoreError
+from tracemirrord.store.base import StoreError, store_epoch
 
 log = structlog.get_logger("tracemirrord")
 
@@ -142,6 +142,7 @@ class HarnessTask:
         self.first_scan_done = anyio.Event()  # READY=1 waits for every harness's first discovery
         self.stopping = anyio.Event()  # this harness alone (removed by a reload)
         self._discovered_once = False
+        self._epoch = store_epoch(ctx.store)
 
     def harness_status(self) -> HarnessStatus:
         return HarnessStatus(
@@ -284,6 +285,8 @@ class HarnessTask:
                 followers.start_soon(self.harness.watch, self.roots, self.hooks, stopping)
                 scans = 0
                 while not stopping.is_set():
+                    for follower in await self.bucket_replaced():
+                        followers.start_soon(follower.run, stopping)
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
                     self.first_scan_done.set()
@@ -302,6 +305,25 @@ class HarnessTask:
                 self.nudge_all()
         finally:
             self.nudge_all()
+
+    async def bucket_replaced(self) -> list[SessionMirror]:
+        """When the bucket was deleted or replaced while running (store epoch), every session is
+        mirrored again from what it holds now: the cache is dropped, parked followers are returned to
+        be started, running ones told."""
+        epoch = store_epoch(self.ctx.store)
+        if epoch == self._epoch:
+            return []
+        self._epoch = epoch
+        log.warning("the bucket was deleted or replaced; mirroring every session again", harness=self.name)
+        await self.ctx.checkpoint.forget_bucket()
+        self.attachments = AttachmentMirror(self.ctx)  # what it knew to be uploaded is gone
+        woken = []
+        for follower in self.followers.values():
+            follower.bucket_replaced()
+            if follower.parked:
+                follower.parked = False
+                woken.append(follower)
+        return woken
 
     async def mirror_attachments(self) -> None:
         """Upload the files that belong to sessions but are no transcript (once each; cheap when done)."""

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.rollforward import read_bucket
 from tracemirrord.source import INFO_FIELDS, START, Position, Records, SessionInfo, Source
-from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
+from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError, store_epoch
 
 log = structlog.get_logger("tracemirrord.mirror")
 
@@ -125,6 +125,7 @@ class SessionWriter:
         self._meta_etag: str | None = None
         self._meta_written_at: float | None = None
         self._meta_seq = -1  # next_seq as of the last meta.json write
+        self._epoch = 0  # the store's epoch when we last read the bucket (store.base.store_epoch)
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -186,6 +187,7 @@ class SessionWriter:
 
     async def roll_forward(self) -> None:
         """Make ``state`` what the bucket says (rollforward.py), then claim the lease."""
+        epoch = store_epoch(self.ctx.store)  # before the listing: a change during it is seen later
         view = await read_bucket(
             self.ctx.store,
             self.ctx.project,
@@ -197,6 +199,7 @@ class SessionWriter:
             log=self.log,
         )
         self.state, self._meta_etag = view.state, view.meta_etag
+        self._epoch = epoch
         self.ctx.health.ok()
         self.rolled_forward = True
         # New to the bucket, under --once: no lease for the few moments this takes. Parts are
@@ -219,11 +222,18 @@ class SessionWriter:
                 renewed_at=lease.renewed_at,
             )
 
+    def check_epoch(self) -> None:
+        """The whole bucket was deleted or replaced since we read it: read it again before writing."""
+        if store_epoch(self.ctx.store) != self._epoch:
+            self.forget_position()
+            raise WriterConflict("the bucket was deleted or replaced since it was read")
+
     # ---------- writing ----------
 
     async def put_part(self, batch: list[Records]) -> PartRecord:
         """Redact ``batch`` and put it as the next part; then meta.json (when due) and the checkpoint."""
         assert self.state is not None and batch
+        self.check_epoch()
         written = self._meta_written_at
         renew_after = self.ctx.lease_ttl_s / 2
         if not self.unclaimed and (written is None or time.monotonic() - written > renew_after):
@@ -364,7 +374,11 @@ class SessionWriter:
     async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
         """Our seq's key exists: either an earlier attempt of ours landed, or another writer's did."""
         info = await self.ctx.store.head(object_key)
-        theirs = layout.decode_part_metadata(object_key, info.metadata, info.size, info.last_modified)
+        try:
+            theirs = layout.decode_part_metadata(object_key, info.metadata, info.size, info.last_modified)
+        except layout.LayoutError as exc:  # roll-forward repairs it, or continues after it
+            self.forget_position()
+            raise WriterConflict(f"part {part.seq} is there without usable metadata: {exc}") from None
         if (theirs.generation, theirs.start, theirs.end, theirs.sha256) == (
             part.generation,
             part.start,
@@ -387,6 +401,7 @@ class SessionWriter:
         state.source_path = self.shown_location()
         self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
+        self.check_epoch()
         for _ in range(5):
             state.lease = None if release else self.ctx.holder.lease(utc_now_iso())
             body = layout.render_meta(state, agent_id=self.ctx.agent_id, host=self.ctx.host)
@@ -413,7 +428,9 @@ class SessionWriter:
         try:
             current = await self.ctx.store.get(key)
         except NotFound:
-            self._meta_etag = None
+            if self._meta_etag is not None:  # it was there: the session was deleted from the bucket
+                self.forget_position()
+                raise WriterConflict("meta.json is gone from the bucket; reading the session again") from None
             return
         self._meta_etag = current.info.etag
         try:

@@ -34,6 +34,7 @@ from tracemirrord.store.base import (
     PreconditionFailed,
     StoredObject,
     StoreError,
+    store_epoch,
 )
 
 T = TypeVar("T")
@@ -325,6 +326,10 @@ class CountingStore:
     @property
     def url(self) -> str:
         return self.inner.url
+
+    @property
+    def epoch(self) -> int:
+        return store_epoch(self.inner)
 
     async def put(self, key: str, body: bytes, **kwargs: Any) -> str:
         return await self._counted("put", self.inner.put(key, body, **kwargs), len(body))
