@@ -33,6 +33,22 @@ class _SecretFreeRenderer:
         return cleaned.data[:-1].replace(b"\r", b"\n").decode("utf-8", "replace")
 
 
+class _SparingPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that drops a line it cannot write (its disk full, its pipe closed) instead of
+    raising into the code that logged it: a daemon must outlive its log file."""
+
+    dropped = 0
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):
+            type(self).dropped += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def secret_free(text: str) -> str:
     """``text`` as it may be shown to a person: URL credentials masked, secrets redacted."""
     return _SecretFreeRenderer(lambda *_: text)(None, "", {})
@@ -58,6 +74,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             _SecretFreeRenderer(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_: _SparingPrintLogger(stream),
         cache_logger_on_first_use=True,
     )

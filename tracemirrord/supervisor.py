@@ -480,6 +480,10 @@ class Daemon:
         await self.checkpoint.open()
         if self.checkpoint.last_error:
             log.warning("checkpoint reset", error=self.checkpoint.last_error)
+            self.telemetry.failed("checkpoint", self.checkpoint.last_error, retry=False)
+            if self.checkpoint.in_memory:
+                self.telemetry.checkpoint.state = "memory"
+                self.telemetry.checkpoint.last_error = self.checkpoint.last_error
         try:
             await self.store.check()
             self.ctx.health.ok()

@@ -443,11 +443,20 @@ class SessionWriter:
             raise WriterConflict(f"meta.json says {theirs.next_seq} parts, we know {self.state.next_seq}")
 
     async def save_checkpoint(self) -> None:
+        """Cache the state locally; a failure is said once (log, status) until a save works again."""
         assert self.state is not None
-        if not await self.ctx.checkpoint.save(self.state):
-            self.log.warning(
-                "checkpoint not saved; the bucket stays the truth", error=self.ctx.checkpoint.last_error
-            )
+        checkpoint, shown = self.ctx.checkpoint, self.ctx.telemetry.checkpoint
+        if await checkpoint.save(self.state):
+            if shown.state == "failing":
+                self.log.info("checkpoint saved again")
+                shown.state, shown.last_error = "ok", None
+            return
+        if checkpoint.in_memory:
+            return
+        if shown.state != "failing":
+            self.log.warning("checkpoint not saved; the bucket stays the truth", error=checkpoint.last_error)
+            self.ctx.telemetry.failed("checkpoint", f"checkpoint not saved: {checkpoint.last_error}")
+        shown.state, shown.last_error = "failing", checkpoint.last_error
 
     async def mark_ended(self, ended_at: str | None = None) -> bool:
         """The source is gone (or its agent says the session ended): say so in meta.json, once."""

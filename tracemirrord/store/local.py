@@ -71,6 +71,7 @@ _FILE_MODE = 0o600
 _READ_RETRIES = 3
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _REJECT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 T = TypeVar("T")
 
@@ -272,6 +273,8 @@ class LocalStore:
         where = f"local bucket {self._root}"
         if exc.errno in _REJECT_ERRNOS:
             return StoreRejected(f"{where}: {exc.strerror} ({exc.filename})")
+        if exc.errno in _FULL_ERRNOS:  # retried like an outage: it ends when space returns
+            return StoreUnavailable(f"{where} is out of space: {exc.strerror} ({exc.filename})")
         if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG):
             return ValueError(
                 f"{where}: key does not fit the directory tree: {exc.strerror} ({exc.filename})"
