@@ -415,6 +415,8 @@ class SessionMirror:
             return max(0.01, min(due_in, self._interval(probe, now)))
         if writer.meta_behind and (writer.meta_due() or flush_asked):
             await writer.write_meta()
+        if writer.checkpoint_stale and writer.state is not None:
+            await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)
         self.status = "following" if now - probe.mtime < 300 else "idle"
         return None if flush_all else self._interval(probe, now)

@@ -126,6 +126,7 @@ class SessionWriter:
         self._meta_written_at: float | None = None
         self._meta_seq = -1  # next_seq as of the last meta.json write
         self._epoch = 0  # the store's epoch when we last read the bucket (store.base.store_epoch)
+        self.checkpoint_stale = False  # the last save failed: the follower tries again when idle
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -446,7 +447,9 @@ class SessionWriter:
         """Cache the state locally; a failure is said once (log, status) until a save works again."""
         assert self.state is not None
         checkpoint, shown = self.ctx.checkpoint, self.ctx.telemetry.checkpoint
-        if await checkpoint.save(self.state):
+        saved = await checkpoint.save(self.state)
+        self.checkpoint_stale = not saved and not checkpoint.in_memory
+        if saved:
             if shown.state == "failing":
                 self.log.info("checkpoint saved again")
                 shown.state, shown.last_error = "ok", None
