@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from daemon import Daemon, daemon_env, read_back, store_for, wait_for
 from sessions import SessionFile, complete_lines, make_session, record
 
 from tracemirrord import layout
-from tracemirrord.model import SessionKey
+from tracemirrord.lease import Holder, LeaseHeld, record_instance, takeover_reason
+from tracemirrord.model import Lease, SessionKey
 from tracemirrord.redact import Redactor
 
 TTL_S = 4.0
@@ -217,3 +220,56 @@ def test_kill9_restart_on_same_state_dir_takes_its_leases_at_once(tmp_path: Path
     assert reasons == ["held by an earlier daemon on this state dir"]
     assert "holds this session's lease" not in second.log()
     assert_exact(env_a, s)
+
+
+# ---------- the rules alone (lease.py), on hand-written leases ----------
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def at(seconds_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - seconds_ago)) + ".000Z"
+
+
+ME = Holder("me@host", "aaaaaaaaaaaa", 4242, "scope-here", frozenset({"bbbbbbbbbbbb"}))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_lease_rules() -> None:
+    """Whose lease it is: by instance, predecessors, a provably dead pid, then the TTL; never by agent id."""
+    assert takeover_reason(None, ME, 120, NOW) is None
+    assert takeover_reason(Lease("other@x", "aaaaaaaaaaaa", at(1)), ME, 120, NOW) is None  # ours
+    assert takeover_reason(Lease("me@host", "bbbbbbbbbbbb", at(1)), ME, 120, NOW) == (
+        "held by an earlier daemon on this state dir"
+    )
+    with pytest.raises(LeaseHeld) as held:  # same agent id, another instance, fresh: not ours
+        takeover_reason(Lease("me@host", "cccccccccccc", at(10)), ME, 120, NOW)
+    assert held.value.retry_in_s == 30.0  # a quarter TTL at most
+    with pytest.raises(LeaseHeld) as held:
+        takeover_reason(Lease("me@host", "cccccccccccc", at(110)), ME, 120, NOW)
+    assert abs(held.value.retry_in_s - 10.05) < 1e-6  # just after it would expire
+    alive = os.getppid()
+    with pytest.raises(LeaseHeld):  # a live process of this machine
+        takeover_reason(Lease("me@host", "cccccccccccc", at(10), alive, "scope-here"), ME, 120, NOW)
+    gone = dead_pid()
+    assert takeover_reason(Lease("me@host", "cccccccccccc", at(10), gone, "scope-here"), ME, 120, NOW) == (
+        f"its process {gone} on this machine is gone"
+    )
+    with pytest.raises(LeaseHeld):  # the same pid number on another machine proves nothing
+        takeover_reason(Lease("me@host", "cccccccccccc", at(10), gone, "scope-elsewhere"), ME, 120, NOW)
+    assert takeover_reason(Lease("x@y", "cccccccccccc", at(120)), ME, 120, NOW) == "not renewed for 120s"
+
+
+def test_record_instance_keeps_the_predecessors(tmp_path: Path) -> None:
+    """Each start adds its instance; the earlier ones (at most 31) are returned as predecessors."""
+    assert record_instance(tmp_path, "i00") == frozenset()
+    assert record_instance(tmp_path, "i01") == frozenset({"i00"})
+    for n in range(2, 40):
+        record_instance(tmp_path, f"i{n:02d}")
+    assert record_instance(tmp_path, "i40") == frozenset(f"i{n:02d}" for n in range(9, 40))
