@@ -103,8 +103,11 @@ def lease_of(env: dict[str, str], s: SessionFile) -> dict[str, object] | None:
 
 
 def test_same_agent_id_second_daemon_backs_off(tmp_path: Path) -> None:
-    """Same agent id, two state dirs: one writes every part, the other says "blocked"; copy exact."""
-    env_a, env_b = two_envs(tmp_path)
+    """Same agent id, two state dirs: one writes every part, the other says "blocked"; copy exact.
+
+    The TTL is long enough that A's lease cannot lapse while B starts on a loaded machine (an idle
+    holder does not renew: it only has to hold the session while it writes)."""
+    env_a, env_b = two_envs(tmp_path, ttl_s=30.0)
     s = make_session(Path(env_a["HOME"]), "claude-code")
     append(s, 0, 5)
     with Daemon(env_a, tmp_path / "a.log") as a:
