@@ -3,7 +3,14 @@
 It is only ever a cache of what the bucket says (design.md section 5): it is written after a part
 is durably in the bucket, and on start every session rolls forward from the bucket past it. If the
 file is deleted or corrupt, tracemirrord starts with an empty cache and loses nothing.
-A write failure (disk full, read-only state dir) is reported, never fatal.
+
+Faults, none fatal, each in ``last_error`` (status shows it):
+- a write that fails (disk full, read-only state dir) is reported and tried again with the next one;
+- a database another process holds locked is waited for briefly (BUSY_TIMEOUT_S), then saves skip
+  it for LOCKED_PAUSE_S, so a part never waits long on the cache; locked at start, the run uses a
+  cache in memory (the file is left alone);
+- a corrupt database (garbage bytes, at start or while running) is moved aside as ``.corrupt``
+  with its WAL files, and a new one is started: every session then rolls forward from the bucket.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import aiosqlite
@@ -38,6 +46,25 @@ CREATE TABLE IF NOT EXISTS source_cursor (
 """
 
 
+BUSY_TIMEOUT_S = 0.25
+LOCKED_PAUSE_S = 5.0
+_LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    """Another connection holds the database: wait, it is not damaged."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in _LOCKED_CODES) or "locked" in str(exc)
+
+
+def is_corrupt(exc: sqlite3.Error) -> bool:
+    """The file is not (or no longer) a database we can use: set it aside and start afresh."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
 def parse_cached(raw: str | bytes, key: SessionKey) -> SessionState | None:
     """A cached state as stored by ``save`` (None when it is from another layout or damaged)."""
     try:
@@ -55,23 +82,58 @@ class Checkpointer:
         self._project = project
         self._db: aiosqlite.Connection | None = None
         self.last_error: str | None = None
+        self.in_memory = False  # the file was locked at start: this run caches in memory
+        self._paused_until = 0.0  # monotonic: saves skip a database another process holds locked
 
     async def open(self) -> None:
-        """Open (or create) the database; a corrupt file is moved aside and started afresh."""
+        """Open (or create) the database; corrupt: moved aside, started afresh; locked: in memory."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._db = await self._connect()
+            self._db = await self._connect(self.path)
         except sqlite3.DatabaseError as exc:
-            aside = self.path.with_suffix(".corrupt")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            self.last_error = f"checkpoint {self.path} was unreadable ({exc}); moved to {aside}"
-            self._db = await self._connect()
+            if is_locked(exc):
+                self.in_memory = True
+                self.last_error = (
+                    f"checkpoint {self.path} is locked by another process ({exc}); "
+                    "this run caches in memory and rolls every session forward from the bucket"
+                )
+                self._db = await self._connect(":memory:")
+                return
+            self.last_error = self._set_aside(exc)
+            self._db = await self._connect(self.path)
 
-    async def _connect(self) -> aiosqlite.Connection:
+    def _set_aside(self, exc: Exception) -> str:
+        """Move a damaged database (and its WAL files) to ``.corrupt``; the message says so."""
+        aside = self.path.with_suffix(".corrupt")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        return f"checkpoint {self.path} was unreadable ({exc}); moved to {aside}, rebuilt from the bucket"
+
+    async def _recover(self, exc: sqlite3.Error, what: str) -> None:
+        """After a failed statement: note why; pause on a lock; start afresh on corruption."""
+        self.last_error = f"checkpoint {what} failed: {exc}"
+        if is_locked(exc):
+            self._paused_until = time.monotonic() + LOCKED_PAUSE_S
+            self.last_error += f" (locked by another process; saves paused {LOCKED_PAUSE_S:g}s)"
+        elif is_corrupt(exc) and not self.in_memory and self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+            self.last_error = self._set_aside(exc)
+            try:
+                self._db = await self._connect(self.path)
+            except sqlite3.Error as again:
+                self.last_error += f"; a new one could not be opened: {again}"
+
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    async def _connect(self, path: Path | str) -> aiosqlite.Connection:
         # Autocommit: each statement is its own transaction, so a save is one round trip to the
-        # connection's thread (the daemon saves after every part).
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        # connection's thread (the daemon saves after every part). A short busy timeout: the cache
+        # is never worth holding up a part.
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
@@ -80,8 +142,9 @@ class Checkpointer:
         except BaseException:
             await db.close()
             raise
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
+        if path != ":memory:":
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o600)
         return db
 
     async def load(self, key: SessionKey) -> SessionState | None:
@@ -94,7 +157,7 @@ class Checkpointer:
                 (self._bucket, self._project, key.harness, key.session_id),
             )
         except sqlite3.Error as exc:
-            self.last_error = f"checkpoint read failed: {exc}"
+            await self._recover(exc, "read")
             return None
         for (raw,) in rows:
             return parse_cached(raw, key)
@@ -116,12 +179,12 @@ class Checkpointer:
             await self._db.execute_fetchall("SELECT 1")
             return found
         except sqlite3.Error as exc:
-            self.last_error = f"checkpoint read failed: {exc}"
+            await self._recover(exc, "read")
             return {}
 
     async def save(self, state: SessionState) -> bool:
-        """Cache a state; False (and ``last_error``) when the write failed."""
-        if self._db is None:
+        """Cache a state; False (and ``last_error``) when the write failed or saves are paused."""
+        if self._db is None or self._paused():
             return False
         body = render_meta(state, agent_id="", host="").decode()
         try:
@@ -130,10 +193,23 @@ class Checkpointer:
                 (self._bucket, self._project, state.key.harness, state.key.session_id, body),
             )
         except sqlite3.Error as exc:
-            self.last_error = f"checkpoint write failed: {exc}"
+            await self._recover(exc, "write")
             return False
-        self.last_error = None
+        if not self.in_memory:
+            self.last_error = None
         return True
+
+    async def forget_bucket(self) -> None:
+        """Drop everything cached of this bucket: it was deleted or replaced under us."""
+        if self._db is None:
+            return
+        try:
+            for table in ("session_state", "source_cursor"):
+                await self._db.execute(
+                    f"DELETE FROM {table} WHERE bucket=? AND project=?", (self._bucket, self._project)
+                )
+        except sqlite3.Error as exc:
+            await self._recover(exc, "write")
 
     async def load_cursor(self, harness: str, source: str) -> str | None:
         """A shared read position of a source many sessions come from (hermes' global rowid).
@@ -149,7 +225,7 @@ class Checkpointer:
                 (self._bucket, self._project, harness, source),
             )
         except sqlite3.Error as exc:
-            self.last_error = f"checkpoint read failed: {exc}"
+            await self._recover(exc, "read")
             return None
         for (value,) in rows:
             return str(value)
@@ -157,7 +233,7 @@ class Checkpointer:
 
     async def save_cursor(self, harness: str, source: str, value: str) -> bool:
         """Cache a shared read position; save only what every session's writer made durable."""
-        if self._db is None:
+        if self._db is None or self._paused():
             return False
         try:
             await self._db.execute(
@@ -165,7 +241,7 @@ class Checkpointer:
                 (self._bucket, self._project, harness, source, value),
             )
         except sqlite3.Error as exc:
-            self.last_error = f"checkpoint write failed: {exc}"
+            await self._recover(exc, "write")
             return False
         return True
 

@@ -187,6 +187,7 @@ class Settings(BaseSettings):
     upload_concurrency: int = 4
     scan_interval: float = 2.0
     heartbeat_interval: float = 60.0
+    lease_ttl: float = 120.0
     metrics_addr: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
@@ -252,6 +253,14 @@ class Settings(BaseSettings):
         seconds = parse_duration_s(value)
         if not 0 < seconds <= 3600:
             raise ValueError("must be more than 0 and at most 1h")
+        return seconds
+
+    @field_validator("lease_ttl", mode="before")
+    @classmethod
+    def _lease_ttl(cls, value: Any) -> float:
+        seconds = parse_duration_s(value)
+        if not 1 <= seconds <= 3600:
+            raise ValueError("must be at least 1s and at most 1h")
         return seconds
 
     @field_validator("part_max_bytes", "max_line_bytes", mode="before")

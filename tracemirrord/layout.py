@@ -185,18 +185,38 @@ def render_meta(state: SessionState, *, agent_id: str, host: str) -> bytes:
         **{name: state.info.get(name) for name in INFO_META_FIELDS},
         "source_info": dict(sorted(state.extra.items())),
         "host": host,
-        "writer": (
-            {
-                "agent_id": state.lease.agent_id,
-                "instance": state.lease.instance,
-                "renewed_at": state.lease.renewed_at,
-            }
-            if state.lease
-            else None
-        ),
+        "writer": _render_lease(state.lease),
         "writer_version": f"tracemirror {__version__}",
     }
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _render_lease(lease: Lease | None) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    doc: dict[str, Any] = {
+        "agent_id": lease.agent_id,
+        "instance": lease.instance,
+        "renewed_at": lease.renewed_at,
+    }
+    if lease.pid is not None:
+        doc["pid"], doc["pid_scope"] = lease.pid, lease.pid_scope
+    return doc
+
+
+def _parse_lease(writer: Any) -> Lease | None:
+    """The ``writer`` object of meta.json (``pid``/``pid_scope`` are optional: older leases lack them)."""
+    if not isinstance(writer, dict):
+        return None
+    pid = writer.get("pid")
+    scope = writer.get("pid_scope")
+    return Lease(
+        str(writer["agent_id"]),
+        str(writer["instance"]),
+        str(writer["renewed_at"]),
+        pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        scope if isinstance(scope, str) else None,
+    )
 
 
 def _int(doc: Mapping[str, Any], name: str) -> int:
@@ -257,12 +277,7 @@ def parse_meta(body: bytes | str, key: SessionKey) -> SessionState:
         unit = doc.get("cursor_unit", "bytes")
         if unit not in ("bytes", "rows", "records"):
             raise ValueError(f"cursor_unit {unit!r}")
-        writer = doc.get("writer")
-        lease = (
-            Lease(str(writer["agent_id"]), str(writer["instance"]), str(writer["renewed_at"]))
-            if isinstance(writer, dict)
-            else None
-        )
+        lease = _parse_lease(doc.get("writer"))
         counts = {str(k): int(v) for k, v in doc.get("redaction_counts", {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise LayoutError(f"meta.json is malformed: {exc!r}") from None

@@ -47,6 +47,22 @@ class _SecretFreeRenderer:
         return secret_free(self._render(logger, name, event))
 
 
+class _SparingPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that drops a line it cannot write (its disk full, its pipe closed) instead of
+    raising into the code that logged it: a daemon must outlive its log file."""
+
+    dropped = 0
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):
+            type(self).dropped += 1
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def secret_free(text: str) -> str:
     """``text`` as it may be shown to a person: URL credentials masked, secrets redacted."""
     text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
@@ -82,6 +98,6 @@ def configure_logging(
             _SecretFreeRenderer(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_: _SparingPrintLogger(stream),
         cache_logger_on_first_use=True,
     )

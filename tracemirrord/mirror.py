@@ -21,12 +21,11 @@ import structlog
 
 from tracemirrord.control.schema import SessionStatus
 from tracemirrord.control.telemetry import iso
+from tracemirrord.lease import LeaseHeld
 from tracemirrord.model import SessionKey, SessionState
 from tracemirrord.source import Discontinuity, Position, Probe, Records, Source, UnknownFormat
 from tracemirrord.store.base import StoreError, StoreRejected
 from tracemirrord.writer import (
-    LEASE_TTL_S,
-    LeaseHeld,
     MirrorContext,
     SessionWriter,
     StoreHealth,
@@ -149,6 +148,7 @@ class SessionMirror:
         self._flush_asked = 0  # flush requests (tracemirrorctl flush) asked / done, and their waiters
         self._flush_done = 0
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
+        self._bucket_replaced = False
 
     # ---------- what the harness task uses ----------
 
@@ -238,6 +238,11 @@ class SessionMirror:
         if state is not None:
             self._eligible = True
 
+    def bucket_replaced(self) -> None:
+        """The bucket was deleted or replaced: drop what we know and mirror from what it holds now."""
+        self._bucket_replaced = True
+        self.nudge()
+
     def nudge(self) -> None:
         """Wake the follower now (its source changed, or the daemon is stopping)."""
         self._wake.set()
@@ -288,7 +293,8 @@ class SessionMirror:
                 except LeaseHeld as exc:
                     self._fail("blocked", str(exc), kind="lease_held")
                     self._backfill_done()  # another writer's to mirror: not ours to wait for
-                    delay = LEASE_TTL_S / 4
+                    self._forget_position()  # look at the bucket (and the lease) again first
+                    delay = exc.retry_in_s
                 except WriterConflict as exc:
                     self.log.warning("another writer wrote this session; rolling forward", detail=str(exc))
                     self.ctx.telemetry.failed("writer_conflict", f"{self.key}: {exc}")
@@ -361,6 +367,11 @@ class SessionMirror:
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
+        if self._bucket_replaced:
+            self._bucket_replaced = False
+            self._batch.clear()
+            self._last_probe = None
+            self._drop_state()
         probe = self.source.probe()
         if probe is None:
             return await self._source_missing(now)
@@ -404,6 +415,8 @@ class SessionMirror:
             return max(0.01, min(due_in, self._interval(probe, now)))
         if writer.meta_behind and (writer.meta_due() or flush_asked):
             await writer.write_meta()
+        if writer.checkpoint_stale and writer.state is not None:
+            await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)
         self.status = "following" if now - probe.mtime < 300 else "idle"
         return None if flush_all else self._interval(probe, now)

@@ -116,11 +116,17 @@ class PartRecord:
 
 @dataclass(slots=True)
 class Lease:
-    """Who writes a session's parts: another agent's live lease makes us back off."""
+    """Who writes a session's parts: another instance's live lease makes us back off (lease.py).
+
+    ``pid`` and ``pid_scope`` let a daemon on the same machine see that the holder's process is gone;
+    leases written before 0.3 lack them.
+    """
 
     agent_id: str
     instance: str
     renewed_at: str
+    pid: int | None = None
+    pid_scope: str | None = None
 
 
 @dataclass(slots=True)

@@ -59,13 +59,14 @@ from tracemirrord.control.telemetry import (
 )
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
+from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
 from tracemirrord.sdnotify import Notifier
 from tracemirrord.source import START, Probe, Source
-from tracemirrord.store.base import StoreError
+from tracemirrord.store.base import StoreError, store_epoch
 
 log = structlog.get_logger("tracemirrord")
 
@@ -148,6 +149,7 @@ class HarnessTask:
         self.first_scan_done = anyio.Event()  # READY=1 waits for every harness's first discovery
         self.stopping = anyio.Event()  # this harness alone (removed by a reload)
         self._discovered_once = False
+        self._epoch = store_epoch(ctx.store)
 
     def harness_status(self) -> HarnessStatus:
         return HarnessStatus(
@@ -290,6 +292,8 @@ class HarnessTask:
                 followers.start_soon(self.harness.watch, self.roots, self.hooks, stopping)
                 scans = 0
                 while not stopping.is_set():
+                    for follower in await self.bucket_replaced():
+                        followers.start_soon(follower.run, stopping)
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
                     self.first_scan_done.set()
@@ -308,6 +312,25 @@ class HarnessTask:
                 self.nudge_all()
         finally:
             self.nudge_all()
+
+    async def bucket_replaced(self) -> list[SessionMirror]:
+        """When the bucket was deleted or replaced while running (store epoch), every session is
+        mirrored again from what it holds now: the cache is dropped, parked followers are returned to
+        be started, running ones told."""
+        epoch = store_epoch(self.ctx.store)
+        if epoch == self._epoch:
+            return []
+        self._epoch = epoch
+        log.warning("the bucket was deleted or replaced; mirroring every session again", harness=self.name)
+        await self.ctx.checkpoint.forget_bucket()
+        self.attachments = AttachmentMirror(self.ctx)  # what it knew to be uploaded is gone
+        woken = []
+        for follower in self.followers.values():
+            follower.bucket_replaced()
+            if follower.parked:
+                follower.parked = False
+                woken.append(follower)
+        return woken
 
     async def mirror_attachments(self) -> None:
         """Upload the files that belong to sessions but are no transcript (once each; cheap when done)."""
@@ -417,6 +440,7 @@ class Daemon:
             limiter=anyio.CapacityLimiter(settings.upload_concurrency),
             telemetry=self.telemetry,
             backfill_cutoff=None if max_age is None else time.time() - max_age,
+            lease_ttl_s=settings.lease_ttl,
         )
         self.tasks = [self._new_task(name) for name in settings.harnesses]
         self.notifier = Notifier(self.env)
@@ -458,9 +482,15 @@ class Daemon:
 
     async def open(self) -> None:
         self._lock_state_dir()
+        # the lock proves every earlier daemon on this state dir is gone: their leases are ours
+        self.ctx.predecessors = record_instance(self.settings.state_dir, self.identity.instance)
         await self.checkpoint.open()
         if self.checkpoint.last_error:
             log.warning("checkpoint reset", error=self.checkpoint.last_error)
+            self.telemetry.failed("checkpoint", self.checkpoint.last_error, retry=False)
+            if self.checkpoint.in_memory:
+                self.telemetry.checkpoint.state = "memory"
+                self.telemetry.checkpoint.last_error = self.checkpoint.last_error
         try:
             await self.store.check()
             self.ctx.health.ok()

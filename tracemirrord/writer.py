@@ -8,16 +8,17 @@ instead of uploading them again.
 
 Part keys are fixed by (session, seq) (layout.part_token) and written create-only, so a second
 writer racing for the same seq loses with 412, reads what won, and continues after it: parts never
-overlap. The meta.json lease makes a second agent back off before it even tries.
+overlap. The meta.json lease (lease.py) makes a second daemon back off before it even tries,
+whatever its agent id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,6 +29,7 @@ from tracemirrord import layout
 from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.control.telemetry import Telemetry
 from tracemirrord.frame import OVERSIZE_RULE
+from tracemirrord.lease import Holder, pid_scope, takeover_reason
 from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, utc_now_iso
 from tracemirrord.redact import Redactor
 
@@ -35,21 +37,17 @@ if TYPE_CHECKING:
     from tracemirrord.anonymize import AnonymizingRedactor
 from tracemirrord.rollforward import read_bucket
 from tracemirrord.source import INFO_FIELDS, START, Position, Records, SessionInfo, Source
-from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
+from tracemirrord.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError, store_epoch
 
 log = structlog.get_logger("tracemirrord.mirror")
 
-LEASE_TTL_S = 120.0
+LEASE_TTL_S = 120.0  # the default of TRACEMIRROR_LEASE_TTL
 _INLINE_REDACT_BYTES = 32 * 1024  # larger batches go to a worker thread: one session's big (or
 # hostile) lines must not hold up the others, the heartbeat or SIGTERM; below this the hop costs more
 _DESCRIBE_LINES = 8
 _DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
 _DESCRIBE_PART_BYTES = 64 * 1024  # ... and small (a live session's, not a backfill's)
 _DESCRIBED_FIELDS = 2  # info fields most sessions have (model, agent version): stop looking then
-
-
-class LeaseHeld(Exception):
-    """Another agent holds a live lease on this session: back off, say so, do not write."""
 
 
 class WriterConflict(Exception):
@@ -101,6 +99,14 @@ class MirrorContext:
     health: StoreHealth = field(default_factory=StoreHealth)
     backfill_cutoff: float | None = None  # sessions last modified before this are not mirrored
     parts_window: int = layout.META_PARTS_WINDOW
+    lease_ttl_s: float = LEASE_TTL_S
+    predecessors: frozenset[str] = frozenset()  # earlier instances on our state dir (lease.py)
+    pid_scope: str = field(default_factory=pid_scope)
+
+    @property
+    def holder(self) -> Holder:
+        """This daemon as its leases name it."""
+        return Holder(self.agent_id, self.instance, os.getpid(), self.pid_scope, self.predecessors)
 
 
 class SessionWriter:
@@ -119,6 +125,8 @@ class SessionWriter:
         self._meta_etag: str | None = None
         self._meta_written_at: float | None = None
         self._meta_seq = -1  # next_seq as of the last meta.json write
+        self._epoch = 0  # the store's epoch when we last read the bucket (store.base.store_epoch)
+        self.checkpoint_stale = False  # the last save failed: the follower tries again when idle
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -180,6 +188,7 @@ class SessionWriter:
 
     async def roll_forward(self) -> None:
         """Make ``state`` what the bucket says (rollforward.py), then claim the lease."""
+        epoch = store_epoch(self.ctx.store)  # before the listing: a change during it is seen later
         view = await read_bucket(
             self.ctx.store,
             self.ctx.project,
@@ -191,6 +200,7 @@ class SessionWriter:
             log=self.log,
         )
         self.state, self._meta_etag = view.state, view.meta_etag
+        self._epoch = epoch
         self.ctx.health.ok()
         self.rolled_forward = True
         # New to the bucket, under --once: no lease for the few moments this takes. Parts are
@@ -202,25 +212,32 @@ class SessionWriter:
         await self.write_meta()  # claims the lease before the first part of this run
 
     def check_lease(self, lease: Lease | None) -> None:
-        if lease is None or lease.agent_id == self.ctx.agent_id:
-            return
-        try:
-            renewed = datetime.fromisoformat(lease.renewed_at.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return
-        if time.time() - renewed < LEASE_TTL_S:
-            raise LeaseHeld(
-                f"agent {lease.agent_id} is mirroring this session (lease renewed {lease.renewed_at}); "
-                "backing off"
+        """Raise LeaseHeld while another live instance holds the session; log a takeover once."""
+        reason = takeover_reason(lease, self.ctx.holder, self.ctx.lease_ttl_s, time.time())
+        if reason is not None and lease is not None:
+            self.log.info(
+                "taking over the session's lease",
+                reason=reason,
+                agent=lease.agent_id,
+                instance=lease.instance,
+                renewed_at=lease.renewed_at,
             )
+
+    def check_epoch(self) -> None:
+        """The whole bucket was deleted or replaced since we read it: read it again before writing."""
+        if store_epoch(self.ctx.store) != self._epoch:
+            self.forget_position()
+            raise WriterConflict("the bucket was deleted or replaced since it was read")
 
     # ---------- writing ----------
 
     async def put_part(self, batch: list[Records]) -> PartRecord:
         """Redact ``batch`` and put it as the next part; then meta.json (when due) and the checkpoint."""
         assert self.state is not None and batch
+        self.check_epoch()
         written = self._meta_written_at
-        if not self.unclaimed and (written is None or time.monotonic() - written > LEASE_TTL_S / 2):
+        renew_after = self.ctx.lease_ttl_s / 2
+        if not self.unclaimed and (written is None or time.monotonic() - written > renew_after):
             await self.write_meta()  # renew the lease before writing under it
         raw = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
         redaction = await self._redact(raw)
@@ -358,7 +375,11 @@ class SessionWriter:
     async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
         """Our seq's key exists: either an earlier attempt of ours landed, or another writer's did."""
         info = await self.ctx.store.head(object_key)
-        theirs = layout.decode_part_metadata(object_key, info.metadata, info.size, info.last_modified)
+        try:
+            theirs = layout.decode_part_metadata(object_key, info.metadata, info.size, info.last_modified)
+        except layout.LayoutError as exc:  # roll-forward repairs it, or continues after it
+            self.forget_position()
+            raise WriterConflict(f"part {part.seq} is there without usable metadata: {exc}") from None
         if (theirs.generation, theirs.start, theirs.end, theirs.sha256) == (
             part.generation,
             part.start,
@@ -381,8 +402,9 @@ class SessionWriter:
         state.source_path = self.shown_location()
         self.refresh_info()
         key = layout.meta_key(self.ctx.project, self.key)
+        self.check_epoch()
         for _ in range(5):
-            state.lease = None if release else Lease(self.ctx.agent_id, self.ctx.instance, utc_now_iso())
+            state.lease = None if release else self.ctx.holder.lease(utc_now_iso())
             body = layout.render_meta(state, agent_id=self.ctx.agent_id, host=self.ctx.host)
             try:
                 if self._meta_etag is None:
@@ -407,7 +429,9 @@ class SessionWriter:
         try:
             current = await self.ctx.store.get(key)
         except NotFound:
-            self._meta_etag = None
+            if self._meta_etag is not None:  # it was there: the session was deleted from the bucket
+                self.forget_position()
+                raise WriterConflict("meta.json is gone from the bucket; reading the session again") from None
             return
         self._meta_etag = current.info.etag
         try:
@@ -420,11 +444,22 @@ class SessionWriter:
             raise WriterConflict(f"meta.json says {theirs.next_seq} parts, we know {self.state.next_seq}")
 
     async def save_checkpoint(self) -> None:
+        """Cache the state locally; a failure is said once (log, status) until a save works again."""
         assert self.state is not None
-        if not await self.ctx.checkpoint.save(self.state):
-            self.log.warning(
-                "checkpoint not saved; the bucket stays the truth", error=self.ctx.checkpoint.last_error
-            )
+        checkpoint, shown = self.ctx.checkpoint, self.ctx.telemetry.checkpoint
+        saved = await checkpoint.save(self.state)
+        self.checkpoint_stale = not saved and not checkpoint.in_memory
+        if saved:
+            if shown.state == "failing":
+                self.log.info("checkpoint saved again")
+                shown.state, shown.last_error = "ok", None
+            return
+        if checkpoint.in_memory:
+            return
+        if shown.state != "failing":
+            self.log.warning("checkpoint not saved; the bucket stays the truth", error=checkpoint.last_error)
+            self.ctx.telemetry.failed("checkpoint", f"checkpoint not saved: {checkpoint.last_error}")
+        shown.state, shown.last_error = "failing", checkpoint.last_error
 
     async def mark_ended(self, ended_at: str | None = None) -> bool:
         """The source is gone (or its agent says the session ended): say so in meta.json, once."""

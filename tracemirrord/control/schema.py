@@ -71,6 +71,15 @@ class StoreStatus:
 
 
 @dataclass
+class CheckpointStatus:
+    """The local checkpoint (a cache of the bucket): ``failing`` while saves fail (disk full, locked,
+    corrupt), ``memory`` when it was locked at start and this run caches in memory."""
+
+    state: Literal["ok", "failing", "memory"] = "ok"
+    last_error: str | None = None
+
+
+@dataclass
 class HarnessStatus:
     name: str
     root: str  # the first root, as design.md names it; every root is in ``roots``
@@ -164,12 +173,13 @@ class Status:
     backfill: Backfill = field(default_factory=Backfill)
     counters: Counters = field(default_factory=Counters)
     settings: dict[str, Any] = field(default_factory=dict)  # flush interval, part size ... (no secrets)
+    checkpoint: CheckpointStatus = field(default_factory=CheckpointStatus)
 
     def to_json(self) -> dict[str, Any]:
         """The document as plain JSON types (shallow copies: ``asdict``'s deep copy of ten thousand
         sessions costs a second)."""
         doc = dict(vars(self))
-        for name in ("store", "totals", "backfill", "counters"):
+        for name in ("store", "totals", "backfill", "counters", "checkpoint"):
             doc[name] = dict(vars(doc[name]))
         doc["harnesses"] = [dict(vars(h)) for h in self.harnesses]
         doc["sessions"] = [dict(vars(s)) for s in self.sessions]
@@ -184,6 +194,7 @@ class Status:
         doc["totals"] = _from_dict(Totals, doc.get("totals") or {})
         doc["backfill"] = _from_dict(Backfill, doc.get("backfill") or {})
         doc["counters"] = _from_dict(Counters, doc.get("counters") or {})
+        doc["checkpoint"] = _from_dict(CheckpointStatus, doc.get("checkpoint") or {})
         return _from_dict(cls, doc)
 
 

@@ -20,6 +20,7 @@ from tracemirrord.control.schema import (
     HEARTBEAT_RECENT_SESSIONS,
     LAGGING_AFTER_S,
     Backfill,
+    CheckpointStatus,
     Counters,
     HarnessStatus,
     SessionStatus,
@@ -34,6 +35,7 @@ from tracemirrord.store.base import (
     PreconditionFailed,
     StoredObject,
     StoreError,
+    store_epoch,
 )
 
 T = TypeVar("T")
@@ -97,6 +99,7 @@ class Telemetry:
         )
         self.backfill = Backfill()
         self.last_error: str | None = None
+        self.checkpoint = CheckpointStatus()  # kept by the writers' saves (writer.save_checkpoint)
 
     @classmethod
     def standalone(cls) -> Telemetry:
@@ -204,8 +207,11 @@ class Telemetry:
             backfill=Backfill(**vars(self.backfill)),
             counters=_copy_counters(self.counters),
             settings=dict(self.settings),
+            checkpoint=CheckpointStatus(self.checkpoint.state, _shown(self.checkpoint.last_error)),
         )
         status.problems = problems_of(status)
+        if status.checkpoint.state == "memory":
+            status.warnings.append(f"checkpoint in memory: {status.checkpoint.last_error}")
         if not status.redaction:
             status.warnings.append("redaction is OFF (TRACEMIRROR_REDACT): secrets are uploaded as they are")
         status.health = "degraded" if status.problems else "healthy"
@@ -218,6 +224,8 @@ def problems_of(status: Status) -> list[str]:
     problems = []
     if status.store.state != "ok":
         problems.append(f"store unreachable: {status.store.last_error or 'no answer'}")
+    if status.checkpoint.state == "failing":
+        problems.append(f"checkpoint not saved: {status.checkpoint.last_error} (the bucket stays the truth)")
     for harness in status.harnesses:
         if harness.state == "error":
             problems.append(f"harness {harness.name} failing: {harness.error}")
@@ -325,6 +333,10 @@ class CountingStore:
     @property
     def url(self) -> str:
         return self.inner.url
+
+    @property
+    def epoch(self) -> int:
+        return store_epoch(self.inner)
 
     async def put(self, key: str, body: bytes, **kwargs: Any) -> str:
         return await self._counted("put", self.inner.put(key, body, **kwargs), len(body))

@@ -65,6 +65,13 @@ class StoredObject:
     info: ObjectInfo
 
 
+def store_epoch(store: object) -> int:
+    """A store's ``epoch``, if it has one: it changes when the whole bucket was deleted or replaced
+    under a running daemon (the embedded bucket can tell), so what was read of it before is stale."""
+    epoch = getattr(store, "epoch", 0)
+    return epoch if isinstance(epoch, int) else 0
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """A flat key space with conditional writes. Keys are ``/``-separated relative paths."""

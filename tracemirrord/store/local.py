@@ -12,15 +12,26 @@ Owns the on-disk format of that directory:
 Invariants: a write is temp file -> fsync -> sidecar (temp, fsync, rename, fsync dir) -> rename (or
 ``os.link`` for create-only) -> fsync dir. The sidecar keeps the description of both the current and the
 incoming version, each pinned to its file by (inode, size, mtime), so after a crash at any point a reader
-finds the description matching whatever file is in place. A file without a matching description (copied
-in or edited by hand) is still an object: its ETag is computed from its bytes and its metadata is empty.
-Keys that could escape the root or reach the hidden tree are refused with ValueError.
+finds the description matching whatever file is in place. A copied or restored bucket (``cp -a``,
+rsync, a backup) has new inodes and maybe new mtimes: a file the pins do not match is then described
+by the version with its size and checksum (MD5, the ETag), and re-pinned to it, so its metadata
+survives. A file no description matches (edited by hand) is still an object: its ETag is computed from
+its bytes and its metadata is empty. Keys that could escape the root or reach the hidden tree are
+refused with ValueError.
+
+Temp files are only made while the directory's lock is held, so any found under that lock belong to a
+writer that died: the first write into a directory after a start removes them.
+
+The root must exist for any operation: one deleted while running is recreated (when its parent is
+still there) and reported once as a StoreUnavailable; ``epoch`` then changes, so writers know that what
+they knew of the bucket is gone and read it again.
 
 The ETag is the hex MD5 of the content, as S3 gives for a single-part upload.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -31,7 +42,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,6 +71,7 @@ _FILE_MODE = 0o600
 _READ_RETRIES = 3
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _REJECT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 T = TypeVar("T")
 
@@ -150,6 +162,14 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.abspath(root))
         self._meta_root = self._root / HIDDEN_DIR / "meta"
+        self._swept: set[Path] = set()  # directories cleared of dead writers' temp files
+        self._root_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the root as we know it
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """Changes when the root was deleted or replaced while running: what was read before is stale."""
+        return self._epoch
 
     @property
     def root(self) -> Path:
@@ -203,15 +223,58 @@ class LocalStore:
         """Nothing to release."""
 
     async def _run(self, func: Callable[[], T]) -> T:
+        def guarded() -> T:
+            self._ensure_root()
+            return func()
+
         try:
-            return await anyio.to_thread.run_sync(func)
+            return await anyio.to_thread.run_sync(guarded)
         except OSError as exc:
             raise self._translate(exc) from exc
+
+    def _ensure_root(self) -> None:
+        """Fail (StoreUnavailable) once when the root was deleted or replaced since we last saw it.
+
+        A deleted root whose parent is still there is recreated empty; one whose parent is gone too
+        (an unmounted disk) is reported on every call until it comes back.
+        """
+        try:
+            st = os.stat(self._root)
+        except FileNotFoundError:
+            if self._root_id is None:
+                return  # never seen yet: a read finds nothing, a write creates it
+            if not self._root.parent.is_dir():
+                raise StoreUnavailable(
+                    f"local bucket {self._root} does not exist, nor its parent directory "
+                    "(deleted or unmounted?); waiting for it to come back"
+                ) from None
+            _makedirs(self._root)
+            _makedirs(self._meta_root)
+            self._root_changed(os.stat(self._root))
+            raise StoreUnavailable(
+                f"local bucket {self._root} was deleted while running; recreated it empty, "
+                "sessions are mirrored again from their start"
+            ) from None
+        if self._root_id is None:
+            self._root_id = (st.st_dev, st.st_ino)
+        elif (st.st_dev, st.st_ino) != self._root_id:
+            self._root_changed(st)
+            raise StoreUnavailable(
+                f"local bucket {self._root} was replaced while running; "
+                "sessions are read again from what it holds"
+            )
+
+    def _root_changed(self, st: os.stat_result) -> None:
+        self._root_id = (st.st_dev, st.st_ino)
+        self._epoch += 1
+        self._swept.clear()
 
     def _translate(self, exc: OSError) -> Exception:
         where = f"local bucket {self._root}"
         if exc.errno in _REJECT_ERRNOS:
             return StoreRejected(f"{where}: {exc.strerror} ({exc.filename})")
+        if exc.errno in _FULL_ERRNOS:  # retried like an outage: it ends when space returns
+            return StoreUnavailable(f"{where} is out of space: {exc.strerror} ({exc.filename})")
         if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG):
             return ValueError(
                 f"{where}: key does not fit the directory tree: {exc.strerror} ({exc.filename})"
@@ -237,6 +300,7 @@ class LocalStore:
         _makedirs(sidecar.parent)
         etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
         with _exclusive_lock(sidecar.parent / _LOCK_NAME):
+            self._sweep_temps(path.parent, sidecar.parent)
             current = self._current_version(path, sidecar)
             if if_none_match and current is not None:
                 raise PreconditionFailed(f"{key}: already exists")
@@ -253,6 +317,18 @@ class LocalStore:
             _fsync_dir(path.parent)
         return etag
 
+    def _sweep_temps(self, *directories: Path) -> None:
+        """Remove temp files of writers that died (the caller holds these directories' lock)."""
+        for directory in directories:
+            if directory in self._swept:
+                continue
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+            self._swept.add(directory)
+
     def _current_version(self, path: Path, sidecar: Path) -> _Version | None:
         """Describe the file now at ``path`` (None if absent); the caller holds the directory lock."""
         try:
@@ -263,7 +339,22 @@ class LocalStore:
             raise ValueError(f"{path} is a directory in the local bucket, not an object") from None
         with f:
             st = os.fstat(f.fileno())
-            return _described(sidecar, st) or _computed(f, st)
+            return _described(sidecar, st) or _recognised(sidecar, f, st) or _computed(f, st)
+
+    def _repin(self, path: Path, sidecar: Path, version: _Version) -> None:
+        """Pin a version recognised by its checksum to the file now in place (a copied bucket), so the
+        next read needs no checksum. Under the lock, and only if that file is still the one in place."""
+        with _exclusive_lock(sidecar.parent / _LOCK_NAME):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return
+            if (st.st_ino, st.st_size) != (version.ino, version.size):
+                return
+            versions = _read_sidecar(sidecar)
+            kept = [v for v in versions if (v.size, v.etag) != (version.size, version.etag)]
+            pinned = replace(version, mtime_ns=st.st_mtime_ns)
+            self._write_sidecar(sidecar, [pinned, *kept])
 
     def _write_sidecar(self, sidecar: Path, versions: list[_Version]) -> None:
         doc = {"v": _SIDECAR_VERSION, "versions": [v.to_json() for v in versions]}
@@ -288,6 +379,10 @@ class LocalStore:
                 version = _described(sidecar, st)
                 if version is None and not _still_at(path, st):
                     continue  # replaced (and its sidecar rewritten) since we opened it: look again
+                if version is None:
+                    version = _recognised(sidecar, f, st)
+                    if version is not None:
+                        self._repin(path, sidecar, version)
                 version = version or _computed(f, st)
                 body = _read_all(f) if with_body else None
             return body, _info(key, version, st)
@@ -318,6 +413,11 @@ class LocalStore:
             _makedirs(self._meta_root)
             probe = _write_temp(self._root / HIDDEN_DIR, b"check")
             probe.unlink()
+            st = os.stat(self._root)
+            if self._root_id is None:
+                self._root_id = (st.st_dev, st.st_ino)
+            elif (st.st_dev, st.st_ino) != self._root_id:
+                self._root_changed(st)
         except OSError as exc:
             raise StoreRejected(
                 f"local bucket {self._root} is not a writable directory: {exc.strerror or exc}"
@@ -384,9 +484,23 @@ def _described(sidecar: Path, st: os.stat_result) -> _Version | None:
 
 def _computed(f: Any, st: os.stat_result) -> _Version:
     """A description computed from the bytes of the open file ``f``: its MD5, no metadata."""
+    return _Version(st.st_ino, st.st_size, st.st_mtime_ns, _md5(f), {})
+
+
+def _md5(f: Any) -> str:
     f.seek(0)
-    digest = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False))
-    return _Version(st.st_ino, st.st_size, st.st_mtime_ns, digest.hexdigest(), {})
+    return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def _recognised(sidecar: Path, f: Any, st: os.stat_result) -> _Version | None:
+    """The sidecar's version with this file's size and checksum, pinned to this file (a copy: new
+    inode, maybe new mtime); None when no version has its size or none its bytes."""
+    sized = [v for v in _read_sidecar(sidecar) if v.size == st.st_size]
+    if not sized:
+        return None
+    etag = _md5(f)
+    found = next((v for v in sized if v.etag == etag), None)
+    return None if found is None else replace(found, ino=st.st_ino, mtime_ns=st.st_mtime_ns)
 
 
 def _read_sidecar(sidecar: Path) -> list[_Version]:
