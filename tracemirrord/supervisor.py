@@ -16,6 +16,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,6 +63,7 @@ from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, Sessio
 from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
+from tracemirrord.progress import ProgressBar
 from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
 from tracemirrord.sdnotify import Notifier
@@ -75,6 +77,7 @@ COLD_SWEEP_EVERY = 30  # scans between two sweeps that include the cold ones (se
 COLD_AFTER_S = 86400.0
 STABLE_RUN_S = 60.0
 PROGRESS_EVERY_S = 10.0
+BAR_EVERY_S = 0.25  # redraws of the --once progress bar on a terminal
 DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the followers to drain
 
 
@@ -602,11 +605,33 @@ class Daemon:
         return 0
 
     async def _report_progress(self, progress: OnceProgress) -> None:
-        """A line every PROGRESS_EVERY_S, so a first run over months of history does not look stuck."""
-        while True:
-            await anyio.sleep(PROGRESS_EVERY_S)
+        """A bar on a terminal, else a log line every PROGRESS_EVERY_S, so a first run over months
+        of history does not look stuck."""
+        if not sys.stderr.isatty():
+            while True:
+                await anyio.sleep(PROGRESS_EVERY_S)
+                backfill = self.telemetry.backfill
+                progress.log("mirroring pending sessions", backfill.bytes_done, backfill.bytes_total)
+        bar = ProgressBar(sys.stderr)
+
+        def draw() -> None:
             backfill = self.telemetry.backfill
-            progress.log("mirroring pending sessions", backfill.bytes_done, backfill.bytes_total)
+            elapsed = time.monotonic() - progress.started
+            bar.draw(
+                backfill.sessions_done,
+                backfill.sessions_total,
+                backfill.bytes_done,
+                backfill.bytes_total,
+                elapsed,
+            )
+
+        try:
+            while True:
+                draw()
+                await anyio.sleep(BAR_EVERY_S)
+        finally:  # cancelled when everything landed: the last state, then a line end
+            draw()
+            bar.close()
 
     async def _watch_signals(self, stopping: anyio.Event, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
