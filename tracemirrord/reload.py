@@ -3,8 +3,9 @@
 Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
 concurrency, the heartbeat interval, redaction on/off, the backfill window and the log level. A
 change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
-address, line limit, log format, anonymizer) would move or rename what is already mirrored or bound, so a
-reload that touches it is refused as a whole and the running configuration stays.
+address, line limit, log format, anonymizer, single-writer mode) would move or rename what is already
+mirrored or bound, or undo the start-up probe of the store, so a reload that touches it is refused as
+a whole and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ RESTART_ONLY = (
     "max_line_bytes",
     "log_format",
     "anonymize",
+    "single_writer",
 )
 
 

@@ -78,6 +78,7 @@ class Identity:
     instance: str
     host: str
     redaction: bool
+    single_writer: bool = False  # TRACEMIRROR_SINGLE_WRITER: the user vouches for one writer per session
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     pid: int = field(default_factory=os.getpid)
@@ -97,6 +98,7 @@ class Telemetry:
         )
         self.backfill = Backfill()
         self.last_error: str | None = None
+        self.conditional_writes: str | None = None  # the store probe's verdict (None: not probed yet)
 
     @classmethod
     def standalone(cls) -> Telemetry:
@@ -184,6 +186,7 @@ class Telemetry:
             state="ok" if health.state == "ok" else "unreachable",
             last_error=_shown(health.last_error),
             last_ok_at=iso(health.last_ok_at),
+            conditional_writes=self.conditional_writes,
         )
         status = Status(
             version=ident.version,
@@ -200,6 +203,7 @@ class Telemetry:
             host=ident.host,
             started_at=iso(ident.started_at) or "",
             redaction=ident.redaction,
+            single_writer=ident.single_writer,
             last_error=_shown(self.last_error),
             backfill=Backfill(**vars(self.backfill)),
             counters=_copy_counters(self.counters),
@@ -208,8 +212,19 @@ class Telemetry:
         status.problems = problems_of(status)
         if not status.redaction:
             status.warnings.append("redaction is OFF (TRACEMIRROR_REDACT): secrets are uploaded as they are")
+        if status.single_writer:
+            status.warnings.append(single_writer_warning(status.store.conditional_writes))
         status.health = "degraded" if status.problems else "healthy"
         return status
+
+
+def single_writer_warning(conditional_writes: str | None) -> str:
+    """What status says while single-writer mode is on, with the store probe's verdict."""
+    verdict = conditional_writes or "not probed yet"
+    return (
+        f"single-writer mode (TRACEMIRROR_SINGLE_WRITER): the store's conditional writes are {verdict}; "
+        "only one tracemirrord may write each session"
+    )
 
 
 def problems_of(status: Status) -> list[str]:
