@@ -126,7 +126,13 @@ def test_status_fields_and_exit_codes_through_an_outage(
             assert isinstance(doc[name], kind), (name, doc[name])
         assert doc["agent_id"] == "tester@host" and doc["pid"] == daemon.proc.pid  # type: ignore[union-attr]
         assert doc["bucket"].startswith(bucket) and doc["health"] == "healthy" and doc["problems"] == []
-        assert doc["store"] == {"state": "ok", "last_error": None, "last_ok_at": doc["store"]["last_ok_at"]}
+        assert doc["store"] == {
+            "state": "ok",
+            "last_error": None,
+            "last_ok_at": doc["store"]["last_ok_at"],
+            "conditional_writes": "enforced",  # the start-up probe's verdict
+        }
+        assert doc["single_writer"] is False and doc["warnings"] == []
         harnesses = {h["name"]: h for h in doc["harnesses"]}
         for h in harnesses.values():
             for name, kind in HARNESS_FIELDS.items():
