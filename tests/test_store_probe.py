@@ -7,6 +7,7 @@ writer mode, outages) is in test_store_faults.py.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -280,3 +281,56 @@ async def test_a_lost_answer_to_a_create_only_put_is_a_412_not_a_second_copy(
     assert type(caught.value).__name__ == "PreconditionFailed"
     assert s3_proxy.requests == 1
     assert (await store.get("p")).body == b"mine"
+
+
+# --- the settings -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No TRACEMIRROR_* variable or config file of the developer's leaks into load_settings()."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TRACEMIRROR_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return monkeypatch
+
+
+def test_timeouts_and_single_writer_are_settings(clean_environ: pytest.MonkeyPatch) -> None:
+    """s3.connect_timeout / s3.read_timeout take durations and reach the store; single_writer is a bool
+    that defaults to off and needs a restart to change."""
+    from tracemirrord.config import build_store, load_settings
+    from tracemirrord.reload import restart_only_changes
+
+    monkeypatch = clean_environ
+    monkeypatch.setenv("TRACEMIRROR_BUCKET", "s3://b")
+    monkeypatch.setenv("TRACEMIRROR_S3__CONNECT_TIMEOUT", "1500ms")
+    monkeypatch.setenv("TRACEMIRROR_S3__READ_TIMEOUT", "7s")
+    settings = load_settings()
+    assert (settings.s3.connect_timeout, settings.s3.read_timeout) == (1.5, 7.0)
+    assert settings.single_writer is False
+    store = build_store(settings)
+    assert isinstance(store, S3Store)
+    assert store._attempt_limit_s(0) == 8.5  # connect + read: the deadline of a try without a body
+    monkeypatch.setenv("TRACEMIRROR_SINGLE_WRITER", "true")
+    assert restart_only_changes(settings, load_settings()) == ["single_writer"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("TRACEMIRROR_S3__READ_TIMEOUT", "0", "setting s3.read_timeout (TRACEMIRROR_S3__READ_TIMEOUT)"),
+        ("TRACEMIRROR_S3__CONNECT_TIMEOUT", "soon", "setting s3.connect_timeout"),
+        ("TRACEMIRROR_SINGLE_WRITER", "perhaps", "setting single_writer (TRACEMIRROR_SINGLE_WRITER)"),
+    ],
+)
+def test_bad_values_name_the_setting(
+    clean_environ: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    from tracemirrord.config import ConfigError, load_settings
+
+    clean_environ.setenv(variable, value)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings()

@@ -45,6 +45,8 @@ configuration (environment over TOML file over defaults; see docs/configuration.
   TRACEMIRROR_METRICS_ADDR    serve Prometheus metrics on HOST:PORT, loopback only (default: off)
   TRACEMIRROR_HEARTBEAT_INTERVAL  how often <project>/agents/<agent id>.json is written (default: 60s)
   TRACEMIRROR_S3__ENDPOINT_URL and AWS_* variables for S3-compatible stores
+  TRACEMIRROR_SINGLE_WRITER   accept a store that ignores conditional writes, promising that one
+                              daemon writes each session (default: false; see docs/s3.md)
 
 harnesses (where each agent keeps its sessions, and the variables that move it):
 {harnesses}
