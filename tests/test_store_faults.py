@@ -336,6 +336,7 @@ def test_single_writer_mode_runs_on_such_a_store_says_so_and_mirrors_exactly(
         assert any("single-writer mode" in w for w in doc["warnings"])
         human = ctl(env, "status").stdout
         assert "WARNING: single-writer mode (TRACEMIRROR_SINGLE_WRITER)" in human
+        assert "\ntracemirror_single_writer_mode 1.0\n" in ctl(env, "metrics").stdout
         assert daemon.stop() == 0
     warnings = [e["event"] for e in log_events(daemon.log()) if e.get("level") == "warning"]
     assert any(w.startswith("single-writer mode (TRACEMIRROR_SINGLE_WRITER=true)") for w in warnings)
