@@ -398,6 +398,7 @@ def test_heartbeat_in_the_s3_bucket(tmp_path: Path, s3_bucket: str, s3_env: dict
         assert doc["summary"].startswith("tracemirrord ")
         assert doc["kind"] == "tracemirrord" and doc["pid"] == daemon.proc.pid  # type: ignore[union-attr]
         assert doc["host"] == socket.gethostname() and doc["store"] == "ok" and doc["health"] == "healthy"
+        assert doc["single_writer"] is False
         assert doc["harnesses"]["codex"] == "running" and doc["heartbeat_interval_s"] == 1.0
         wait_for(lambda: (heartbeat() or {}).get("recent_sessions"), 20, "the session among the recent ones")
         recent = heartbeat()["recent_sessions"]  # type: ignore[index]

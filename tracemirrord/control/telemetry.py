@@ -271,6 +271,7 @@ def heartbeat_fields(status: Status, interval_s: float) -> dict[str, Any]:
         "sessions": status.totals.sessions,
         "lag_s": round(max(lags), 3) if lags else None,
         "store": status.store.state,
+        "single_writer": status.single_writer,
         "health": status.health,
         "problems": status.problems,
         "harnesses": {h.name: h.state for h in status.harnesses},
