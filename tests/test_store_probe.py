@@ -174,20 +174,30 @@ async def test_watch_finds_the_store_back_and_tells_once(
     s3_proxy: BytesCountingProxy, s3_bucket: str, make_s3: Any
 ) -> None:
     """While the store is down, ``watch`` asks it on a backoff and reports its return once."""
+    recoveries: list[float] = []
     recovered = anyio.Event()
+
+    def tell() -> None:
+        recoveries.append(time.monotonic())
+        recovered.set()
+
     store = make_s3(s3_proxy.endpoint_url, s3_bucket, **NO_RETRIES)
-    guard = guarded(store, on_recovered=recovered.set)
+    guard = guarded(store, on_recovered=tell)
     s3_proxy.mode = "down"
     with pytest.raises(StoreUnavailable):
         await guard.list("proj/")
     async with anyio.create_task_group() as tg:
         tg.start_soon(guard.watch)
         await anyio.sleep(1.5)
-        assert not recovered.is_set()
+        assert recoveries == []
         s3_proxy.mode = "pass"
+        back = time.monotonic()
         with anyio.fail_after(10):
             await recovered.wait()
+        await anyio.sleep(2.5)  # long enough for more asks, were the watch still asking
         tg.cancel_scope.cancel()
+    assert len(recoveries) == 1
+    assert recoveries[0] - back < 5.5  # its waits: at most 1 s, then 2 s, then 4 s
 
 
 # --- S3 answers: timeouts, refusals, server errors ---------------------------------------------------
