@@ -140,7 +140,7 @@ class S3Store:
         session_token: str | None = None,
         profile: str | None = None,
         addressing_style: str | None = None,
-        max_attempts: int = 1,  # botocore's tries per call, the first included (ours retry: _call)
+        max_attempts: int = 1,  # botocore's own tries per call: 1, since _call does the retrying
         retry_attempts: int = 4,
         retry_budget_s: float = 10.0,
         retry_base_s: float = 0.25,
