@@ -372,6 +372,34 @@ def test_a_silent_store_is_unreachable_not_a_hang_and_nothing_is_lost(
     print(f"\nsilent store: caught up {caught_up_s:.1f}s after it answered again")
 
 
+def test_sigterm_while_the_store_is_silent_exits_in_seconds_and_loses_nothing(
+    tmp_path: Path, s3_bucket: str, s3_env: dict[str, str], s3_proxy: BytesCountingProxy
+) -> None:
+    """SIGTERM while PUTs hang on a silent store, at the default 20 s read timeout: the daemon abandons
+    them and exits 0 within seconds; the next start, with the store back, mirrors exactly."""
+    bucket = f"s3://{s3_bucket}/stop"
+    env = exact_env(tmp_path, bucket, s3_env, s3_proxy)
+    del env["TRACEMIRROR_S3__CONNECT_TIMEOUT"], env["TRACEMIRROR_S3__READ_TIMEOUT"]  # the defaults
+    files = sessions_with_history(Path(env["HOME"]), lines=3)
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: mirrored_exactly(bucket, files, s3_env), 20, "the history in the bucket")
+        s3_proxy.mode = "blackhole"
+        for s in files:
+            with s.path.open("ab") as f:
+                f.write(record(s.harness, s.session_id, 3, random.Random(3)))
+        time.sleep(1.5)  # the flush is under way, its PUTs waiting for an answer
+        signalled = time.monotonic()
+        assert daemon.stop(timeout=30) == 0, daemon.log()[-3000:]
+        stop_s = time.monotonic() - signalled
+    assert stop_s < 9, f"the stop took {stop_s:.1f}s"
+    assert not mirrored_exactly(bucket, files, s3_env), "the appended lines waited in the sources"
+    s3_proxy.mode = "pass"
+    with Daemon(env, tmp_path / "daemon2.log") as daemon:
+        wait_for(lambda: mirrored_exactly(bucket, files, s3_env), 20, "the next start to catch up")
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log()
+
+
 def test_revoked_credentials_are_named_in_status_without_a_retry_storm(
     tmp_path: Path, s3_bucket: str, s3_env: dict[str, str], s3_proxy: BytesCountingProxy
 ) -> None:

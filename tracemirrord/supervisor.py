@@ -612,6 +612,7 @@ class Daemon:
             if early_signals.pending() and not stopping.is_set():
                 log.info("stopping: flushing what is held", signal="SIGTERM (during start-up)")
                 stopping.set()
+                self.guard.stop_within()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if not stopping.is_set():
@@ -621,6 +622,7 @@ class Daemon:
                     log.info("stopping: flushing what is held", signal=signal.Signals(signum).name)
                     self.notifier.stopping("flushing what is held")
                     stopping.set()
+                    self.guard.stop_within()  # a silent store cannot hold the stop
                 else:
                     log.warning("second signal: exiting without waiting for the flush")
                     scope.cancel()

@@ -15,10 +15,14 @@ should have to know about:
   cheap list on a capped backoff; the first success after a failure calls ``on_recovered``, which
   the daemon uses to wake every waiting session, so it catches up within seconds of the store's
   return instead of at each session's own, longer backoff.
+- **A bounded stop.** Once the daemon is stopping (``stop_within``), every request, in flight or to
+  come, ends within a grace period: a silent store cannot hold a SIGTERM for its read timeouts. An
+  abandoned PUT loses nothing (the source keeps the records; if it landed, the next start adopts it).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +50,7 @@ REFUSED_BASE_S = 1.0  # the first wait after a refusal; it doubles per refusal i
 REFUSED_CAP_S = 60.0
 WATCH_BASE_S = 1.0  # how soon ``watch`` first asks a failing store; it doubles per failed ask
 WATCH_CAP_S = 15.0
+STOP_GRACE_S = 5.0  # how long requests may still take once the daemon is stopping
 
 
 def jittered_backoff(attempt: int, base_s: float, cap_s: float) -> float:
@@ -80,6 +85,8 @@ class GuardedStore:
         self._retry_at = 0.0
         self._asking = False  # one call is finding out whether a refusing store still refuses
         self._troubled = anyio.Event()
+        self._in_flight: set[anyio.CancelScope] = set()
+        self._stop_deadline = math.inf  # in anyio's clock; set by stop_within
 
     @property
     def url(self) -> str:
@@ -169,6 +176,24 @@ class GuardedStore:
     async def close(self) -> None:
         await self.inner.close()
 
+    # ---------- a bounded stop ----------
+
+    def stop_within(self, grace_s: float = STOP_GRACE_S) -> None:
+        """The daemon is stopping: every request, in flight or to come, ends within ``grace_s``."""
+        self._stop_deadline = min(self._stop_deadline, anyio.current_time() + grace_s)
+        for scope in self._in_flight:
+            scope.deadline = min(scope.deadline, self._stop_deadline)
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Make ``call``, abandoning it at the stop deadline (StoreUnavailable)."""
+        with anyio.CancelScope(deadline=self._stop_deadline) as scope:
+            self._in_flight.add(scope)
+            try:
+                return await call()
+            finally:
+                self._in_flight.discard(scope)
+        raise StoreUnavailable(f"{self.url}: request abandoned: tracemirrord is stopping")
+
     # ---------- the gate ----------
 
     async def _guarded(self, call: Callable[[], Awaitable[T]], *, watching: bool = False) -> T:
@@ -178,7 +203,7 @@ class GuardedStore:
             raise StoreRejected(str(refusal))  # no request: the answer would be the same
         self._asking = refusal is not None
         try:
-            result = await call()
+            result = await self._bounded(call)
         except (NotFound, PreconditionFailed) as exc:
             # answers; but a HEAD in a missing bucket says NotFound too, so only a 412 proves health
             if isinstance(exc, PreconditionFailed):
