@@ -344,3 +344,29 @@ def test_bad_values_name_the_setting(
     clean_environ.setenv(variable, value)
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_settings()
+
+
+async def test_writes_queued_behind_a_failed_probe_do_not_each_probe_again(
+    s3_proxy: BytesCountingProxy, s3_bucket: str, make_s3: Any
+) -> None:
+    """Store down at the first writes: ten concurrent puts wait for one probe, which fails; they all
+    fail with its error without asking again; once the store is back the next put probes and writes."""
+    store = make_s3(s3_proxy.endpoint_url, s3_bucket, **NO_RETRIES)
+    guard = guarded(store)
+    s3_proxy.mode = "error503"
+    failures: list[str] = []
+
+    async def put(n: int) -> None:
+        try:
+            await guard.put(f"proj/sessions/h/s/{n}", b"x")
+        except StoreUnavailable as exc:
+            failures.append(str(exc))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(10):
+            tg.start_soon(put, n)
+    assert len(failures) == 10 and s3_proxy.requests == 1, "one probe request for ten writes"
+    assert guard.conditional_writes is None
+    s3_proxy.mode = "pass"
+    await guard.put("proj/sessions/h/s/0", b"x")
+    assert guard.conditional_writes == "enforced"

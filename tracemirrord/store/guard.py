@@ -80,6 +80,7 @@ class GuardedStore:
         self._probe_body = probe_body
         self._verify_lock = anyio.Lock()
         self._unusable: ConditionalWritesIgnored | None = None
+        self._probe_failure: tuple[float, StoreError] | None = None  # (when, why) the last probe failed
         self._refusal: StoreRejected | None = None
         self._refusals = 0  # in a row; reset by a successful call of the daemon's own (not watch's)
         self._retry_at = 0.0
@@ -113,13 +114,28 @@ class GuardedStore:
         if self._unusable is not None:
             raise self._unusable
         if self.report is None:
+            waited_from = time.monotonic()
             async with self._verify_lock:
                 if self.report is None:
-                    self._judge(await self.probe())
+                    await self._probe_once(waited_from)
         if self._unusable is not None:
             raise self._unusable
         assert self.report is not None
         return self.report
+
+    async def _probe_once(self, waited_from: float) -> None:
+        """Probe and judge, unless a probe failed while this caller waited for the lock: then fail the
+        same way, so that sessions queued behind one failed probe do not each run another."""
+        if self._probe_failure is not None:
+            failed_at, failure = self._probe_failure
+            if failed_at >= waited_from:
+                raise type(failure)(str(failure))
+        try:
+            report = await self.probe()
+        except StoreError as exc:
+            self._probe_failure = (time.monotonic(), exc)
+            raise
+        self._judge(report)
 
     def _judge(self, report: ProbeReport) -> None:
         """Log the verdict once, and keep the error every write will raise if the store is unusable."""
