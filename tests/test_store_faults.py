@@ -296,6 +296,34 @@ def test_a_store_that_ignores_preconditions_is_refused(
     assert "Traceback" not in checked.stdout + checked.stderr
 
 
+def test_a_store_unreachable_at_start_is_probed_before_the_first_write(
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    s3_proxy: BytesCountingProxy,
+) -> None:
+    """Started while the store is down, the daemon runs degraded; when the store comes back ignoring
+    preconditions, the first write probes it and nothing is written: status names the problem."""
+    env = exact_env(tmp_path, f"s3://{s3_bucket}/later", s3_env, s3_proxy)
+    sessions_with_history(Path(env["HOME"]), lines=3)
+    s3_proxy.mode = "down"
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for_status(env, lambda c, d: c == 1, 20, "status to say the store is down")
+        s3_proxy.mode = "strip_preconditions"
+        _, doc = wait_for_status(
+            env,
+            lambda c, d: "ignores conditional writes" in (d.get("store", {}).get("last_error") or ""),
+            40,
+            "status to name the store's problem",
+        )
+        assert doc["store"]["conditional_writes"] == "not enforced" and doc["health"] == "degraded"
+        assert daemon.alive()
+        assert daemon.stop() == 0
+    assert bucket_keys(s3_server, s3_bucket) == ["later/default/.probe/tester@host.json"]
+    assert "Traceback" not in daemon.log()
+
+
 def test_check_says_the_store_enforces_conditional_writes(
     tmp_path: Path, s3_bucket: str, s3_env: dict[str, str], s3_proxy: BytesCountingProxy
 ) -> None:
