@@ -434,7 +434,7 @@ def test_revoked_credentials_are_named_in_status_without_a_retry_storm(
     """Every request refused with 403 InvalidAccessKeyId for 7 s while 9 sessions grow: status names the
     bucket and the cause; the daemon sends fewer requests than there are sessions waiting (a few asks on
     a doubling backoff, not one per session or flush); once the credentials work again the bucket
-    catches up exactly, within seconds (each session alone would wait 30 s or more after a refusal)."""
+    catches up exactly, within seconds."""
     bucket = f"s3://{s3_bucket}/revoked"
     env = {**exact_env(tmp_path, bucket, s3_env, s3_proxy), "TRACEMIRROR_UPLOAD_CONCURRENCY": "1"}
     files = sessions_with_history(Path(env["HOME"]), lines=3, per_harness=3)
@@ -462,7 +462,7 @@ def test_revoked_credentials_are_named_in_status_without_a_retry_storm(
         f"with {len(files)} sessions waiting; caught up {caught_up_s:.1f}s after they worked again"
     )
     assert refused_requests < len(files), f"{refused_requests} requests while the credentials were refused"
-    assert caught_up_s < 15
+    assert caught_up_s < 20  # the gate's next ask is at most ~8 s away here; a session alone waits 30 s
     assert "Traceback" not in daemon.log()
     assert TEST_SECRET not in daemon.log()
 
