@@ -30,8 +30,24 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-ProxyMode = Literal["pass", "down", "slow", "error503", "reset"]
-PROXY_MODES: tuple[ProxyMode, ...] = ("pass", "down", "slow", "error503", "reset")
+ProxyMode = Literal[
+    "pass", "down", "slow", "error503", "error500", "error403", "reset", "blackhole", "strip_preconditions"
+]
+PROXY_MODES: tuple[ProxyMode, ...] = (
+    "pass",
+    "down",
+    "slow",
+    "error503",
+    "error500",
+    "error403",
+    "reset",
+    "blackhole",
+    "strip_preconditions",
+)
+# Modes between which open connections may carry on: each forwards every byte as it came.
+_STREAM_MODES = frozenset({"pass", "slow"})
+# The headers an S3 server that ignores conditional writes acts as if it never received.
+PRECONDITION_HEADERS = (b"if-none-match", b"if-match")
 
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 TEST_REGION = "us-east-1"
@@ -159,12 +175,27 @@ class RequestRecord:
 
 
 class _RequestParser:
-    """Incremental HTTP/1.1 request framing of one client stream: finds each request's head and body."""
+    """Incremental HTTP/1.1 request framing of one client stream: finds each request's head and body.
 
-    def __init__(self) -> None:
+    With ``drop_headers``, it also rebuilds the stream without those headers (``take_output``): the
+    proxy forwards that instead of the bytes as they came.
+    """
+
+    def __init__(self, drop_headers: tuple[bytes, ...] = ()) -> None:
         self._buffer = b""
         self._body_left = 0
         self._chunked = False
+        self._drop_headers = drop_headers
+        self._output: list[bytes] = []
+
+    def _emit(self, data: bytes) -> None:
+        if self._drop_headers:  # only a rewriting parser keeps what it forwards
+            self._output.append(data)
+
+    def take_output(self) -> bytes:
+        """The stream so far, heads rewritten, bodies as they came; what was returned is forgotten."""
+        out, self._output = b"".join(self._output), []
+        return out
 
     def feed(self, data: bytes) -> list[RequestRecord]:
         """Consume ``data``; return the requests whose head completed in it."""
@@ -173,6 +204,7 @@ class _RequestParser:
         while self._buffer:
             if self._body_left:
                 taken = min(self._body_left, len(self._buffer))
+                self._emit(self._buffer[:taken])
                 self._buffer, self._body_left = self._buffer[taken:], self._body_left - taken
             elif self._chunked:
                 if not self._skip_chunk():
@@ -183,6 +215,7 @@ class _RequestParser:
                     break
                 head, self._buffer = self._buffer[: end + 4], self._buffer[end + 4 :]
                 records.append(self._start_request(head))
+                self._emit(_without_headers(head, self._drop_headers))
         return records
 
     def _start_request(self, head: bytes) -> RequestRecord:
@@ -204,13 +237,25 @@ class _RequestParser:
             trailer_end = self._buffer.find(b"\r\n\r\n", line_end)
             if trailer_end == -1 and self._buffer[line_end : line_end + 4] != b"\r\n\r\n":
                 return False
-            self._buffer = self._buffer[(trailer_end if trailer_end != -1 else line_end) + 4 :]
+            consumed = (trailer_end if trailer_end != -1 else line_end) + 4
+            self._emit(self._buffer[:consumed])
+            self._buffer = self._buffer[consumed:]
             self._chunked = False
             return True
         if len(self._buffer) < line_end + 2 + size + 2:
             return False
+        self._emit(self._buffer[: line_end + 2 + size + 2])
         self._buffer = self._buffer[line_end + 2 + size + 2 :]
         return True
+
+
+def _without_headers(head: bytes, names: tuple[bytes, ...]) -> bytes:
+    """A request head with the header lines named in ``names`` (lower case) left out."""
+    if not names:
+        return head
+    lines = head.split(b"\r\n")
+    kept = [lines[0]] + [line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in names]
+    return b"\r\n".join(kept)
 
 
 _RESPONSE_503 = (
@@ -223,19 +268,40 @@ _BODY_503 = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
     b"<Message>injected by BytesCountingProxy</Message></Error>"
 )
+_STATUS_LINES = {403: b"403 Forbidden", 500: b"500 Internal Server Error", 503: b"503 Service Unavailable"}
+
+
+def error_response(status: int, code: str) -> bytes:
+    """A whole S3 error answer (XML body, connection closed) with this status and error code."""
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>%s</Code>'
+        b"<Message>injected by BytesCountingProxy</Message></Error>" % code.encode()
+    )
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (_STATUS_LINES[status], len(body), body)
+    )
 
 
 class BytesCountingProxy:
     """A loopback TCP proxy to an HTTP server that counts bytes and requests and injects faults.
 
-    Modes (switch any time through ``mode``; switching away from "pass"/"slow" drops open connections
-    so that keep-alive connections cannot bypass the new mode):
+    Modes (switch any time through ``mode``; every switch but one between "pass" and "slow" drops open
+    connections, so that keep-alive connections cannot bypass the new mode):
 
     - ``pass``: forward everything;
     - ``down``: nothing listens: connections are refused;
     - ``slow``: forward, but every chunk waits ``slow_delay_s`` first (in both directions);
     - ``error503``: answer every request ``503 ServiceUnavailable`` (S3 XML) without forwarding it;
-    - ``reset``: forward half of the first chunk of a request, then reset both connections.
+    - ``error500``: the same with ``500 InternalError``;
+    - ``error403``: the same with ``403`` and the S3 code in ``error403_code`` (``InvalidAccessKeyId``
+      by default; ``SignatureDoesNotMatch``, ``ExpiredToken``, ``AccessDenied`` ...): credentials that
+      are wrong or were revoked;
+    - ``reset``: forward half of the first chunk of a request, then reset both connections;
+    - ``blackhole``: accept connections, never read, forward or answer anything (a client's request
+      waits for an answer, and a large body for the proxy to read it, until the client gives up);
+    - ``strip_preconditions``: forward everything but the ``If-None-Match`` and ``If-Match`` headers,
+      as an S3-compatible server that ignores conditional writes behaves.
 
     ``bytes_up`` counts what clients sent, ``bytes_down`` what they received, ``requests`` the request
     heads seen (in every mode but ``down``); ``request_log`` keeps each one's sizes.
@@ -246,6 +312,7 @@ class BytesCountingProxy:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._mode: ProxyMode = mode
         self.slow_delay_s = slow_delay_s
+        self.error403_code = "InvalidAccessKeyId"
         self.port = 0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -294,7 +361,7 @@ class BytesCountingProxy:
         if mode not in PROXY_MODES:
             raise ValueError(f"unknown proxy mode {mode!r}; known: {', '.join(PROXY_MODES)}")
         previous, self._mode = self._mode, mode
-        if mode not in ("pass", "slow"):
+        if not {previous, mode} <= _STREAM_MODES:
             self._drop_connections()
         if mode == "down":
             self._close_listener()
@@ -369,6 +436,9 @@ class BytesCountingProxy:
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
         self._track(client)
+        if self._mode == "blackhole":
+            self._hold(client)
+            return
         try:
             upstream = socket.create_connection(self._upstream, timeout=5)
             upstream.settimeout(None)
@@ -382,8 +452,19 @@ class BytesCountingProxy:
                     self._untrack(sock)
                     _close(sock)
 
+    def _hold(self, client: socket.socket) -> None:
+        """Keep the connection open and silent until the mode changes (which drops it) or the proxy stops."""
+        while self._mode == "blackhole" and not self._stopping.is_set():
+            with self._lock:
+                if client not in self._connections:
+                    break
+            time.sleep(0.05)
+        self._untrack(client)
+        _close(client)
+
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        parser = _RequestParser()
+        # a connection lives in one mode (a switch drops it), so its parser is chosen once
+        parser = _RequestParser(PRECONDITION_HEADERS if self._mode == "strip_preconditions" else ())
         with selectors.DefaultSelector() as selector:
             selector.register(client, selectors.EVENT_READ, "up")
             selector.register(upstream, selectors.EVENT_READ, "down")
@@ -410,6 +491,15 @@ class BytesCountingProxy:
             if records:
                 self._send_down(client, _RESPONSE_503 % (len(_BODY_503), _BODY_503))
                 return False
+            return True
+        if mode in ("error500", "error403"):
+            if records:
+                status, code = (500, "InternalError") if mode == "error500" else (403, self.error403_code)
+                self._send_down(client, error_response(status, code))
+                return False
+            return True
+        if mode == "strip_preconditions":
+            upstream.sendall(parser.take_output())
             return True
         if mode == "reset":
             upstream.sendall(data[: len(data) // 2])
@@ -481,6 +571,7 @@ def s3_subprocess_env(endpoint_url: str) -> dict[str, str]:
 
 
 __all__ = [
+    "PRECONDITION_HEADERS",
     "PROXY_MODES",
     "TEST_CREDENTIALS",
     "TEST_REGION",
@@ -488,6 +579,7 @@ __all__ = [
     "MotoServer",
     "ProxyMode",
     "RequestRecord",
+    "error_response",
     "free_port",
     "s3_subprocess_env",
     "sync_s3_client",

@@ -126,7 +126,13 @@ def test_status_fields_and_exit_codes_through_an_outage(
             assert isinstance(doc[name], kind), (name, doc[name])
         assert doc["agent_id"] == "tester@host" and doc["pid"] == daemon.proc.pid  # type: ignore[union-attr]
         assert doc["bucket"].startswith(bucket) and doc["health"] == "healthy" and doc["problems"] == []
-        assert doc["store"] == {"state": "ok", "last_error": None, "last_ok_at": doc["store"]["last_ok_at"]}
+        assert doc["store"] == {
+            "state": "ok",
+            "last_error": None,
+            "last_ok_at": doc["store"]["last_ok_at"],
+            "conditional_writes": "enforced",  # the start-up probe's verdict
+        }
+        assert doc["single_writer"] is False and doc["warnings"] == []
         harnesses = {h["name"]: h for h in doc["harnesses"]}
         for h in harnesses.values():
             for name, kind in HARNESS_FIELDS.items():
@@ -392,6 +398,7 @@ def test_heartbeat_in_the_s3_bucket(tmp_path: Path, s3_bucket: str, s3_env: dict
         assert doc["summary"].startswith("tracemirrord ")
         assert doc["kind"] == "tracemirrord" and doc["pid"] == daemon.proc.pid  # type: ignore[union-attr]
         assert doc["host"] == socket.gethostname() and doc["store"] == "ok" and doc["health"] == "healthy"
+        assert doc["single_writer"] is False
         assert doc["harnesses"]["codex"] == "running" and doc["heartbeat_interval_s"] == 1.0
         wait_for(lambda: (heartbeat() or {}).get("recent_sessions"), 20, "the session among the recent ones")
         recent = heartbeat()["recent_sessions"]  # type: ignore[index]

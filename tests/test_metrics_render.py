@@ -146,6 +146,7 @@ EXPECTED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
     k("tracemirror_uptime_seconds"): 360.5,
     k("tracemirror_healthy"): 1.0,
     k("tracemirror_redaction_enabled"): 1.0,
+    k("tracemirror_single_writer_mode"): 0.0,
     k("tracemirror_store_up"): 1.0,
     k("tracemirror_store_last_ok_time_seconds"): 1735787400.0,  # 2025-01-02T03:10:00Z
     k("tracemirror_source_read_bytes_total"): 20000.0,

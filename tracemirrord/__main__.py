@@ -2,7 +2,7 @@
 
 Exit codes: 0 success (or a clean stop on SIGTERM/SIGINT); 1 a runtime failure (``--once`` could
 not mirror everything, ``--check`` could not reach the bucket, another daemon holds the state dir);
-2 bad configuration or usage.
+2 bad configuration or usage, or a store that ignores conditional writes outside single-writer mode.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from tracemirrord.config import (
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
-from tracemirrord.supervisor import Daemon, DaemonError, harness_roots
+from tracemirrord.store.guard import unusable_message
+from tracemirrord.store.probe import ProbeReport
+from tracemirrord.supervisor import Daemon, DaemonConfigError, DaemonError, harness_roots
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -50,6 +52,8 @@ configuration (environment over TOML file over defaults; see docs/configuration.
   TRACEMIRROR_METRICS_ADDR    serve Prometheus metrics on HOST:PORT, loopback only (default: off)
   TRACEMIRROR_HEARTBEAT_INTERVAL  how often <project>/agents/<agent id>.json is written (default: 60s)
   TRACEMIRROR_S3__ENDPOINT_URL and AWS_* variables for S3-compatible stores
+  TRACEMIRROR_SINGLE_WRITER   accept a store that ignores conditional writes, promising that one
+                              daemon writes each session (default: false; see docs/s3.md)
 
 harnesses (where each agent keeps its sessions, and the variables that move it):
 {harnesses}
@@ -123,6 +127,8 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
     else:
         print("redaction:   OFF: secrets would be uploaded as they are", file=out)
     print(f"backfill:    {settings.backfill}", file=out)
+    writers = "one (single-writer mode, TRACEMIRROR_SINGLE_WRITER=true)" if settings.single_writer else "any"
+    print(f"writers:     {writers}", file=out)
     print(
         f"flush:       every {settings.flush_interval:g}s, parts up to {settings.part_max_bytes} bytes",
         file=out,
@@ -152,13 +158,32 @@ async def _check(settings: Settings) -> int:
         print_check(settings, daemon)
         try:
             await daemon.store.check()
+            report = await daemon.guard.probe()
         except StoreError as exc:
             print(f"store:       UNREACHABLE: {exc}", file=sys.stdout)
             return EXIT_FAILURE
-        print("store:       ok", file=sys.stdout)
-        return EXIT_OK
+        return print_store_verdict(settings, daemon.store.url, report)
     finally:
         await daemon.store.close()
+
+
+def print_store_verdict(settings: Settings, url: str, report: ProbeReport) -> int:
+    """The probe's lines of ``--check`` and its exit code: a store that ignores conditional writes is
+    refused (2) unless single-writer mode is on."""
+    out = sys.stdout
+    print(f"conditional writes: {report.describe()}", file=out)
+    if report.enforced:
+        print("store:       ok", file=out)
+        return EXIT_OK
+    if report.swap_accepted and settings.single_writer:
+        print(
+            "store:       ok in single-writer mode (TRACEMIRROR_SINGLE_WRITER=true): "
+            "only one tracemirrord may write each session",
+            file=out,
+        )
+        return EXIT_OK
+    print(f"store:       REFUSED: {unusable_message(url, report)}", file=out)
+    return EXIT_CONFIG
 
 
 async def _run(settings: Settings, once: bool, config_path: Path | None) -> int:
@@ -190,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return anyio.run(_check, settings, backend_options=_backend_options())
         return anyio.run(_run, settings, args.once, args.config, backend_options=_backend_options())
+    except DaemonConfigError as exc:
+        print(f"tracemirrord: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except DaemonError as exc:
         print(f"tracemirrord: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -132,6 +132,16 @@ class S3Settings(BaseModel):
     session_token: SecretStr | None = None
     profile: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] | None = None
+    connect_timeout: float = 5.0  # seconds to open a connection
+    read_timeout: float = 20.0  # seconds to wait for any byte of an answer
+
+    @field_validator("connect_timeout", "read_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        seconds = parse_duration_s(value)
+        if not 0 < seconds <= 600:
+            raise ValueError("must be more than 0 and at most 10m")
+        return seconds
 
 
 class RedactionSettings(BaseModel):
@@ -193,6 +203,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     s3: S3Settings = Field(default_factory=S3Settings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    # Run on a store that ignores If-None-Match / If-Match, promising that one daemon writes each session.
+    single_writer: bool = False
 
     @field_validator("bucket")
     @classmethod
@@ -374,5 +386,7 @@ def build_store(settings: Settings) -> ObjectStore:
         session_token=s3.session_token.get_secret_value() if s3.session_token else None,
         profile=s3.profile,
         addressing_style=s3.addressing_style,
+        connect_timeout_s=s3.connect_timeout,
+        read_timeout_s=s3.read_timeout,
     )
     return open_store(settings.bucket, options)

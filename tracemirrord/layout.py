@@ -5,6 +5,7 @@ Layout (design.md section 4, shared with tracecraft's readers)::
     [<prefix>/]<project>/agents/<agent-id>.json
     [<prefix>/]<project>/sessions/<harness>/<session-id>/part-NNNNN-<8 hex>.jsonl
     [<prefix>/]<project>/sessions/<harness>/<session-id>/meta.json
+    [<prefix>/]<project>/.probe/<agent-id>.json     (the conditional-write probe's scratch key)
 
 (The ``<prefix>`` of an ``s3://bucket/prefix`` URL is applied by the store, not here.)
 
@@ -77,6 +78,19 @@ def meta_key(project: str, key: SessionKey) -> str:
 
 def agent_key(project: str, agent_id: str) -> str:
     return f"{_check(project, 'project')}/agents/{_check(agent_id, 'agent id')}.json"
+
+
+PROBE_DIR = ".probe"
+
+
+def probe_key(project: str, agent_id: str) -> str:
+    """The scratch key on which each start (and ``--check``) proves the store enforces conditional writes.
+
+    Outside ``sessions/`` and ``agents/``, so no reader of sessions or heartbeats meets it. One per agent
+    id, replaced by compare-and-swap at every probe and never deleted (the daemon deletes nothing, and
+    its least-privilege policy has no DeleteObject), so probes do not accumulate.
+    """
+    return f"{_check(project, 'project')}/{PROBE_DIR}/{_check(agent_id, 'agent id')}.json"
 
 
 # ---------- part metadata ----------

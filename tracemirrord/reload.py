@@ -3,9 +3,10 @@
 Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
 concurrency, the heartbeat interval, redaction on/off and its rules, the backfill window and the log level. A
 change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
-address, line limit, log format, anonymizer, lease TTL) would move or rename what is already
-mirrored or bound, or change what other daemons were promised, so a reload that touches it is
-refused as a whole and the running configuration stays.
+address, line limit, log format, anonymizer, lease TTL, single-writer mode) would move or rename
+what is already mirrored or bound, change what other daemons were promised, or undo the start-up
+probe of the store, so a reload that touches it is refused as a whole and the running
+configuration stays.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ RESTART_ONLY = (
     "log_format",
     "anonymize",
     "lease_ttl",
+    "single_writer",
 )
 
 

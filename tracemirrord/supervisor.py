@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,8 @@ from tracemirrord.reload import apply_live_settings, live_settings, restart_only
 from tracemirrord.sdnotify import Notifier
 from tracemirrord.source import START, Probe, Source
 from tracemirrord.store.base import StoreError, store_epoch
+from tracemirrord.store.guard import GuardedStore
+from tracemirrord.store.probe import ConditionalWritesIgnored
 
 log = structlog.get_logger("tracemirrord")
 
@@ -113,6 +116,10 @@ class OnceProgress:
 
 class DaemonError(Exception):
     """A condition that stops the daemon from starting; the message says what to do."""
+
+
+class DaemonConfigError(DaemonError):
+    """The configuration or environment cannot work (a store that ignores conditional writes): exit 2."""
 
 
 class CheckpointCursors:
@@ -418,12 +425,21 @@ class Daemon:
             instance=uuid.uuid4().hex[:12],
             host="[host]" if settings.anonymize else socket.gethostname(),  # meta.json, heartbeat
             redaction=settings.redact,
+            single_writer=settings.single_writer,
         )
         redactor: Redactor | AnonymizingRedactor = build_redactor(settings)
         if settings.anonymize:
             redactor = anonymize.for_this_machine(redactor, settings.state_dir)
         self.telemetry = Telemetry(self.identity, live_settings(settings), redactor.rule_names)
-        self.store = CountingStore(inner, self.telemetry)
+        # written through the guard: proven before the first write, left alone while it refuses us
+        self.guard = GuardedStore(
+            CountingStore(inner, self.telemetry),
+            probe_key=layout.probe_key(settings.project, settings.agent_id),
+            probe_body=self._probe_body,
+            single_writer=settings.single_writer,
+            on_recovered=self._store_recovered,
+        )
+        self.store = self.guard
         self.checkpoint = Checkpointer(
             settings.state_dir / "checkpoint.sqlite3", bucket=self.store.url, project=settings.project
         )
@@ -451,6 +467,17 @@ class Daemon:
         self._work: anyio.abc.TaskGroup | None = None
         self._stopping: anyio.Event | None = None
         self._reload_lock = anyio.Lock()
+
+    def _probe_body(self) -> bytes:
+        """What the conditional-write probe writes: who probed and when (nothing secret)."""
+        doc = {"probe": "conditional writes", "agent_id": self.identity.agent_id}
+        doc |= {"instance": self.identity.instance, "at": utc_now_iso()}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _store_recovered(self) -> None:
+        """The store answers again: wake every session now rather than at its own backoff."""
+        for task in self.tasks:
+            task.nudge_all()
 
     def _new_task(self, name: str) -> HarnessTask:
         """A harness task for ``name`` (config accepts registered names only)."""
@@ -494,11 +521,19 @@ class Daemon:
             if self.checkpoint.in_memory:
                 self.telemetry.checkpoint.state = "memory"
                 self.telemetry.checkpoint.last_error = self.checkpoint.last_error
+        if self.settings.single_writer:
+            log.warning(
+                "single-writer mode (TRACEMIRROR_SINGLE_WRITER=true): sessions are not protected "
+                "from a second daemon if the store ignores conditional writes"
+            )
         try:
             await self.store.check()
             self.ctx.health.ok()
+            await self.guard.verify()
+        except ConditionalWritesIgnored as exc:
+            raise DaemonConfigError(str(exc)) from None
         except StoreError as exc:
-            self.ctx.health.failed(exc)
+            self.ctx.health.failed(exc)  # the first write probes once the store answers
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -562,6 +597,7 @@ class Daemon:
                 if metrics is not None:
                     outer.start_soon(serve, metrics, api.metrics_only)
                 outer.start_soon(self._service_notify, stopping)
+                outer.start_soon(self.guard.watch)
                 drained = anyio.Event()
                 async with anyio.create_task_group() as work:
                     work.start_soon(self._heartbeat, stopping, drained)
@@ -638,6 +674,7 @@ class Daemon:
             if early_signals.pending() and not stopping.is_set():
                 log.info("stopping: flushing what is held", signal="SIGTERM (during start-up)")
                 stopping.set()
+                self.guard.stop_within()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if not stopping.is_set():
@@ -647,6 +684,7 @@ class Daemon:
                     log.info("stopping: flushing what is held", signal=signal.Signals(signum).name)
                     self.notifier.stopping("flushing what is held")
                     stopping.set()
+                    self.guard.stop_within()  # a silent store cannot hold the stop
                 else:
                     log.warning("second signal: exiting without waiting for the flush")
                     scope.cancel()
@@ -685,6 +723,7 @@ class Daemon:
     # ---------- what the control socket, the heartbeat and systemd see ----------
 
     def snapshot(self, *, parked: bool = True) -> Status:
+        self.telemetry.conditional_writes = self.guard.conditional_writes
         return self.telemetry.snapshot(self.tasks, self.ctx.health, parked=parked)
 
     async def flush(self, timeout_s: float) -> FlushResult:

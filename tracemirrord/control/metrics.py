@@ -95,6 +95,11 @@ def _identity(status: Status) -> Iterator[Metric]:
     yield _gauge(
         "redaction_enabled", "1 when secrets are redacted before upload, 0 when turned off.", status.redaction
     )
+    yield _gauge(
+        "single_writer_mode",
+        "1 when single-writer mode is on (TRACEMIRROR_SINGLE_WRITER): nothing stops a second writer.",
+        status.single_writer,
+    )
 
 
 def _store(status: Status) -> Iterator[Metric]:

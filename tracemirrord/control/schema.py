@@ -68,6 +68,8 @@ class StoreStatus:
     state: StoreState = "ok"
     last_error: str | None = None
     last_ok_at: str | None = None  # ISO 8601 UTC of the last request that succeeded
+    # the start-up probe's verdict: "enforced", "not enforced" (single-writer mode), None: not probed yet
+    conditional_writes: str | None = None
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Status:
     host: str = ""
     started_at: str = ""
     redaction: bool = True
+    single_writer: bool = False  # TRACEMIRROR_SINGLE_WRITER: one writer per session, vouched for by the user
     health: Health = "healthy"
     problems: list[str] = field(default_factory=list)  # why it is degraded, one line each
     warnings: list[str] = field(default_factory=list)  # worth saying loudly, not degraded (redaction off)

@@ -80,6 +80,7 @@ class Identity:
     instance: str
     host: str
     redaction: bool
+    single_writer: bool = False  # TRACEMIRROR_SINGLE_WRITER: the user vouches for one writer per session
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
     pid: int = field(default_factory=os.getpid)
@@ -100,6 +101,7 @@ class Telemetry:
         self.backfill = Backfill()
         self.last_error: str | None = None
         self.checkpoint = CheckpointStatus()  # kept by the writers' saves (writer.save_checkpoint)
+        self.conditional_writes: str | None = None  # the store probe's verdict (None: not probed yet)
 
     @classmethod
     def standalone(cls) -> Telemetry:
@@ -187,6 +189,7 @@ class Telemetry:
             state="ok" if health.state == "ok" else "unreachable",
             last_error=_shown(health.last_error),
             last_ok_at=iso(health.last_ok_at),
+            conditional_writes=self.conditional_writes,
         )
         status = Status(
             version=ident.version,
@@ -203,6 +206,7 @@ class Telemetry:
             host=ident.host,
             started_at=iso(ident.started_at) or "",
             redaction=ident.redaction,
+            single_writer=ident.single_writer,
             last_error=_shown(self.last_error),
             backfill=Backfill(**vars(self.backfill)),
             counters=_copy_counters(self.counters),
@@ -214,8 +218,19 @@ class Telemetry:
             status.warnings.append(f"checkpoint in memory: {status.checkpoint.last_error}")
         if not status.redaction:
             status.warnings.append("redaction is OFF (TRACEMIRROR_REDACT): secrets are uploaded as they are")
+        if status.single_writer:
+            status.warnings.append(single_writer_warning(status.store.conditional_writes))
         status.health = "degraded" if status.problems else "healthy"
         return status
+
+
+def single_writer_warning(conditional_writes: str | None) -> str:
+    """What status says while single-writer mode is on, with the store probe's verdict."""
+    verdict = conditional_writes or "not probed yet"
+    return (
+        f"single-writer mode (TRACEMIRROR_SINGLE_WRITER): the store's conditional writes are {verdict}; "
+        "only one tracemirrord may write each session"
+    )
 
 
 def problems_of(status: Status) -> list[str]:
@@ -264,6 +279,7 @@ def heartbeat_fields(status: Status, interval_s: float) -> dict[str, Any]:
         "sessions": status.totals.sessions,
         "lag_s": round(max(lags), 3) if lags else None,
         "store": status.store.state,
+        "single_writer": status.single_writer,
         "health": status.health,
         "problems": status.problems,
         "harnesses": {h.name: h.state for h in status.harnesses},

@@ -16,3 +16,5 @@ class S3Options:
     session_token: str | None = None
     profile: str | None = None
     addressing_style: str | None = None  # "path", "virtual" or "auto"
+    connect_timeout_s: float | None = None  # None: the S3 store's default
+    read_timeout_s: float | None = None

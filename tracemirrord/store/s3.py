@@ -1,10 +1,17 @@
 """The S3 backend of the ObjectStore protocol, on aiobotocore (for AWS, MinIO, R2; tested on moto).
 
 Owns: how a bucket URL's parts (bucket, key prefix, endpoint, credentials) become one lazily created
-client; how S3 answers map onto the store errors of ``base.py``; and the retry policy. Two retry layers
-run, both bounded: botocore's own (standard mode, ``max_attempts`` tries per call) and, around it, ours
-(``retry_attempts`` tries with capped exponential backoff and full jitter, never starting a new try after
-``retry_budget_s``). Only StoreUnavailable causes are retried; an answer (412, 404, 403) never is.
+client; how S3 answers map onto the store errors of ``base.py``; timeouts; and the retry policy.
+
+Retries happen in one place, here: botocore's own retry loop is off (one try per botocore call), and
+``_call`` makes up to ``retry_attempts`` tries with capped exponential backoff and full jitter, never
+starting a new try after ``retry_budget_s``. So the requests one call can send are bounded and counted
+in one place. Only StoreUnavailable causes (5xx, 429, throttling, refused or reset connections,
+timeouts) are retried; an answer (412, 404, 403, a missing bucket) never is.
+
+Every try is bounded in time: botocore's connect and read timeouts, and around the whole try a
+deadline (connect + read + the body at ``min_upload_bytes_per_s``), which also ends a request whose
+body a server stopped reading (a socket write has no timeout of its own).
 
 Requests are kept small, since per-request overhead is part of the cost goal: no optional checksums, a
 short User-Agent, and the unsigned informational headers (``amz-sdk-invocation-id``, ``amz-sdk-request``,
@@ -72,9 +79,39 @@ _UNAVAILABLE_CODES = frozenset(
         "InternalError",
     }
 )
+# What a refusal means, for the codes a person can act on (the server's own message may quote a key
+# or a signature's inputs, so for these it is not repeated).
+_REFUSAL_CAUSES = {
+    "InvalidAccessKeyId": (
+        "the access key id is not known to the store (InvalidAccessKeyId): check AWS_ACCESS_KEY_ID, "
+        "AWS_PROFILE or TRACEMIRROR_S3__ACCESS_KEY_ID"
+    ),
+    "SignatureDoesNotMatch": (
+        "the secret access key does not match the access key id (SignatureDoesNotMatch): check "
+        "AWS_SECRET_ACCESS_KEY or TRACEMIRROR_S3__SECRET_ACCESS_KEY"
+    ),
+    "ExpiredToken": "the session token has expired (ExpiredToken): renew the credentials",
+    "ExpiredTokenException": "the session token has expired (ExpiredTokenException): renew the credentials",
+    "TokenRefreshRequired": "the session token has expired (TokenRefreshRequired): renew the credentials",
+    "InvalidToken": "the session token is not valid (InvalidToken): check AWS_SESSION_TOKEN",
+    "AccessDenied": (
+        "access denied (AccessDenied): the credentials may not read, write or list this prefix "
+        "(see docs/s3.md, Least privilege)"
+    ),
+    "AllAccessDisabled": "all access to the bucket is disabled (AllAccessDisabled)",
+    "AccountProblem": "the account has a problem that stops this request (AccountProblem)",
+    "RequestTimeTooSkewed": (
+        "this machine's clock is too far from the store's (RequestTimeTooSkewed): set the system clock"
+    ),
+    "NotImplemented": "the store does not implement this request (NotImplemented)",
+}
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, NoRegionError)
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError)
 _LIST_PAGE_KEYS = 1000
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 20.0
+# A try may take connect + read timeouts plus its body at this rate (1 Mbit/s) before it is abandoned.
+MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 _URL_USERINFO = re.compile(r"//[^/@\s]*@")
 
 
@@ -103,13 +140,14 @@ class S3Store:
         session_token: str | None = None,
         profile: str | None = None,
         addressing_style: str | None = None,
-        max_attempts: int = 3,  # botocore's tries per call, the first included
-        retry_attempts: int = 3,
+        max_attempts: int = 1,  # botocore's own tries per call: 1, since _call does the retrying
+        retry_attempts: int = 4,
         retry_budget_s: float = 10.0,
         retry_base_s: float = 0.25,
         retry_cap_s: float = 4.0,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 30.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        min_upload_bytes_per_s: float = MIN_UPLOAD_BYTES_PER_S,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid S3 bucket name {bucket!r}")
@@ -129,6 +167,7 @@ class S3Store:
         self._retry_cap_s = retry_cap_s
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
+        self._min_upload_bytes_per_s = min_upload_bytes_per_s
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         self._client_lock = anyio.Lock()
@@ -147,6 +186,8 @@ class S3Store:
             session_token=o.session_token,
             profile=o.profile,
             addressing_style=o.addressing_style,
+            connect_timeout_s=o.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S,
+            read_timeout_s=o.read_timeout_s or DEFAULT_READ_TIMEOUT_S,
         )
 
     @property
@@ -201,7 +242,7 @@ class S3Store:
             return _unquote(response["ETag"])
 
         try:
-            return await self._call("put", key, attempt)
+            return await self._call("put", key, attempt, len(params["Body"]))
         except NotFound as exc:  # If-Match on a missing key: S3 answers 404; the contract says 412
             raise PreconditionFailed(f"{self.url}: put {key}: no object to match {if_match!r}") from exc
 
@@ -336,13 +377,14 @@ class S3Store:
 
     # -- retries and errors --------------------------------------------------------------------------
 
-    async def _call(self, op: str, key: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: str, key: str, attempt: Callable[[], Awaitable[T]], body_bytes: int = 0) -> T:
         """Run ``attempt``, translating errors and retrying StoreUnavailable within the budget."""
         deadline = time.monotonic() + self._retry_budget_s
+        limit_s = self._attempt_limit_s(body_bytes)
         for n in range(self._retry_attempts):
             try:
-                return await attempt()
-            except (ClientError, *_TRANSPORT_ERRORS) as exc:
+                return await _within(limit_s, attempt)
+            except (ClientError, _TryTimedOut, *_TRANSPORT_ERRORS) as exc:
                 error = self._translate(op, key, exc)
                 if not isinstance(error, StoreUnavailable) or n + 1 >= self._retry_attempts:
                     raise error from exc
@@ -352,8 +394,14 @@ class S3Store:
                 await anyio.sleep(delay)
         raise AssertionError("unreachable: the last attempt raises")
 
+    def _attempt_limit_s(self, body_bytes: int) -> float:
+        """How long one try may take in all: enough for a slow link, finite for a silent server."""
+        return self._connect_timeout_s + self._read_timeout_s + body_bytes / self._min_upload_bytes_per_s
+
     def _translate(self, op: str, key: str, exc: Exception) -> StoreError:
         what = f"{self.url}: {op} {key}".rstrip()
+        if isinstance(exc, _TryTimedOut):
+            return StoreUnavailable(f"{what}: no answer within {exc.limit_s:.3g} s")
         if isinstance(exc, ClientError):
             return self._translate_client_error(what, exc)
         if isinstance(exc, _CREDENTIAL_ERRORS):
@@ -372,9 +420,28 @@ class S3Store:
             return PreconditionFailed(f"{what}: precondition failed: {detail}")
         if status == 404 or code in _NOT_FOUND_CODES:
             return NotFound(f"{what}: not found")
+        if code in _REFUSAL_CAUSES:
+            return StoreRejected(f"{what}: refused by bucket {self._bucket!r}: {_REFUSAL_CAUSES[code]}")
         if status >= 500 or status == 429 or code in _UNAVAILABLE_CODES:
             return StoreUnavailable(f"{what}: S3 error {detail}")
+        if status == 403 and code in ("", "403"):  # a HEAD's refusal carries no body, so no code
+            detail = "access denied (HTTP 403): the credentials are wrong, expired or may not use this prefix"
         return StoreRejected(f"{what}: refused by bucket {self._bucket!r}: {detail}")
+
+
+class _TryTimedOut(Exception):
+    """One try took longer than its limit (raised by ``_within``, translated by ``_translate``)."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"no answer within {limit_s:.3g} s")
+        self.limit_s = limit_s
+
+
+async def _within(limit_s: float, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run one try, abandoning it (connection closed) after ``limit_s``."""
+    with anyio.move_on_after(limit_s):
+        return await attempt()
+    raise _TryTimedOut(limit_s)
 
 
 def _drop_optional_headers(request: Any, **_: Any) -> None:
