@@ -63,6 +63,7 @@ def test_unit_settings() -> None:
     assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one("Restart") == "on-failure"
     assert one("RestartSec") == "5"
+    assert one("RestartPreventExitStatus") == "2"  # a bad configuration is not retried every 5 s
     assert one("WatchdogSec") == "60"
     assert one("TimeoutStopSec") == "30"
     assert one("KillMode") == "mixed"
