@@ -19,13 +19,14 @@ import os
 from pathlib import Path
 
 import anyio
+import structlog
 
 from tracemirrord import __version__
 from tracemirrord.config import ConfigError, Settings, default_config_file, load_settings
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
-from tracemirrord.supervisor import Daemon, DaemonError, harness_roots
+from tracemirrord.supervisor import Daemon, DaemonError, describe_failure, harness_roots
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"tracemirrord: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"tracemirrord: {secret_free(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # a last net: the traceback only through the secret-free log renderer
+        structlog.get_logger("tracemirrord").exception("tracemirrord failed")
+        print(f"tracemirrord: failed: {secret_free(describe_failure(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -745,7 +745,7 @@ class Daemon:
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            return ReloadResult(applied=False, error=" ".join(str(exc).split()))
+            return ReloadResult(applied=False, error="; ".join(" ".join(p.split()) for p in exc.problems))
         fixed = restart_only_changes(self.settings, new)
         if fixed:
             return ReloadResult(
