@@ -339,3 +339,39 @@ def test_a_failing_heartbeat_is_restarted_and_the_daemon_keeps_mirroring(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_hermes_profile_swapped_for_a_symlink_is_never_read(tmp_path: Path) -> None:
+    """SQLite sources too: a hermes profile directory moved out of the root and linked back (its
+    database keeps its inode) is refused; rows added to it afterwards never reach the bucket."""
+    from hermes_writer import add_session, connect, create_db, insert, message
+
+    bucket_dir = tmp_path / "bucket"
+    env = daemon_env(tmp_path, f"file://{bucket_dir}", {"TRACEMIRROR_HARNESSES": "hermes"})
+    profile = Path(env["HOME"]) / ".hermes" / "profiles" / "work"
+    db = profile / "state.db"
+    create_db(db)
+    rng = random.Random(3)
+    conn = connect(db)
+    add_session(conn, "s1")
+    for i in range(5):
+        insert(conn, message("s1", i, rng))
+    conn.close()
+    part_dir = bucket_dir / "default" / "sessions" / "hermes" / "work__s1"
+    with Daemon(env, tmp_path / "daemon.log") as d:
+        wait_for(lambda: any(part_dir.glob("part-*.jsonl")), 20, "the first rows mirrored")
+        outside = tmp_path / "outside-work"
+        profile.rename(outside)
+        profile.symlink_to(outside)
+        conn = connect(outside / "state.db")
+        for i in range(5, 10):
+            values = message("s1", i, rng)
+            values["content"] = MARKER.decode()
+            insert(conn, values)
+        conn.close()
+        wait_for(lambda: "is a symlink; not followed" in d.log(), 20, "the refusal in the log")
+        time.sleep(1.5)
+        assert d.alive()
+        assert MARKER not in bucket_bytes(bucket_dir)
+        assert d.stop() == 0
+    assert MARKER not in bucket_bytes(bucket_dir)

@@ -94,3 +94,22 @@ def open_source_file(path: Path, root: Path | None) -> int:
         if exc.errno == errno.ELOOP:
             raise FileNotFoundError(errno.ENOENT, "a symlink: never followed", str(path)) from None
         raise
+
+
+def check_below(root: Path, path: Path) -> None:
+    """Raise PathEscape unless every component of ``path`` below ``root`` is no symlink.
+
+    For files that a library opens by name (SQLite databases): checked just before the open, so
+    only a swap in between could slip through, where ``open_below`` leaves no such window.
+    """
+    if path == root:
+        return
+    current = root
+    for part in _components(root, path):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except OSError:
+            return  # gone: the open reports it
+        if stat.S_ISLNK(st.st_mode):
+            raise PathEscape(path, root, part)
