@@ -384,3 +384,33 @@ def test_a_hermes_profile_swapped_for_a_symlink_is_never_read(tmp_path: Path) ->
         assert MARKER not in bucket_bytes(bucket_dir)
         assert d.stop() == 0
     assert MARKER not in bucket_bytes(bucket_dir)
+
+
+def test_an_opencode_database_swapped_for_a_symlink_is_never_read(tmp_path: Path) -> None:
+    """The database in the data dir moved elsewhere and linked back (same inode, open connection):
+    refused; a message written to it afterwards never reaches the bucket."""
+    from fixture_opencode import add_session, connect, make_db, put_message
+
+    bucket_dir = tmp_path / "bucket"
+    env = daemon_env(tmp_path, f"file://{bucket_dir}", {"TRACEMIRROR_HARNESSES": "opencode"})
+    db_path = Path(env["XDG_DATA_HOME"]) / "opencode" / "opencode.db"
+    db = make_db(db_path)
+    add_session(db, "ses_swapped")
+    put_message(db, "msg_1", "ses_swapped", 1_790_000_000_000, {"role": "user", "text": "inside"})
+    db.close()
+    part_dir = bucket_dir / "default" / "sessions" / "opencode" / "ses_swapped"
+    with Daemon(env, tmp_path / "daemon.log") as d:
+        wait_for(lambda: any(part_dir.glob("part-*.jsonl")), 20, "the first message mirrored")
+        outside = tmp_path / "outside.db"
+        for suffix in ("", "-wal", "-shm"):  # the database moves whole ...
+            db_path.with_name(db_path.name + suffix).rename(outside.with_name(outside.name + suffix))
+        db_path.symlink_to(outside)  # ... and a link to it takes its place
+        db = connect(outside)
+        put_message(db, "msg_2", "ses_swapped", 1_790_000_001_000, {"role": "user", "text": MARKER.decode()})
+        db.close()
+        wait_for(lambda: "is a symlink; not followed" in d.log(), 20, "the refusal in the log")
+        time.sleep(1.5)
+        assert d.alive()
+        assert MARKER not in bucket_bytes(bucket_dir)
+        assert d.stop() == 0
+    assert MARKER not in bucket_bytes(bucket_dir)
