@@ -219,6 +219,65 @@ def test_bad_config_file_exits_2(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
 
 
+ENDPOINT_PASSWORD = "tmCliEndpointPassw0rd-c41d"
+
+
+@pytest.mark.parametrize("mode", [(), ("--once",), ("--check",)])
+def test_endpoint_url_with_a_password_is_one_line_exit_2(tmp_path: Path, mode: tuple[str, ...]) -> None:
+    """An endpoint URL with user:password in it: one line naming the setting, exit 2, password masked.
+
+    (It used to end in a traceback that printed the password, exit 1.)
+    """
+    endpoint = f"http://minio:{ENDPOINT_PASSWORD}@127.0.0.1:99999/"
+    env = daemon_env(tmp_path, "s3://traces", {"TRACEMIRROR_S3__ENDPOINT_URL": endpoint})
+    done = run_cli(env, *mode, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert ENDPOINT_PASSWORD not in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        "tracemirrord: invalid configuration: setting s3.endpoint_url (TRACEMIRROR_S3__ENDPOINT_URL, "
+        "from the environment): 'http://***@127.0.0.1:99999/' holds credentials; give them as "
+        "s3.access_key_id and s3.secret_access_key, AWS_* variables or a profile"
+    ]
+
+
+def test_reserved_project_fails_at_start_not_later(tmp_path: Path) -> None:
+    """A project the bucket reserves stops the daemon before it starts (it used to run, then fail)."""
+    bucket = tmp_path / "b"
+    env = daemon_env(tmp_path, f"file://{bucket}", {"TRACEMIRROR_PROJECT": ".tracemirror"})
+    done = run_cli(env, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "tracemirrord: invalid configuration: setting project (TRACEMIRROR_PROJECT, from the environment): "
+        "'.tracemirror' is reserved: names starting with '.tracemirror' belong to the bucket"
+    ]
+    assert not bucket.exists() and not (tmp_path / "state").exists(), "nothing is created"
+
+
+def test_misspelled_variable_exits_2_naming_it_and_the_setting(tmp_path: Path) -> None:
+    """TRACEMIRROR_BUCKT is not silently ignored (mirroring to the default bucket instead): exit 2."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'b'}", {"TRACEMIRROR_BUCKT": "s3://meant-this"})
+    done = run_cli(env, "--check", timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "tracemirrord: invalid configuration: environment variable TRACEMIRROR_BUCKT is not a known "
+        "setting; did you mean TRACEMIRROR_BUCKET?"
+    ]
+
+
+def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
+    """Several bad settings from both sources: one line each, each naming its setting and source."""
+    config = tmp_path / "tm.toml"
+    config.write_text('scan_interval = "0s"\n')
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'b'}", {"TRACEMIRROR_AGENT_ID": "a/b"})
+    env.pop("TRACEMIRROR_SCAN_INTERVAL")
+    done = run_cli(env, "--config", str(config), "--once", timeout=30)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert "setting agent_id (TRACEMIRROR_AGENT_ID, from the environment)" in lines[0]
+    assert f"setting scan_interval (TRACEMIRROR_SCAN_INTERVAL, from config file {config})" in lines[1]
+
+
 # ---------- --check ----------
 
 

@@ -353,3 +353,162 @@ def test_secrets_never_appear_in_config_errors(xdg: dict[str, Path], monkeypatch
     message = config_error()
     assert "TRACEMIRROR_S3__ADDRESSING_STYLE" in message
     assert SECRET not in message
+
+
+# ---------- every setting validated at start (issue 10) ----------
+
+PASSWORD = "tmEndpointPassw0rd-5b7e"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (f"http://minio:{PASSWORD}@127.0.0.1:9000", "holds credentials"),
+        (f"http://minio:{PASSWORD}@local host:9000/", "blanks"),
+        (f"http://minio:{PASSWORD}@127.0.0.1:99999/", "holds credentials"),
+        ("http://127.0.0.1:99999/", "Port out of range"),
+        (f"http://minio:{PASSWORD}@[::1/", "holds credentials"),
+        ("http://[::1/", "not a URL"),
+        (f"http://mi@nio:{PASSWORD}/x@127.0.0.1:9000", "holds credentials"),
+        ("127.0.0.1:9000", "not an http:// or https:// URL"),
+        ("ftp://127.0.0.1:9000", "not an http:// or https:// URL"),
+        ("http://:9000", "names no host"),
+        ("http://127.0.0.1:9000/?x=1", "query"),
+    ],
+)
+def test_bad_endpoint_url_is_one_line_naming_the_setting_without_the_password(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    """An endpoint URL botocore would refuse late (with a traceback quoting it) is refused at load."""
+    monkeypatch.setenv("TRACEMIRROR_BUCKET", "s3://traces")
+    monkeypatch.setenv("TRACEMIRROR_S3__ENDPOINT_URL", value)
+    message = config_error()
+    assert "\n" not in message, message
+    assert message.startswith(
+        "invalid configuration: setting s3.endpoint_url "
+        "(TRACEMIRROR_S3__ENDPOINT_URL, from the environment): "
+    ), message
+    assert says in message
+    assert PASSWORD not in message and "minio" not in message
+
+
+def test_good_endpoint_urls_pass(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoints people use (moto, MinIO on a port, R2 over https with a path) are accepted."""
+    for value in ("http://127.0.0.1:5000", "https://acc.r2.cloudflarestorage.com", "http://[::1]:9000/s3"):
+        monkeypatch.setenv("TRACEMIRROR_S3__ENDPOINT_URL", value)
+        assert load_settings().s3.endpoint_url == value
+
+
+def test_aws_endpoint_variable_is_checked_when_it_applies(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_ENDPOINT_URL feeds the S3 client like s3.endpoint_url does: the same check, named by it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://u:{PASSWORD}@127.0.0.1:9000")
+    assert load_settings().bucket.startswith("file://"), "an embedded bucket does not use it"
+    monkeypatch.setenv("TRACEMIRROR_BUCKET", "s3://traces")
+    message = config_error()
+    assert message.startswith("invalid configuration: S3 endpoint (AWS_ENDPOINT_URL, from the environment)")
+    assert PASSWORD not in message
+    monkeypatch.setenv("TRACEMIRROR_S3__ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert load_settings().s3.endpoint_url == "http://127.0.0.1:9000", "the setting wins over the chain"
+
+
+@pytest.mark.parametrize("name", ["TRACEMIRROR_PROJECT", "TRACEMIRROR_AGENT_ID"])
+@pytest.mark.parametrize("value", [".tracemirror", ".tracemirror-tmp-x", ".TraceMirror.lock"])
+def test_names_reserved_by_the_bucket_are_refused(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A project or agent id the embedded bucket keeps for itself fails at load, not at the first PUT."""
+    monkeypatch.setenv(name, value)
+    message = config_error()
+    assert name in message and "reserved" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("TRACEMIRROR_BUCKT", "TRACEMIRROR_BUCKET"),
+        ("TRACEMIRROR_FLUSH_INTERVALL", "TRACEMIRROR_FLUSH_INTERVAL"),
+        ("TRACEMIRROR_S3__ENDPOINT", "TRACEMIRROR_S3__ENDPOINT_URL"),
+        ("tracemirror_redcat", "TRACEMIRROR_REDACT"),
+    ],
+)
+def test_misspelled_variable_is_refused_naming_the_closest_setting(
+    xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch, name: str, closest: str
+) -> None:
+    """A TRACEMIRROR_* variable that names no setting is an error, like an unknown key in the file."""
+    monkeypatch.setenv(name, "x")
+    message = config_error()
+    assert message == (
+        f"invalid configuration: environment variable {name} is not a known setting; did you mean {closest}?"
+    )
+
+
+def test_every_documented_variable_is_known(xdg: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables of docs/configuration.md (written out here) all pass the unknown-variable check."""
+    documented = {
+        "TRACEMIRROR_BUCKET": "s3://traces",
+        "TRACEMIRROR_PROJECT": "p",
+        "TRACEMIRROR_AGENT_ID": "me@host",
+        "TRACEMIRROR_HARNESSES": "pi",
+        "TRACEMIRROR_REDACT": "true",
+        "TRACEMIRROR_ANONYMIZE": "false",
+        "TRACEMIRROR_BACKFILL": "7d",
+        "TRACEMIRROR_STATE_DIR": str(xdg["HOME"] / "state"),
+        "TRACEMIRROR_SOCKET": str(xdg["HOME"] / "ctl.sock"),
+        "TRACEMIRROR_FLUSH_INTERVAL": "1s",
+        "TRACEMIRROR_PART_MAX_BYTES": "4MiB",
+        "TRACEMIRROR_META_INTERVAL": "30s",
+        "TRACEMIRROR_MAX_LINE_BYTES": "64MiB",
+        "TRACEMIRROR_UPLOAD_CONCURRENCY": "4",
+        "TRACEMIRROR_SCAN_INTERVAL": "2s",
+        "TRACEMIRROR_HEARTBEAT_INTERVAL": "60s",
+        "TRACEMIRROR_METRICS_ADDR": "127.0.0.1:9464",
+        "TRACEMIRROR_LOG_LEVEL": "info",
+        "TRACEMIRROR_LOG_FORMAT": "json",
+        "TRACEMIRROR_S3__ENDPOINT_URL": "http://127.0.0.1:9000",
+        "TRACEMIRROR_S3__REGION": "us-east-1",
+        "TRACEMIRROR_S3__ACCESS_KEY_ID": "id",
+        "TRACEMIRROR_S3__SECRET_ACCESS_KEY": SECRET,
+        "TRACEMIRROR_S3__SESSION_TOKEN": TOKEN,
+        "TRACEMIRROR_S3__PROFILE": "default",
+        "TRACEMIRROR_S3__ADDRESSING_STYLE": "path",
+    }
+    for name, value in documented.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert s.bucket == "s3://traces" and s.s3.profile == "default"
+
+
+@pytest.mark.parametrize(
+    ("toml", "setting", "says"),
+    [
+        ('state_dir = "relative/state"\n', "state_dir", "absolute"),
+        ('socket = "ctl.sock"\n', "socket", "absolute"),
+        (f'socket = "/tmp/{"s" * 120}.sock"\n', "socket", "longer than a unix socket path"),
+        ('[roots]\npi = "here"\n', "roots.pi", "absolute"),
+        ('[s3]\nregion = "us east"\n', "s3.region", "not a region"),
+        ('[s3]\naccess_key_id = "AKIAEXAMPLE"\n', "s3", "set together"),
+        ('[s3]\nendpointurl = "http://x"\n', "s3.endpointurl", "did you mean s3.endpoint_url?"),
+        ('heartbeat_interval = "2h"\n', "heartbeat_interval", "at most 1h"),
+        ('metrics_addr = "127.0.0.1:70000"\n', "metrics_addr", "HOST:PORT"),
+    ],
+)
+def test_bad_file_value_names_setting_and_file_on_one_line(
+    xdg: dict[str, Path], tmp_path: Path, toml: str, setting: str, says: str
+) -> None:
+    """A value from the file is named with its setting, its variable and the file, one line each."""
+    path = write_toml(tmp_path / "tm.toml", toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    (line,) = info.value.problems
+    assert line.startswith(f"invalid configuration: setting {setting} (TRACEMIRROR_"), line
+    assert f"from config file {path}" in line and says in line
+
+
+def test_home_relative_paths_are_expanded(xdg: dict[str, Path], tmp_path: Path) -> None:
+    """``~`` in a path setting is the user's home, not a directory called ``~`` in the working dir."""
+    path = write_toml(tmp_path / "tm.toml", 'state_dir = "~/tm-state"\n[roots]\npi = "~/pi"\n')
+    s = load_settings(path)
+    assert s.state_dir == xdg["HOME"] / "tm-state"
+    assert s.roots["pi"] == xdg["HOME"] / "pi"

@@ -331,9 +331,17 @@ def test_timeouts_and_single_writer_are_settings(clean_environ: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
     [
-        ("TRACEMIRROR_S3__READ_TIMEOUT", "0", "setting s3.read_timeout (TRACEMIRROR_S3__READ_TIMEOUT)"),
+        (
+            "TRACEMIRROR_S3__READ_TIMEOUT",
+            "0",
+            "setting s3.read_timeout (TRACEMIRROR_S3__READ_TIMEOUT, from the environment)",
+        ),
         ("TRACEMIRROR_S3__CONNECT_TIMEOUT", "soon", "setting s3.connect_timeout"),
-        ("TRACEMIRROR_SINGLE_WRITER", "perhaps", "setting single_writer (TRACEMIRROR_SINGLE_WRITER)"),
+        (
+            "TRACEMIRROR_SINGLE_WRITER",
+            "perhaps",
+            "setting single_writer (TRACEMIRROR_SINGLE_WRITER, from the environment)",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(

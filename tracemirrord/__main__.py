@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import anyio
+import structlog
 
 from tracemirrord import __version__
 from tracemirrord.config import (
@@ -34,7 +35,7 @@ from tracemirrord.logs import configure_logging, secret_free
 from tracemirrord.store.base import StoreError
 from tracemirrord.store.guard import unusable_message
 from tracemirrord.store.probe import ProbeReport
-from tracemirrord.supervisor import Daemon, DaemonConfigError, DaemonError, harness_roots
+from tracemirrord.supervisor import Daemon, DaemonConfigError, DaemonError, describe_failure, harness_roots
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"tracemirrord: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"tracemirrord: {secret_free(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format, redactor=log_redactor(settings))
     try:
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # a last net: the traceback only through the secret-free log renderer
+        structlog.get_logger("tracemirrord").exception("tracemirrord failed")
+        print(f"tracemirrord: failed: {secret_free(describe_failure(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ is logged once and skipped.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import os
@@ -41,6 +40,7 @@ import structlog
 from tracemirrord import layout
 from tracemirrord.frame import OVERSIZE_RULE, oversize_placeholder
 from tracemirrord.harnesses.base import Attachment
+from tracemirrord.harnesses.safeopen import PathEscape, open_source_file
 from tracemirrord.model import SessionKey, is_safe_segment
 from tracemirrord.redact import Redactor
 
@@ -87,20 +87,22 @@ class NotStable(Exception):
 
 
 def prepare(
-    path: Path, *, redactor: Redactor | AnonymizingRedactor, max_line_bytes: int, stable_before: float
+    path: Path,
+    *,
+    redactor: Redactor | AnonymizingRedactor,
+    max_line_bytes: int,
+    stable_before: float,
+    root: Path | None = None,
 ) -> Prepared | None:
     """Read and redact one attachment file (blocking). None when it is gone or no regular file.
 
-    Raises NotStable when its mtime is after ``stable_before`` or it changed while being read.
+    Raises NotStable when its mtime is after ``stable_before`` or it changed while being read,
+    PathEscape when its path below ``root`` goes through a symlink (never followed).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_source_file(path, root)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symlink: never followed
-            return None
-        raise
     with os.fdopen(fd, "rb") as file:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -230,11 +232,15 @@ class AttachmentMirror:
                 redactor=self.ctx.redactor,
                 max_line_bytes=self.ctx.max_line_bytes,
                 stable_before=stable_before,
+                root=item.root,
             )
             try:
                 prepared = await anyio.to_thread.run_sync(read)
             except NotStable:
                 return  # a later call takes it
+            except PathEscape as exc:
+                self._fail_once(key, item, str(exc))
+                return
             except OSError as exc:
                 self._fail_once(key, item, f"{type(exc).__name__}: {exc}")
                 return

@@ -9,14 +9,18 @@ Numeric settings carry their unit: seconds accept ``500ms``/``2s``/``1m``, sizes
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,8 +66,23 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
+# Key segments the embedded bucket keeps for itself (its sidecars, lock and temp files all start so);
+# refused for S3 too, so a bucket can move between the two stores (compared case-insensitively: a
+# macOS disk would fold the case).
+RESERVED_SEGMENT_PREFIX = ".tracemirror"
+# Longest path a unix socket can bind to (sun_path is 108 bytes on Linux, 104 on macOS).
+MAX_SOCKET_PATH_BYTES = 103
+
+
 class ConfigError(Exception):
-    """A setting has a value tracemirrord cannot run with; the message names the setting."""
+    """A setting has a value tracemirrord cannot run with; one line per problem, each naming it.
+
+    ``problems`` are those lines (the message joins them), so a caller can print one per line.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 def parse_duration_s(value: Any) -> float:
@@ -96,6 +115,68 @@ def parse_metrics_addr(value: str) -> tuple[str, int]:
     if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
         raise ValueError(f"{host!r} is not a loopback address; metrics are served on loopback only")
     return host, int(port)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with everything between ``//`` and the last ``@`` hidden: fit for a message.
+
+    Taken to the last ``@`` of the whole text, so a password holding ``@`` or ``/`` is hidden too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def check_endpoint_url(value: str) -> str:
+    """An ``http(s)://HOST[:PORT][/PATH]`` endpoint without credentials, else ValueError (masked).
+
+    botocore would refuse such URLs only when the first request is made (with a traceback that
+    quotes the URL), or send credentials in it nowhere useful; here they are a configuration error.
+    """
+    shown = repr(mask_url(value))
+    if not value or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(f"{shown} is empty or holds blanks or control characters")
+    if "@" in value.partition("://")[2]:  # before parsing: a parse error could quote the password
+        raise ValueError(
+            f"{shown} holds credentials; give them as s3.access_key_id and s3.secret_access_key, "
+            "AWS_* variables or a profile"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{shown} is not an http:// or https:// URL (example: http://127.0.0.1:9000)")
+    if not parts.hostname:
+        raise ValueError(f"{shown} names no host")
+    if port == 0:
+        raise ValueError(f"{shown}: port 0 is not a port")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{shown} must not hold a query or fragment")
+    return value
+
+
+def check_name(value: str) -> str:
+    """One safe key segment that is not reserved by the bucket layout, else ValueError."""
+    if not is_safe_segment(value):
+        raise ValueError(f"{value!r} must be one safe key segment (no '/', '..' or control characters)")
+    if value.lower().startswith(RESERVED_SEGMENT_PREFIX):
+        raise ValueError(
+            f"{value!r} is reserved: names starting with {RESERVED_SEGMENT_PREFIX!r} belong to the bucket"
+        )
+    return value
+
+
+def check_local_path(value: Path) -> Path:
+    """An absolute path (``~`` expanded): a relative one would depend on the service's working dir."""
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        raise ValueError(f"{str(value)!r} is not an absolute path")
+    if "\x00" in str(path):
+        raise ValueError("a path cannot hold a NUL byte")
+    return path
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -143,6 +224,32 @@ class S3Settings(BaseModel):
             raise ValueError("must be more than 0 and at most 10m")
         return seconds
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None or value == "" else check_endpoint_url(value)
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
+            raise ValueError(f"{value!r} is not a region name (example: us-east-1)")
+        return value
+
+    @field_validator("profile", "access_key_id")
+    @classmethod
+    def _check_plain(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(ch.isspace() or not ch.isprintable() for ch in value)):
+            raise ValueError("must not be empty or hold blanks or control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_key_pair(self) -> S3Settings:
+        """An access key id without its secret (or the reverse) would fail only at the first request."""
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("s3.access_key_id and s3.secret_access_key are set together or not at all")
+        return self
+
 
 class RedactionSettings(BaseModel):
     """The config file's ``[redaction]`` table: the user's additions to the default rule set.
@@ -184,7 +291,7 @@ class Settings(BaseSettings):
     project: str = "default"
     agent_id: str = Field(default_factory=default_agent_id)
     harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(known_harnesses()))
-    roots: dict[str, Path] = Field(default_factory=dict)
+    roots: dict[str, Annotated[Path, AfterValidator(check_local_path)]] = Field(default_factory=dict)
     redact: bool = True
     anonymize: bool = False
     backfill: str = "all"
@@ -215,9 +322,22 @@ class Settings(BaseSettings):
     @field_validator("project", "agent_id")
     @classmethod
     def _check_segment(cls, value: str) -> str:
-        if not is_safe_segment(value):
-            raise ValueError(f"{value!r} must be one safe key segment (no '/', '..' or control characters)")
-        return value
+        return check_name(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _check_state_dir(cls, value: Path) -> Path:
+        return check_local_path(value)
+
+    @field_validator("socket")
+    @classmethod
+    def _check_socket(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        path = check_local_path(value)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+            raise ValueError(f"is longer than a unix socket path can be ({MAX_SOCKET_PATH_BYTES} bytes)")
+        return path
 
     @field_validator("harnesses", mode="before")
     @classmethod
@@ -334,31 +454,136 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
 
 
-def load_settings(config_path: Path | None = None) -> Settings:
-    """Build Settings from env, TOML and defaults, or raise ConfigError naming the bad setting."""
+def known_env_names() -> tuple[set[str], set[str]]:
+    """(every ``TRACEMIRROR_*`` variable a setting reads, the prefixes of dict settings' variables).
+
+    Built from the Settings model itself, so a setting added there is known here without a list.
+    """
+    names: set[str] = set()
+    prefixes: set[str] = set()
+
+    def walk(model: type[BaseModel], stem: str) -> None:
+        for field_name, info in model.model_fields.items():
+            name = stem + field_name.upper()
+            names.add(name)
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, name + "__")
+            elif get_origin(annotation) is dict or dict in get_args(annotation):
+                prefixes.add(name + "__")
+
+    walk(Settings, ENV_PREFIX)
+    return names, prefixes
+
+
+def unknown_env_problems(env: Mapping[str, str]) -> list[str]:
+    """One line per ``TRACEMIRROR_*`` variable that names no setting, with the closest known name.
+
+    Such a variable is a typo (``TRACEMIRROR_BUCKT``) whose setting silently keeps its default,
+    for the bucket a different place than the user meant: refused like an unknown key in the file.
+    """
+    known, prefixes = known_env_names()
+    problems = []
+    for raw in sorted(env):
+        name = raw.upper()
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(tuple(prefixes)):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (see tracemirrord --help)"
+        problems.append(f"invalid configuration: environment variable {raw} is not a known setting{hint}")
+    return problems
+
+
+def _source_of(loc: tuple[Any, ...], env: Mapping[str, str], path: Path | None) -> str:
+    """Where a setting's value came from: its variable (or its parent's JSON), the file, the default."""
+    upper = {name.upper() for name in env}
+    for depth in range(len(loc), 0, -1):
+        if _env_name(loc[:depth]) in upper:
+            return f"{_env_name(loc[:depth])}, from the environment"
+    if path is not None:
+        return f"{_env_name(loc)}, from config file {path}"
+    return f"{_env_name(loc)}, default"
+
+
+def _problem(error: Any, env: Mapping[str, str], path: Path | None) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int))
+    name = ".".join(str(p) for p in loc) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "is not a known setting"
+        close = difflib.get_close_matches(str(loc[-1]), _field_names(loc[:-1]), n=1, cutoff=0.6)
+        if close:
+            message += f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
+    return f"invalid configuration: setting {name} ({_source_of(loc, env, path)}): {mask_text(message)}"
+
+
+def _reported(error: Any, env: Mapping[str, str]) -> bool:
+    """An unknown nested variable (``TRACEMIRROR_S3__ENDPOINT``) is reported once, as a variable."""
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int))
+    return error["type"] == "extra_forbidden" and _env_name(loc) in {n.upper() for n in env}
+
+
+def _field_names(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names one level below ``loc`` (the top level for ``()``)."""
+    model: Any = Settings
+    for part in loc:
+        info = getattr(model, "model_fields", {}).get(str(part))
+        model = info.annotation if info is not None else None
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if isinstance(fields, dict) else []
+
+
+def mask_text(text: str) -> str:
+    """Hide any URL userinfo in a message (a validator may quote a value)."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"]*@", r"\1***@", text)
+
+
+def _aws_endpoint_problems(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """The AWS chain's endpoint variables, checked as strictly as ``s3.endpoint_url`` when they apply."""
+    if not settings.bucket.startswith("s3://") or settings.s3.endpoint_url:
+        return []
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return []
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = env.get(name)
+        if value:
+            try:
+                check_endpoint_url(value)
+            except ValueError as exc:
+                return [f"invalid configuration: S3 endpoint ({name}, from the environment): {exc}"]
+            return []
+    return []
+
+
+def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from env, TOML and defaults, or raise ConfigError naming every bad setting.
+
+    ``env`` is only where sources are looked up for messages and unknown variables are found
+    (default ``os.environ``, which pydantic-settings itself reads).
+    """
+    env = os.environ if env is None else env
     path = config_path
     if path is None and default_config_file().is_file():
         path = default_config_file()
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     _CONFIG_FILE["path"] = path
+    problems = unknown_env_problems(env)
+    settings: Settings | None = None
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = tuple(p for p in error["loc"] if not isinstance(p, int))
-            name = ".".join(str(p) for p in loc) or "settings"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "is not a known setting"
-            problems.append(f"setting {name} ({_env_name(loc)}): {message}")
-        where = f" (config file {path})" if path else ""
-        raise ConfigError("invalid configuration" + where + ":\n  " + "\n  ".join(problems)) from None
+        problems += [_problem(e, env, path) for e in exc.errors() if not _reported(e, env)]
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {mask_text(str(exc))}") from None
     finally:
         _CONFIG_FILE["path"] = None
+    if settings is not None:
+        problems += _aws_endpoint_problems(settings, env)
+    if problems:
+        raise ConfigError(*problems)
+    assert settings is not None
+    return settings
 
 
 def build_redactor(settings: Settings) -> Redactor:

@@ -23,7 +23,15 @@ from tracemirrord.control.schema import SessionStatus
 from tracemirrord.control.telemetry import iso
 from tracemirrord.lease import LeaseHeld
 from tracemirrord.model import SessionKey, SessionState
-from tracemirrord.source import Discontinuity, Position, Probe, Records, Source, UnknownFormat
+from tracemirrord.source import (
+    Discontinuity,
+    Position,
+    Probe,
+    Records,
+    Source,
+    SourceRefused,
+    UnknownFormat,
+)
 from tracemirrord.store.base import StoreError, StoreRejected
 from tracemirrord.writer import (
     MirrorContext,
@@ -302,6 +310,10 @@ class SessionMirror:
                     delay = 0.0
                 except UnknownFormat as exc:
                     self._fail("error", f"unknown source format: {exc}", kind="unknown_format")
+                    self._backfill_done()
+                    delay = UNKNOWN_FORMAT_RETRY_S
+                except SourceRefused as exc:  # e.g. its path now leaves the agent's directory
+                    self._fail("error", f"source refused: {exc}", kind="source_refused")
                     self._backfill_done()
                     delay = UNKNOWN_FORMAT_RETRY_S
                 except StoreRejected as exc:

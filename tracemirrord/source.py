@@ -120,6 +120,14 @@ class UnknownFormat(Exception):
     """
 
 
+class SourceRefused(Exception):
+    """The source may not be read where it now is (its path leaves the agent's directory).
+
+    Raised by ``read``; like UnknownFormat the session is reported in status and the logs by name,
+    nothing of it is read, and it is tried again later (the path may be put back).
+    """
+
+
 @runtime_checkable
 class Source(Protocol):
     """One session's source, as the writer sees it. Implementations live in ``harnesses/``."""

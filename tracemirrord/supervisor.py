@@ -4,7 +4,10 @@ Start: take the state-dir lock, open the checkpoint and check the store, bind th
 (and the metrics address), then one HarnessTask per enabled harness plus the heartbeat. A
 HarnessTask discovers its sessions every ``scan_interval`` and runs one SessionMirror per session;
 a harness task that fails is restarted with backoff and never takes the others down (a session
-follower that fails backs off on its own, see mirror.py). SIGHUP reloads the configuration.
+follower that fails backs off on its own, see mirror.py). Every other long-lived task (heartbeat,
+control socket, metrics, signals, systemd notifications) runs under ``_keep_running``: an exception
+is logged, counted and the task restarted with backoff, so none of them can stop the daemon.
+SIGHUP reloads the configuration.
 Stop (SIGTERM/SIGINT): stop reading, let every follower flush what it holds and write meta.json
 (bounded time), then write the last heartbeat ("stopped"), close; a second signal exits at once.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -20,7 +24,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -592,15 +596,16 @@ class Daemon:
         api = ControlApi(self.snapshot, self.flush, self.reload)
         try:
             async with anyio.create_task_group() as outer:
-                outer.start_soon(self._watch_signals, stopping, outer.cancel_scope)
-                outer.start_soon(serve, control, api.handle)
+                keep = functools.partial(self._keep_running, stopping=stopping)
+                outer.start_soon(keep, "signals", self._watch_signals, stopping, outer.cancel_scope)
+                outer.start_soon(keep, "control socket", serve, control, api.handle)
                 if metrics is not None:
-                    outer.start_soon(serve, metrics, api.metrics_only)
-                outer.start_soon(self._service_notify, stopping)
-                outer.start_soon(self.guard.watch)
+                    outer.start_soon(keep, "metrics", serve, metrics, api.metrics_only)
+                outer.start_soon(keep, "service notify", self._service_notify, stopping)
+                outer.start_soon(keep, "store watch", self.guard.watch)
                 drained = anyio.Event()
                 async with anyio.create_task_group() as work:
-                    work.start_soon(self._heartbeat, stopping, drained)
+                    work.start_soon(keep, "heartbeat", self._heartbeat, stopping, drained)
                     async with anyio.create_task_group() as harnesses:
                         self._work = harnesses
                         for task in self.tasks:
@@ -689,6 +694,43 @@ class Daemon:
                     log.warning("second signal: exiting without waiting for the flush")
                     scope.cancel()
                     return
+
+    async def _keep_running(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[object]],
+        *args: object,
+        stopping: anyio.Event,
+    ) -> None:
+        """Run one long-lived task until it returns; an exception is logged (its traceback once per
+        distinct error), counted (``errors{kind="task"}``) and the task started again with backoff,
+        so no single task takes the daemon down. After the stop began it gets one more try (the
+        heartbeat still owes its "stopped")."""
+        backoff = Backoff(base_s=1.0, cap_s=60.0)
+        seen: set[str] = set()
+        tries_after_stop = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await run(*args)
+                return
+            except Exception as exc:
+                if time.monotonic() - started > STABLE_RUN_S:
+                    backoff.reset()
+                message = describe_failure(exc)
+                self.telemetry.failed("task", f"task {name} failed: {message}")
+                delay = backoff.next()
+                emit = log.debug if message in seen else log.exception
+                seen.add(message)
+                emit("task failed; restarting", task=name, error=message, retry_in_s=round(delay, 1))
+            if stopping.is_set():
+                tries_after_stop += 1
+                if tries_after_stop > 1:
+                    log.error("task failed during the stop; not restarted", task=name)
+                    return
+                continue
+            with anyio.move_on_after(delay):
+                await stopping.wait()
 
     async def _supervise(self, task: HarnessTask, stopping: anyio.Event) -> None:
         """Run one harness task, restarting it with backoff; it stops with the daemon or on its own
@@ -846,7 +888,7 @@ class Daemon:
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            return ReloadResult(applied=False, error=" ".join(str(exc).split()))
+            return ReloadResult(applied=False, error="; ".join(" ".join(p.split()) for p in exc.problems))
         fixed = restart_only_changes(self.settings, new)
         if fixed:
             return ReloadResult(

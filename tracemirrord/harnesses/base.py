@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,11 +39,14 @@ _DESCRIBE_LINE_LIMIT = 64 * 1024
 class SessionRef:
     """A session found on disk: its id (a safe key segment) and where its source is.
 
-    ``path`` is the file (JSONL, document) or the database that holds the session.
+    ``path`` is the file (JSONL, document) or the database that holds the session; ``root`` the
+    directory it was found below, from which every open walks without following a symlink
+    (harnesses/safeopen.py; None: only the last component is guarded).
     """
 
     session_id: str
     path: Path
+    root: Path | None = field(default=None, compare=False)  # where ``path`` was found: same session
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class Attachment:
     session_id: str
     name: str  # relative key below the session prefix, e.g. ``tool-results/toolu_01.txt``
     path: Path
+    root: Path | None = field(default=None, compare=False)  # opened from here (see SessionRef)
 
 
 class SharedCursors(Protocol):
@@ -138,14 +143,16 @@ class JsonlHarness(Harness):
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         from tracemirrord.harnesses.jsonl import JsonlSource
 
-        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
+        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe, root=ref.root)
 
     def scan(self, roots: list[Path], cache: DirCache | None = None) -> Discovery:
         """Every session file below the roots, and the files refused for an unsafe id.
 
-        Never follows a symlink; a session id found at two paths (an archive move caught between
-        two listings) is reported once, at its larger file. With a ``cache`` whose directories did
-        not change since the last call, the previous Discovery object itself is returned.
+        Never follows a symlink below a root (a root that is a symlink is followed, deliberately,
+        and listed afresh whenever its target changes); a session id found at two paths (an
+        archive move caught between two listings) is reported once, at its larger file. With a
+        ``cache`` whose directories did not change since the last call, the previous Discovery
+        object itself is returned.
         """
         cache = cache or DirCache(self.suffixes)
         listed = [(root, _walk_jsonl(root, self.max_depth, cache)) for root in roots]
@@ -163,7 +170,7 @@ class JsonlHarness(Harness):
                     refused.append(UnsafeSessionId(path, session_id))
                     continue
                 if session_id not in found or _size(path) > _size(found[session_id].path):
-                    found[session_id] = SessionRef(session_id, path)
+                    found[session_id] = SessionRef(session_id, path, root)
         cache.result, cache.result_version = Discovery(list(found.values()), refused), cache.version
         return cache.result
 
@@ -266,11 +273,18 @@ class DirCache:
         self.result: Discovery | None = None
         self.result_version = -1
 
-    def listing(self, directory: str) -> tuple[list[str], list[str]] | None:
-        """(subdirectories, files with one of the suffixes) of a directory; None when gone or unreadable."""
+    def listing(self, directory: str, *, follow: bool = False) -> tuple[list[str], list[str]] | None:
+        """(subdirectories, files with one of the suffixes) of a directory; None when gone or unreadable.
+
+        ``follow`` (a harness root only): the directory may be a symlink, followed deliberately, and
+        its target's mtime is what is compared (the link's own never changes). Below a root a
+        directory that became a symlink is not listed: it is not followed.
+        """
         try:
-            st = os.stat(directory, follow_symlinks=False)
+            st = os.stat(directory, follow_symlinks=follow)
         except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
             if self._listings.pop(directory, None) is not None:
                 self.version += 1
             return None
@@ -281,33 +295,50 @@ class DirCache:
             and time.time() - st.st_mtime > self.TRUST_AFTER_S
         ):
             return cached[1], cached[2]
-        subdirs: list[str] = []
-        files: list[str] = []
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            subdirs.append(entry.path)
-                        elif entry.name.endswith(self.suffixes) and entry.is_file(follow_symlinks=False):
-                            files.append(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
+        listed = self._list(directory, follow)
+        if listed is None:
             return None
+        subdirs, files = listed
         if cached is None or (cached[1], cached[2]) != (subdirs, files):
             self.version += 1
         self._listings[directory] = (st.st_mtime_ns, subdirs, files)
         return subdirs, files
 
+    def _list(self, directory: str, follow: bool) -> tuple[list[str], list[str]] | None:
+        """Read a directory through a descriptor opened without following a symlink (unless ``follow``)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0)
+        if not follow:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
+        subdirs: list[str] = []
+        files: list[str] = []
+        try:
+            fd = os.open(directory, flags)
+        except OSError:
+            return None
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(os.path.join(directory, entry.name))
+                        elif entry.name.endswith(self.suffixes) and entry.is_file(follow_symlinks=False):
+                            files.append(os.path.join(directory, entry.name))
+                    except OSError:
+                        continue
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return subdirs, files
+
 
 def _walk_jsonl(root: Path, max_depth: int, cache: DirCache) -> list[str]:
-    """``*.jsonl`` regular files below root, depth-bounded, never through a symlink."""
+    """``*.jsonl`` regular files below root, depth-bounded, never through a symlink below the root."""
     found: list[str] = []
     stack = [(str(root), 0)]
     while stack:
         directory, depth = stack.pop()
-        listing = cache.listing(directory)
+        listing = cache.listing(directory, follow=depth == 0)
         if listing is None:
             continue
         subdirs, files = listing

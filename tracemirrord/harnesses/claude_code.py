@@ -111,7 +111,7 @@ class ClaudeCode(JsonlHarness):
         for root in roots:
             path = root.parent / HISTORY_NAME
             if stat_file(path) is not None:
-                return SessionRef(self.history_id, path)
+                return SessionRef(self.history_id, path, root.parent)
         return None
 
     def _attachments(self, roots: list[Path], cache: DirCache) -> list[Attachment]:
@@ -122,7 +122,7 @@ class ClaudeCode(JsonlHarness):
         found: list[Attachment] = []
         seen: dict[str, tuple[list[str], list[Attachment]]] = {}
         for root in roots:
-            for project in _subdirs(cache, str(root)):
+            for project in _subdirs(cache, str(root), follow=True):
                 for session_dir in _subdirs(cache, project):
                     tool_results = os.path.join(session_dir, TOOL_RESULTS_DIR)
                     if tool_results not in _subdirs(cache, session_dir):
@@ -131,7 +131,7 @@ class ClaudeCode(JsonlHarness):
                     files = listing[1] if listing else []
                     held = self._tool_results.get(tool_results)
                     if held is None or held[0] is not files:
-                        held = (files, _tool_results_of(os.path.basename(session_dir), files))
+                        held = (files, _tool_results_of(os.path.basename(session_dir), files, root))
                     seen[tool_results] = held
                     found.extend(held[1])
         self._tool_results = seen
@@ -139,23 +139,25 @@ class ClaudeCode(JsonlHarness):
 
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         if ref.session_id == self.history_id:
-            return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=describe_history)
+            return JsonlSource(
+                ref.path, max_line_bytes=max_line_bytes, describe=describe_history, root=ref.root
+            )
         return super().open_source(ref, max_line_bytes=max_line_bytes)
 
 
-def _tool_results_of(session_id: str, files: list[str]) -> list[Attachment]:
+def _tool_results_of(session_id: str, files: list[str], root: Path) -> list[Attachment]:
     if not is_safe_segment(session_id):
         return []
     out = []
     for path in sorted(files):
         name = os.path.basename(path)
         if name.endswith(TOOL_RESULT_SUFFIXES) and is_safe_segment(name):
-            out.append(Attachment(session_id, f"{TOOL_RESULTS_DIR}/{name}", Path(path)))
+            out.append(Attachment(session_id, f"{TOOL_RESULTS_DIR}/{name}", Path(path), root))
     return out
 
 
-def _subdirs(cache: DirCache, directory: str) -> list[str]:
-    listing = cache.listing(directory)
+def _subdirs(cache: DirCache, directory: str, *, follow: bool = False) -> list[str]:
+    listing = cache.listing(directory, follow=follow)
     return listing[0] if listing else []
 
 

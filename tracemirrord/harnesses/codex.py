@@ -64,12 +64,14 @@ class Codex(JsonlHarness):
             if is_zst(ref.path):
                 plain = ref.path.with_name(ref.path.name.removesuffix(ZST_SUFFIX))
                 if stat_file(plain) is not None:
-                    ref = SessionRef(ref.session_id, plain)
+                    ref = SessionRef(ref.session_id, plain, ref.root)
             sessions.append(ref)
         cache.result = Discovery(sessions, found.refused, found.attachments)
         return cache.result
 
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         if is_zst(ref.path):
-            return ZstJsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
-        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe)
+            return ZstJsonlSource(
+                ref.path, max_line_bytes=max_line_bytes, describe=self.describe, root=ref.root
+            )
+        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=self.describe, root=ref.root)

@@ -48,6 +48,7 @@ from typing import Any
 import anyio.to_thread
 
 from tracemirrord.frame import oversize_placeholder
+from tracemirrord.harnesses.safeopen import open_source_file
 from tracemirrord.source import CursorUnit, Discontinuity, Position, Probe, Records, SessionInfo
 
 CHECK_VERSION = "d1"
@@ -153,8 +154,10 @@ class DocumentSource:
         describe: Callable[[list[bytes]], SessionInfo],
         max_line_bytes: int,
         volatile_meta: tuple[str, ...] = (),
+        root: Path | None = None,
     ) -> None:
         self.path = path
+        self.root = root  # opened from here without following a symlink (safeopen.py)
         self._load = load
         self._describe = describe
         self.max_line_bytes = max_line_bytes
@@ -169,9 +172,10 @@ class DocumentSource:
     # ---------- reading the document ----------
 
     def _read_doc(self) -> _Doc | None:
-        """The parsed document; None when gone. Raises NotReady, UnknownFormat (from the loader)."""
+        """The parsed document; None when gone. Raises NotReady, UnknownFormat (from the loader),
+        PathEscape (the path below the root goes through a symlink)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+            fd = open_source_file(self.path, self.root)
         except OSError:
             return None
         try:

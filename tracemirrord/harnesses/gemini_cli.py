@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from tracemirrord.harnesses.base import (
 )
 from tracemirrord.harnesses.document import DocumentSource, NotReady, Snapshot
 from tracemirrord.harnesses.jsonl import JsonlSource
+from tracemirrord.harnesses.safeopen import PathEscape, open_below
 from tracemirrord.model import is_safe_segment
 from tracemirrord.source import SessionInfo, Source, UnknownFormat
 
@@ -83,12 +85,27 @@ def load_legacy(data: bytes) -> Snapshot:
     return Snapshot({k: v for k, v in doc.items() if k != "messages"}, records)
 
 
-def _identify_jsonl(path: Path) -> _Identity:
+def _read_below(root: Path, path: Path, limit: int | None = None) -> bytes | Refused | None:
+    """The file's bytes (up to ``limit``), opened from ``root`` without following a symlink.
+
+    None when gone; a Refused (reported by the scan) when the path goes through a symlink.
+    """
     try:
-        with path.open("rb") as f:
-            head = f.read(_FIRST_LINE_LIMIT)
+        fd = open_below(root, path)
+    except PathEscape as exc:
+        return Refused(path, str(exc))
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit) if limit is not None else f.read()
+
+
+def _identify_jsonl(root: Path, path: Path) -> _Identity:
+    head = _read_below(root, path, _FIRST_LINE_LIMIT)
+    if head is None or isinstance(head, Refused):
+        return head
     newline = head.find(b"\n")
     if newline < 0:
         if len(head) < _FIRST_LINE_LIMIT:
@@ -103,10 +120,13 @@ def _identify_jsonl(path: Path) -> _Identity:
     return first["sessionId"]
 
 
-def _identify_json(path: Path) -> _Identity:
+def _identify_json(root: Path, path: Path) -> _Identity:
+    data = _read_below(root, path)
+    if data is None or isinstance(data, Refused):
+        return data
     try:
-        snapshot = load_legacy(path.read_bytes())
-    except (OSError, NotReady):
+        snapshot = load_legacy(data)
+    except NotReady:
         return None
     except UnknownFormat as exc:
         return UnknownSource(path, str(exc))
@@ -183,7 +203,8 @@ class GeminiCli(JsonlHarness):
             return self._ids[key]
         if self._not_yet.get(key) == (st.st_size, st.st_mtime_ns):
             return None  # unchanged since it was not a session yet: no second read
-        identity = _identify_jsonl(path) if path.suffix == ".jsonl" else _identify_json(path)
+        identify = _identify_jsonl if path.suffix == ".jsonl" else _identify_json
+        identity = identify(root, path)
         if identity is not None:
             self._ids[key] = identity  # an id never changes for one file
             self._not_yet.pop(key, None)
@@ -221,7 +242,7 @@ class GeminiCli(JsonlHarness):
                     continue
                 other = found.get(identity)
                 if other is None or _preferred(path, other.path):
-                    found[identity] = SessionRef(identity, path)
+                    found[identity] = SessionRef(identity, path, root)
         self._ids = {k: v for k, v in self._ids.items() if k[0] in seen}
         self._not_yet = {k: v for k, v in self._not_yet.items() if k[0] in seen}
         result = Discovery(sorted(found.values(), key=lambda r: r.session_id), refused)
@@ -243,8 +264,9 @@ class GeminiCli(JsonlHarness):
                 describe=describe,
                 max_line_bytes=max_line_bytes,
                 volatile_meta=("lastUpdated",),
+                root=ref.root,
             )
-        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=describe)
+        return JsonlSource(ref.path, max_line_bytes=max_line_bytes, describe=describe, root=ref.root)
 
 
 def _may_become_session(root: Path, path: Path) -> bool:

@@ -44,6 +44,7 @@ from tracemirrord.harnesses.base import (
     env_path,
 )
 from tracemirrord.harnesses.hermes_reader import DbReader, SchemaUnknown, placeholder_for
+from tracemirrord.harnesses.safeopen import PathEscape
 from tracemirrord.model import is_safe_segment
 from tracemirrord.source import (
     CursorUnit,
@@ -70,7 +71,7 @@ def databases(root: Path) -> list[tuple[Path, str]]:
     own = f"{root.name}__" if root.parent.name == "profiles" else ""  # HERMES_HOME is a profile home
     found = [(root / DB_NAME, own)]
     try:
-        names = sorted(p.name for p in (root / "profiles").iterdir() if p.is_dir())
+        names = sorted(p.name for p in (root / "profiles").iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:
         names = []
     found.extend((root / "profiles" / n / DB_NAME, f"{n}__") for n in names if not n.startswith("."))
@@ -132,7 +133,7 @@ class Hermes(Harness):
                     continue
                 reader = self.readers.get(path)
                 if reader is None:
-                    reader = self.readers[path] = DbReader(path, prefix)
+                    reader = self.readers[path] = DbReader(path, prefix, root=root)
                 if st != reader.listed_stat or path not in self._parts:
                     self._parts[path] = self._list(reader, st, self._parts.get(path))
                 found, bad = self._parts[path]
@@ -153,6 +154,8 @@ class Hermes(Harness):
             meta = reader.list_sessions(st)
         except SchemaUnknown as exc:
             return [], [UnknownSource(reader.path, str(exc))]
+        except PathEscape as exc:
+            return [], [Refused(reader.path, str(exc))]
         except sqlite3.OperationalError as exc:
             if _locked(exc):  # the agent holds it exclusively for now: keep what we knew, retry
                 return previous or ([], [])
@@ -164,7 +167,7 @@ class Hermes(Harness):
         for raw_id in meta:
             session_id = reader.prefix + raw_id
             if is_safe_segment(session_id):
-                found.append(SessionRef(session_id, reader.path))
+                found.append(SessionRef(session_id, reader.path, reader.root))
             else:
                 bad.append(UnsafeSessionId(reader.path, session_id))
         gone = [raw for raw in list(reader.sessions) if raw not in meta]
@@ -177,7 +180,7 @@ class Hermes(Harness):
         reader = self.readers.get(ref.path)
         if reader is None:
             prefix = next((p for db, p in databases(ref.path.parent) if db == ref.path), "")
-            reader = self.readers[ref.path] = DbReader(ref.path, prefix)
+            reader = self.readers[ref.path] = DbReader(ref.path, prefix, root=ref.root)
         raw_id = ref.session_id.removeprefix(reader.prefix)
         reader.follow(raw_id)
         return HermesSource(self, reader, raw_id, max_line_bytes=max_line_bytes)
@@ -201,7 +204,7 @@ class Hermes(Harness):
                         assert st is not None
                         try:
                             got = await anyio.to_thread.run_sync(reader.refresh, st)
-                        except (sqlite3.Error, SchemaUnknown) as exc:
+                        except (sqlite3.Error, SchemaUnknown, PathEscape) as exc:
                             log.debug("hermes_refresh_failed", db=str(path), error=str(exc))
                             continue
                         for raw_id in got:

@@ -35,6 +35,7 @@ from typing import Any
 
 from tracemirrord.frame import oversize_placeholder
 from tracemirrord.harnesses import sqlite_ro
+from tracemirrord.harnesses.safeopen import check_below
 from tracemirrord.model import short_hash
 
 JSON_PREFIX = "\x00json:"  # hermes_state_messages._encode_content: list/dict content, JSON-encoded
@@ -105,8 +106,11 @@ class SessionMeta:
 class DbReader:
     """The shared reader of one database; owned by the Hermes harness instance."""
 
-    def __init__(self, path: Path, prefix: str, *, buffer_cap: int = BUFFER_CAP) -> None:
+    def __init__(
+        self, path: Path, prefix: str, *, buffer_cap: int = BUFFER_CAP, root: Path | None = None
+    ) -> None:
         self.path = path
+        self.root = root  # the harness root it was found below: never reached through a symlink
         self.prefix = prefix  # "" for the default profile, "<profile>__" for others
         self.buffer_cap = buffer_cap
         self.lock = threading.Lock()
@@ -142,6 +146,8 @@ class DbReader:
     def _connect(self, st: sqlite_ro.DbStat) -> sqlite3.Connection:
         """The connection to the file now at ``path``; a new inode resets everything (replaced db)."""
         self.used_at = time.monotonic()
+        if self.root is not None:  # every time: a moved database keeps its inode (and our connection)
+            check_below(self.root, self.path)  # PathEscape: a profile dir swapped for a symlink
         if self._conn is not None and st.ino == self.ino:
             return self._conn
         if self._conn is not None:

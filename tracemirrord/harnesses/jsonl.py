@@ -7,13 +7,19 @@ rewritten, and the caller starts a new generation. Reads are bounded: at most ``
 read, and a single line is held whole only up to ``max_line_bytes``; beyond that it is streamed past
 and replaced by a placeholder line (frame.py).
 
+Every open walks from the agent's root without following a symlink (harnesses/safeopen.py), and
+every read is checked against the file *after* it was read (``_still_holds``): a file rewritten
+while it was being read (truncated and written again in place) could otherwise hand back bytes of
+the new content under the old generation's fingerprint, and the rewrite would then go unnoticed.
+A read that no longer matches is discarded: the rewrite is reported (a new generation) or the read
+is tried again.
+
 The functions here block; ``JsonlSource`` (the ``source.Source`` for these files) runs its reads
 in a worker thread.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import os
@@ -25,10 +31,14 @@ from pathlib import Path
 import anyio.to_thread
 
 from tracemirrord.frame import complete_len, oversize_placeholder
+from tracemirrord.harnesses.safeopen import PathEscape, open_source_file
 from tracemirrord.model import FINGERPRINT_BYTES, Chunk, Fingerprint, short_hash
 from tracemirrord.source import CursorUnit, Discontinuity, Position, Probe, Records, SessionInfo
 
 _SCAN_BLOCK = 1 << 20
+# Reads tried again when the file changed under them (not a rewrite of what was mirrored: a
+# rewrite is reported at once); after that the read returns nothing and the next poll tries again.
+_UNSTABLE_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,9 @@ def stat_file(path: Path) -> FileStat | None:
     return FileStat(st.st_size, st.st_dev, st.st_ino, st.st_mtime)
 
 
-def unchanged_at(path: Path, cursor: int, expected: Fingerprint | None) -> FileStat | None:
+def unchanged_at(
+    path: Path, cursor: int, expected: Fingerprint | None, root: Path | None = None
+) -> FileStat | None:
     """The file's stat when it ends exactly at ``cursor`` and still matches ``expected``, else None.
 
     Lets a start-up triage park an old, fully mirrored session without loading it.
@@ -68,8 +80,8 @@ def unchanged_at(path: Path, cursor: int, expected: Fingerprint | None) -> FileS
     if st is None or st.size != cursor:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+        fd = open_source_file(path, root)
+    except (OSError, PathEscape):
         return None
     try:
         return st if _verify(fd, cursor, expected) is None else None
@@ -131,31 +143,66 @@ def read_chunk(
     expected: Fingerprint | None,
     max_bytes: int,
     max_line_bytes: int,
+    root: Path | None = None,
 ) -> Chunk | Mismatch | None:
     """Complete lines after ``start`` (an empty Chunk when only a partial line is there).
 
     Returns None when the file is gone, a Mismatch when it no longer continues what was mirrored.
+    Raises PathEscape when the path below ``root`` goes through a symlink. The lines returned are
+    what the file held when they were read, checked after the read (``_still_holds``).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_source_file(path, root)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # the path became a symlink: never followed
-            return None
-        raise
     try:
-        return read_chunk_fd(
-            fd,
-            os.fstat(fd).st_size,
-            generation=generation,
-            start=start,
-            expected=expected,
-            max_bytes=max_bytes,
-            max_line_bytes=max_line_bytes,
-        )
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        for _ in range(_UNSTABLE_RETRIES):
+            chunk = read_chunk_fd(
+                fd,
+                os.fstat(fd).st_size,
+                generation=generation,
+                start=start,
+                expected=expected,
+                max_bytes=max_bytes,
+                max_line_bytes=max_line_bytes,
+            )
+            if isinstance(chunk, Mismatch) or chunk.end == chunk.start:
+                return chunk
+            verdict = _still_holds(fd, chunk, expected)
+            if verdict is None:
+                return chunk
+            if isinstance(verdict, Mismatch):
+                return verdict  # rewritten under the read: the bytes read are discarded
+        return Chunk(generation, start, start, b"", expected or Fingerprint.of(b"", b""))
     finally:
         os.close(fd)
+
+
+def _still_holds(fd: int, chunk: Chunk, expected: Fingerprint | None) -> Mismatch | str | None:
+    """Whether the open file still holds what ``chunk`` says, checked after the read.
+
+    None: it does. A Mismatch: what was mirrored before the chunk changed (a rewrite; the caller
+    reports it and a new generation starts). A str: the chunk's own bytes changed or the file
+    shrank under the read (read again). The chunk's bytes are compared with the file again, so a
+    read that caught a rewrite half-way never passes; with a placeholder (an over-long line) its
+    end fingerprint is compared instead.
+    """
+    mismatch = _verify(fd, chunk.start, expected)
+    if mismatch is not None:
+        return Mismatch(f"{mismatch.reason} while it was being read")
+    if os.fstat(fd).st_size < chunk.end:
+        return "the file shrank while it was being read"
+    fp = chunk.fingerprint
+    if short_hash(_pread(fd, fp.head_len, 0)) != fp.head:
+        return "the start of the file changed while it was being read"
+    lookbehind = min(chunk.end, FINGERPRINT_BYTES)
+    if short_hash(_pread(fd, lookbehind, chunk.end - lookbehind)) != fp.tail:
+        return "the lines read changed while they were being read"
+    if not chunk.dropped and _pread(fd, len(chunk.data), chunk.start) != chunk.data:
+        return "the lines read changed while they were being read"
+    return None
 
 
 def read_chunk_fd(
@@ -252,9 +299,15 @@ class JsonlSource:
     unit: CursorUnit = "bytes"
 
     def __init__(
-        self, path: Path, *, max_line_bytes: int, describe: Callable[[list[bytes]], SessionInfo]
+        self,
+        path: Path,
+        *,
+        max_line_bytes: int,
+        describe: Callable[[list[bytes]], SessionInfo],
+        root: Path | None = None,
     ) -> None:
         self.path = path
+        self.root = root  # opens walk from here without following a symlink (safeopen.py)
         self.max_line_bytes = max_line_bytes
         self._describe = describe
         self._size = 0
@@ -271,7 +324,7 @@ class JsonlSource:
         return Probe(st, st.mtime)
 
     def settled_at(self, position: Position) -> Probe | None:
-        st = unchanged_at(self.path, position.cursor, fingerprint_of(position.check))
+        st = unchanged_at(self.path, position.cursor, fingerprint_of(position.check), self.root)
         return None if st is None else Probe(st, st.mtime)
 
     async def read(self, after: Position, max_bytes: int) -> Records | Discontinuity | None:
@@ -283,6 +336,7 @@ class JsonlSource:
             expected=fingerprint_of(after.check),
             max_bytes=max_bytes,
             max_line_bytes=self.max_line_bytes,
+            root=self.root,
         )
         return as_records(after, await anyio.to_thread.run_sync(read))
 

@@ -33,6 +33,7 @@ from tracemirrord.harnesses.base import (
 )
 from tracemirrord.harnesses.opencode_db import OpencodeDb, OpencodeDbSource
 from tracemirrord.harnesses.opencode_store import OpencodeStoreSource
+from tracemirrord.harnesses.safeopen import PathEscape
 from tracemirrord.harnesses.sqlite_ro import WatchPace, stat_db, stat_settled
 from tracemirrord.model import is_safe_segment
 from tracemirrord.source import Source
@@ -42,22 +43,31 @@ WATCH_MAX_SHARE = 0.2  # the watch waits at least 1/share times as long as its l
 
 def database_paths(roots: list[Path]) -> list[Path]:
     """The opencode databases the roots name: a ``.db`` root itself, or those in a data dir."""
-    found: list[Path] = []
+    return list(database_roots(roots))
+
+
+def database_roots(roots: list[Path]) -> dict[Path, Path]:
+    """Each opencode database the roots name, with the root it was found in (itself for a ``.db``
+    root). A database in a data dir that is a symlink is not one: never followed below a root."""
+    found: list[tuple[Path, Path]] = []
     for root in roots:
         if root.suffix == ".db" or root.is_file():
-            found.append(root)
+            found.append((root, root))
             continue
         try:
             names = sorted(os.listdir(root))
         except OSError:
             continue
         found.extend(
-            root / n for n in names if n == "opencode.db" or (n.startswith("opencode-") and n.endswith(".db"))
+            (root / n, root)
+            for n in names
+            if (n == "opencode.db" or (n.startswith("opencode-") and n.endswith(".db")))
+            and not os.path.islink(root / n)
         )
-    unique: dict[str, Path] = {}
-    for path in found:
-        unique.setdefault(os.path.realpath(path), path)
-    return list(unique.values())
+    unique: dict[str, tuple[Path, Path]] = {}
+    for path, root in found:
+        unique.setdefault(os.path.realpath(path), (path, root))
+    return dict(unique.values())
 
 
 def store_sessions(root: Path, cache: DirCache) -> tuple[list[SessionRef], list[Refused]]:
@@ -81,7 +91,7 @@ def store_sessions(root: Path, cache: DirCache) -> tuple[list[SessionRef], list[
             elif not is_safe_segment(sid):
                 refused.append(UnsafeSessionId(path, sid))
             else:
-                refs.append(SessionRef(sid, path))
+                refs.append(SessionRef(sid, path, root))
     return refs, refused
 
 
@@ -119,16 +129,23 @@ class Opencode(Harness):
     def _discover(self, roots: list[Path]) -> Discovery:
         sessions: dict[str, SessionRef] = {}
         refused: list[Refused] = []
-        for path in database_paths(roots):
+        for path, root in database_roots(roots).items():
             db = self._dbs.get(path)
             if db is None:
-                db = self._dbs[path] = OpencodeDb(path)
-            problem, _ = db.schema()
+                db = self._dbs[path] = OpencodeDb(path, root)
+            try:
+                problem, _ = db.schema()
+            except PathEscape as exc:
+                refused.append(Refused(path, str(exc)))
+                continue
             if problem is not None:
                 refused.append(UnknownSource(path, problem))
                 continue
             try:
                 ids = db.session_ids()
+            except PathEscape as exc:
+                refused.append(Refused(path, str(exc)))
+                continue
             except (sqlite3.Error, OSError) as exc:
                 refused.append(UnknownSource(path, f"cannot list sessions ({exc})"))
                 continue
@@ -136,7 +153,7 @@ class Opencode(Harness):
                 if not is_safe_segment(sid):
                     refused.append(UnsafeSessionId(path, sid))
                 else:
-                    sessions.setdefault(sid, SessionRef(sid, path))
+                    sessions.setdefault(sid, SessionRef(sid, path, root))
         for root in roots:
             refs, bad = store_sessions(root, self._dirs)
             refused.extend(bad)
@@ -150,10 +167,10 @@ class Opencode(Harness):
 
     def open_source(self, ref: SessionRef, *, max_line_bytes: int) -> Source:
         if ref.path.suffix == ".json":
-            return OpencodeStoreSource(ref.path, ref.session_id, max_line_bytes=max_line_bytes)
+            return OpencodeStoreSource(ref.path, ref.session_id, max_line_bytes=max_line_bytes, root=ref.root)
         db = self._dbs.get(ref.path)
         if db is None:
-            db = self._dbs[ref.path] = OpencodeDb(ref.path)
+            db = self._dbs[ref.path] = OpencodeDb(ref.path, ref.root)
         return OpencodeDbSource(db, ref.session_id, max_line_bytes=max_line_bytes)
 
     async def watch(self, roots: list[Path], hooks: HarnessHooks, stopping: anyio.Event) -> None:
@@ -171,8 +188,15 @@ class Opencode(Harness):
                         continue  # unchanged: no thread hop, no query
                     try:
                         changed = await anyio.to_thread.run_sync(db.refresh_index)
+                    except PathEscape:
+                        if not db.refused:  # once: its followers read, and report why
+                            db.refused = True
+                            for sid in db.sessions:
+                                hooks.wake(sid)
+                        continue
                     except (sqlite3.Error, OSError):
                         continue  # reported by discovery and the followers' reads
+                    db.refused = False
                     if not first:
                         for sid in changed:
                             hooks.wake(sid)

@@ -38,6 +38,7 @@ from tracemirrord.harnesses.opencode_versions import (
     is_new,
     prune,
 )
+from tracemirrord.harnesses.safeopen import check_below
 from tracemirrord.harnesses.sqlite_ro import DbStat, open_readonly_blocking, stat_db, stat_settled
 from tracemirrord.source import (
     CursorUnit,
@@ -71,8 +72,10 @@ class OpencodeDb:
     (session id -> (newest time_updated, rows counted, bumps)) so that followers need not query to poll.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path | None = None) -> None:
         self.path = path
+        self.root = root  # the root it was found in: never reached through a symlink below it
+        self.refused = False  # the watch found its path going through a symlink (woke its sessions)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._ino: int | None = None
@@ -95,6 +98,8 @@ class OpencodeDb:
             return conn.execute(sql, params).fetchall()
 
     def _connect(self) -> sqlite3.Connection:
+        if self.root is not None:  # every time: a moved database keeps its inode (and our connection)
+            check_below(self.root, self.path)
         st = stat_db(self.path)
         if st is None:
             self._close()

@@ -27,6 +27,7 @@ import anyio.to_thread
 from tracemirrord.frame import oversize_placeholder
 from tracemirrord.harnesses.opencode_db import describe_lines
 from tracemirrord.harnesses.opencode_versions import Mark, Version, advance, content_sig, is_new
+from tracemirrord.harnesses.safeopen import open_source_file
 from tracemirrord.source import (
     CursorUnit,
     Discontinuity,
@@ -73,8 +74,11 @@ class OpencodeStoreSource:
 
     unit: CursorUnit = "records"
 
-    def __init__(self, session_file: Path, session_id: str, *, max_line_bytes: int) -> None:
+    def __init__(
+        self, session_file: Path, session_id: str, *, max_line_bytes: int, root: Path | None = None
+    ) -> None:
         self.session_file = session_file
+        self.root = root  # the data dir: every file below it opened without following a symlink
         self.storage = session_file.parent.parent.parent
         self.session_id = session_id
         self.max_line_bytes = max_line_bytes
@@ -142,9 +146,9 @@ class OpencodeStoreSource:
         size = source_bytes = dropped = 0
         self._pending = 0
         for v, path, record_id, message_id in candidates:
-            if not is_new(v, mark, seen, lambda v, p=path: _file_sig(p)):
+            if not is_new(v, mark, seen, lambda v, p=path: _file_sig(p, self.root)):
                 continue
-            body = _read_version(path, v)
+            body = _read_version(path, v, self.root)
             if body is None:
                 self._pending = 1
                 break  # rewritten or removed since the scan: the next read sees it as it is then
@@ -179,7 +183,7 @@ class OpencodeStoreSource:
 
     def _load_info(self) -> None:
         try:
-            doc = json.loads(self.session_file.read_bytes())
+            doc = json.loads(_read_all(self.session_file, self.root))
         except (OSError, ValueError):
             return
         if isinstance(doc, dict):
@@ -201,17 +205,26 @@ class OpencodeStoreSource:
             del self._states[old]
 
 
-def _file_sig(path: Path) -> str:
+def _read_all(path: Path, root: Path | None) -> bytes:
+    """A file's bytes, opened below ``root`` without following a symlink (OSError, PathEscape)."""
+    fd = open_source_file(path, root)
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+def _file_sig(path: Path, root: Path | None = None) -> str:
     try:
-        return content_sig(path.read_bytes())
+        return content_sig(_read_all(path, root))
     except OSError:
         return ""
 
 
-def _read_version(path: Path, v: Version) -> bytes | None:
-    """The file's bytes if it is still the version scanned (same inode, size, mtime), else None."""
+def _read_version(path: Path, v: Version, root: Path | None = None) -> bytes | None:
+    """The file's bytes if it is still the version scanned (same inode, size, mtime), else None.
+
+    Raises PathEscape when its path below ``root`` goes through a symlink."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_source_file(path, root)
     except OSError:
         return None
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from tracemirrord.harnesses.jsonl import (
     read_chunk_fd,
     stat_file,
 )
+from tracemirrord.harnesses.safeopen import PathEscape, open_source_file
 from tracemirrord.model import FINGERPRINT_BYTES, Chunk, short_hash
 from tracemirrord.source import (
     Discontinuity,
@@ -89,13 +91,17 @@ class _Decompressed:
         self.file.close()
 
 
-def _open_zst(path: Path) -> tuple[BinaryIO, FileStat] | None:
-    """The compressed file opened read-only (never through a symlink) and its stat; None when gone."""
+def _open_zst(path: Path, root: Path | None = None) -> tuple[BinaryIO, FileStat] | None:
+    """The compressed file opened read-only (never through a symlink below ``root``) and its stat;
+    None when gone. Raises PathEscape (safeopen.py)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_source_file(path, root)
     except OSError:
         return None
     st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
     return os.fdopen(fd, "rb"), FileStat(st.st_size, st.st_dev, st.st_ino, st.st_mtime)
 
 
@@ -120,9 +126,9 @@ def _stream(file: BinaryIO, path: Path, sink: Callable[[bytes], None]) -> int:
         raise UnknownFormat(f"{path}: not a readable zstd stream ({exc})") from None
 
 
-def decompress(path: Path) -> _Decompressed | None:
+def decompress(path: Path, root: Path | None = None) -> _Decompressed | None:
     """Decompress the file at ``path`` into an anonymous temporary file (None when it is gone)."""
-    opened = _open_zst(path)
+    opened = _open_zst(path, root)
     if opened is None:
         return None
     file, st = opened
@@ -137,9 +143,9 @@ def decompress(path: Path) -> _Decompressed | None:
     return _Decompressed(_Key.of(st), out, size)
 
 
-def _summary(path: Path) -> tuple[FileStat, int, bytes, bytes] | None:
+def _summary(path: Path, root: Path | None = None) -> tuple[FileStat, int, bytes, bytes] | None:
     """(stat, decompressed size, first and last FINGERPRINT_BYTES) in one streaming pass, no copy."""
-    opened = _open_zst(path)
+    opened = _open_zst(path, root)
     if opened is None:
         return None
     file, st = opened
@@ -164,17 +170,22 @@ class ZstJsonlSource(JsonlSource):
     """
 
     def __init__(
-        self, path: Path, *, max_line_bytes: int, describe: Callable[[list[bytes]], SessionInfo]
+        self,
+        path: Path,
+        *,
+        max_line_bytes: int,
+        describe: Callable[[list[bytes]], SessionInfo],
+        root: Path | None = None,
     ) -> None:
-        super().__init__(path, max_line_bytes=max_line_bytes, describe=describe)
+        super().__init__(path, max_line_bytes=max_line_bytes, describe=describe, root=root)
         self._lock = threading.Lock()  # one decompressed copy, used from worker threads
         self._copy: _Decompressed | None = None
         self._plain_size: int | None = None  # decompressed size, once known
 
     def settled_at(self, position: Position) -> Probe | None:
         try:
-            summary = _summary(self.path)
-        except UnknownFormat:
+            summary = _summary(self.path, self.root)
+        except (UnknownFormat, PathEscape):
             return None
         if summary is None:
             return None
@@ -205,7 +216,7 @@ class ZstJsonlSource(JsonlSource):
                 return None
             if self._copy is None or self._copy.key != _Key.of(st):
                 self._drop()
-                self._copy = decompress(self.path)
+                self._copy = decompress(self.path, self.root)
                 if self._copy is None:
                     return None
             copy = self._copy
