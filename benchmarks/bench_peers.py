@@ -562,7 +562,11 @@ def sampler(tools: list[Tool], session: Path, t0: float, stop: threading.Event, 
 
 
 def kill_at_exposed_moment(tool: Tool, sid: str, s3: Any, timeout_s: float, restart_after_s: float) -> None:
-    """SIGKILL ``tool`` right after one of its PUTs of the session lands (rclone: as its PUT starts)."""
+    """SIGKILL ``tool`` right after one of its PUTs of the session lands (rclone: as its PUT starts).
+
+    A part that is in the bucket but not yet in the tool's local state is where a restart can upload the
+    same bytes again; for rclone, which keeps no state, the only exposed moment is an upload in flight.
+    """
     seen = len(tool.proxy.request_log)
     deadline = time.monotonic() + timeout_s
     event: dict[str, Any] = {"tool": tool.name}
@@ -576,8 +580,8 @@ def kill_at_exposed_moment(tool: Tool, sid: str, s3: Any, timeout_s: float, rest
             if not isinstance(tool, Rclone):
                 with contextlib.suppress(RuntimeError):
                     wait_until(lambda k=key: object_exists(s3, tool.bucket, k), 2.0, "the PUT", 0.002)
-            event["landed"] = object_exists(s3, tool.bucket, key)
-            event["after_put_head_s"] = time.monotonic() - put_seen
+                event["landed_before_kill"] = object_exists(s3, tool.bucket, key)
+            event["after_put_head_s"] = round(time.monotonic() - put_seen, 4)
             break
         time.sleep(0.002)
     else:
@@ -740,6 +744,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_tool[tool.name] = measure(
                     tool, window_lines, window, cpu_s, peak, caught_up[tool.name] - t0
                 )
+                per_tool[tool.name]["one_hour"] = one_hour(tool, per_tool[tool.name], window, args)
             result["tools"] = per_tool
 
             # ---- deletion and kill -9 ----
@@ -857,6 +862,40 @@ def measure(
         "peak_rss_kib": peak_kib,
         "window_caught_up_s": caught_up_s,
     }
+
+
+def one_hour(
+    tool: Tool, t: dict[str, Any], window: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Bytes up per source byte one hour into the session, projected from what grows in the window.
+
+    tracemirrord: nothing grows (meta.json keeps a window of parts): the window's figure. tracecraft:
+    meta.json gains one entry per part and is PUT whole every cycle: its body, fitted linearly over the
+    window, at 3600 / interval parts. rclone: every tick uploads the whole file: file size at one hour
+    over the bytes written in one tick. Everything else (heads, parts, listings) as measured.
+    """
+    rate, wire = window["source_bytes_per_s"], t["wire"]
+    if isinstance(tool, Tracecraft):
+        bodies = wire["meta_json_bodies"]
+        if len(bodies) < 2:
+            return {}
+        interval = tool.interval or 5.0
+        per_part = (bodies[-1] - bodies[0]) / (len(bodies) - 1)
+        meta_at_1h = bodies[0] + per_part * 3600 / interval
+        rest = (wire["bytes_up"] - sum(bodies)) / window["source_bytes"]
+        return {
+            "meta_json_bytes_per_part": per_part,
+            "meta_json_body_at_1h": meta_at_1h,
+            "up_per_source_byte_at_1h": rest + meta_at_1h / (rate * interval),
+        }
+    if isinstance(tool, Rclone):
+        file_at_1h = t["samples"][0]["source_size"] + rate * 3600
+        heads = sum(s["head_bytes"] for s in wire["split"].values()) / window["source_bytes"]
+        return {
+            "file_bytes_at_1h": file_at_1h,
+            "up_per_source_byte_at_1h": file_at_1h / (rate * tool.every) + heads,
+        }
+    return {"up_per_source_byte_at_1h": wire["bytes_up_per_source_byte"]}
 
 
 def kind_of(request: RequestRecord) -> str:
@@ -1005,6 +1044,13 @@ def report(r: dict[str, Any]) -> str:
                 f"{name}: meta.json bodies PUT in the window: {len(bodies)}, "
                 f"first {bodies[0]} B, last {bodies[-1]} B"
             )
+        if t.get("one_hour"):
+            out.append(
+                f"{name}: projected one hour into the session: "
+                + ", ".join(
+                    f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in t["one_hour"].items()
+                )
+            )
         out.append(f"{name}: kill -9: {t['kill']}; copy after: {t['copy_after_kill']}")
         if "rclone_runs" in t:
             out.append(f"{name}: {t['rclone_runs']} runs, {t['rclone_runs_failed']} failed (see rclone.log)")
@@ -1046,6 +1092,7 @@ def plot(r: dict[str, Any], lag_png: Path, bytes_png: Path) -> list[Path]:
     plt.close(fig)
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    slide = 30  # seconds (one sample a second): three rclone ticks, six tracecraft cycles
     biggest = 0.0
     for name, t in r["tools"].items():
         samples = t["samples"]
@@ -1053,18 +1100,17 @@ def plot(r: dict[str, Any], lag_png: Path, bytes_png: Path) -> list[Path]:
         xs = [(s["source_size"] - base) / 1000 for s in samples]
         top.plot(xs, [s["bytes_up"] / 1000 for s in samples], label=name, color=colors.get(name))
         ratio_x, ratio_y = [], []
-        for a, b in zip(samples, samples[10:], strict=False):  # ratio over a sliding 10 s
+        for a, b in zip(samples, samples[slide:], strict=False):  # ratio over a sliding window
             if b["source_size"] > a["source_size"]:
                 ratio_x.append((b["source_size"] - base) / 1000)
                 ratio_y.append((b["bytes_up"] - a["bytes_up"]) / (b["source_size"] - a["source_size"]))
         bottom.plot(ratio_x, ratio_y, label=name, color=colors.get(name))
         biggest = max(biggest, xs[-1] if xs else 0)
+    ref = [biggest * i / 100 for i in range(1, 101)]
+    top.plot(ref, ref, color="grey", linewidth=1, linestyle=":", label="1 byte per source byte")
     top.plot(
-        [0, biggest], [0, biggest], color="grey", linewidth=1, linestyle=":", label="1 byte per source byte"
-    )
-    top.plot(
-        [0, biggest],
-        [0, biggest * GOAL_BYTES_PER_SOURCE_BYTE],
+        ref,
+        [x * GOAL_BYTES_PER_SOURCE_BYTE for x in ref],
         color="grey",
         linewidth=1,
         linestyle="--",
@@ -1078,7 +1124,7 @@ def plot(r: dict[str, Any], lag_png: Path, bytes_png: Path) -> list[Path]:
     bottom.axhline(GOAL_BYTES_PER_SOURCE_BYTE, color="grey", linestyle="--", linewidth=1)
     bottom.set_yscale("log")
     bottom.set_xlabel("session length (KB written in the window)")
-    bottom.set_ylabel("bytes up / source byte, last 10 s (log)")
+    bottom.set_ylabel(f"bytes up / source byte, last {slide} s (log)")
     bottom.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(bytes_png, dpi=110)
