@@ -208,6 +208,9 @@ def run_reader(spec: dict[str, Any]) -> None:
                     seen = time.monotonic()
                     ids = []
                     now_etag = next((o["ETag"] for o in listed if o["Key"] == spec["key"]), "")
+                    if etag and not now_etag:  # it was there and is gone: the tool deleted its copy
+                        out.write(json.dumps({"seen": seen, "ids": [], "absent": True}) + "\n")
+                        etag = ""
                     if now_etag and now_etag != etag:
                         body = client.get_object(Bucket=bucket, Key=spec["key"])["Body"].read()
                         etag = now_etag
@@ -745,6 +748,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     tool, window_lines, window, cpu_s, peak, caught_up[tool.name] - t0
                 )
                 per_tool[tool.name]["one_hour"] = one_hour(tool, per_tool[tool.name], window, args)
+                per_tool[tool.name]["copy_absent"] = absences(tool.reader_log, t0, t1)
             result["tools"] = per_tool
 
             # ---- deletion and kill -9 ----
@@ -898,6 +902,20 @@ def one_hour(
     return {"up_per_source_byte_at_1h": wire["bytes_up_per_source_byte"]}
 
 
+def absences(reader_log: Path, t0: float, t1: float) -> dict[str, Any]:
+    """How often and how long the live session's copy was missing from the bucket in [t0, t1]
+    (rclone's reader logs when its object disappears; the next row with ids is its return)."""
+    spans, gone_at = [], None
+    for row in read_jsonl(reader_log):
+        if row.get("absent"):
+            gone_at = row["seen"] if gone_at is None else gone_at
+        elif row["ids"] and gone_at is not None:
+            if t0 <= gone_at <= t1:
+                spans.append(row["seen"] - gone_at)
+            gone_at = None
+    return {"times": len(spans), "seconds": sum(spans), "longest_s": max(spans, default=0.0)}
+
+
 def kind_of(request: RequestRecord) -> str:
     """bench_live's classify, with rclone's whole-file PUT named as such."""
     kind = classify(request)
@@ -950,26 +968,41 @@ def report(r: dict[str, Any]) -> str:
         f"{w['lines']} lines, {w['source_bytes']} source bytes ({w['source_bytes_per_s'] / 1000:.2f} KB/s)",
         "",
     ]
-    rows = []
+    figures, copies = [], []
     for name in TOOLS:
         if name in r["not_installed"]:
-            rows.append([name, "not installed", *["-"] * 8])
+            figures.append([name, "not installed", *["-"] * 8])
+            copies.append([name, "not installed", *["-"] * 3])
             continue
         t = r["tools"].get(name)
         if t is None:
             continue
         lag, wire, kill, old = t["lag_s"], t["wire"], t["copy_after_kill"], t["deleted_old_session"]
-        rows.append(
+        hour = t.get("one_hour", {}).get("up_per_source_byte_at_1h")
+        figures.append(
             [
                 name,
                 f"{lag['p50']:.2f}",
                 f"{lag['p99']:.2f}",
                 f"{wire['bytes_up_per_source_byte']:.3f}",
+                f"{hour:.2f}" if hour is not None else "-",
+                f"{wire['bytes_down'] / w['source_bytes']:.3f}",
                 f"{wire['requests_per_source_mb']:.0f} ({wire['requests_per_min']:.0f}/min)",
                 f"{t['cpu_s']:.2f} ({t['cpu_pct_of_one_core']:.2f}%)",
                 f"{t['peak_rss_kib'] / 1024:.1f}",
+            ]
+        )
+        gone = t.get("copy_absent", {"times": None})
+        copies.append(
+            [
+                name,
                 copy_word(kill),
                 "kept" if old["identical"] else f"NOT kept ({old.get('note', old['copy_bytes'])})",
+                (
+                    f"{gone['times']}x, {gone['seconds']:.1f} s in all, longest {gone['longest_s']:.1f} s"
+                    if gone["times"]
+                    else ("never" if gone["times"] == 0 else "not measured")
+                ),
                 str(t["kill"].get("key", "")).rsplit("/", 1)[-1] if t["kill"] else "-",
             ]
         )
@@ -980,16 +1013,28 @@ def report(r: dict[str, Any]) -> str:
                 "lag p50 s",
                 "lag p99 s",
                 "bytes up / source byte",
+                "same, 1 h into the session (projected)",
+                "bytes down / source byte",
                 "requests / source MB",
                 "CPU s (% of a core)",
                 "peak RSS MiB",
-                "copy = source after kill -9 + restart",
-                "old session after its file was deleted",
-                "killed right after",
             ],
-            rows,
+            figures,
         )
     )
+    out += [
+        "",
+        table(
+            [
+                "tool",
+                "copy = source after kill -9 + restart",
+                "old session after its file was deleted",
+                "live session's copy gone from the bucket (window)",
+                "killed right after",
+            ],
+            copies,
+        ),
+    ]
     if "tracemirrord" in r.get("tools", {}):
         t = r["tools"]["tracemirrord"]
         out += [
@@ -1007,7 +1052,14 @@ def report(r: dict[str, Any]) -> str:
             "",
             f"{name}: bytes up by kind of request",
             table(
-                ["request kind", "count", "head bytes", "body bytes", "share of bytes up", "per source byte"],
+                [
+                    "request kind",
+                    "count",
+                    "head bytes",
+                    "body bytes (Content-Length)",
+                    "share of bytes up",
+                    "per source byte",
+                ],
                 [
                     [
                         kind,
@@ -1155,6 +1207,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--quick", action="store_true", help="a few seconds per phase, no plots (CI)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--report", type=Path, help="print the report (and plots) of a saved JSON result")
     parser.add_argument(
         "--out", type=Path, default=OUT_DIR, help="work dir and JSON results (benchmarks/out)"
     )
@@ -1166,6 +1219,13 @@ def main() -> None:
         return
     if args.role == "reader":
         run_reader(json.loads(args.spec))
+        return
+    if args.report:
+        result = json.loads(args.report.read_text())
+        print(report(result))
+        if not args.no_plots:
+            pngs = plot(result, BENCH_DIR / "peers-lag-cdf.png", BENCH_DIR / "peers-bytes.png")
+            print("plots: " + ", ".join(str(p.relative_to(ROOT)) for p in pngs))
         return
     if args.quick:
         args.seconds, args.tail_seconds, args.rclone_every, args.no_plots = 3.0, 3.0, 2.0, True
