@@ -971,7 +971,7 @@ def report(r: dict[str, Any]) -> str:
     figures, copies = [], []
     for name in TOOLS:
         if name in r["not_installed"]:
-            figures.append([name, "not installed", *["-"] * 8])
+            figures.append([name, "not installed", *["-"] * 7])
             copies.append([name, "not installed", *["-"] * 3])
             continue
         t = r["tools"].get(name)
