@@ -437,7 +437,7 @@ def test_daemon_kill9_repeatedly_while_a_writer_process_inserts_every_row_exactl
     expected = by_session(logged(log))
     assert sorted(expected) == sessions and sum(map(len, expected.values())) == 700
     with Daemon(env, daemon_log) as daemon:
-        wait_for(lambda: daemon.log().count('"harness started"') == 4, 15, "the last start")
+        wait_for(lambda: daemon.log().count('"harness started"') == 4, 30, "the last start")
         wait_for(
             lambda: all(copy_of(env, sid) == {0: rows} for sid, rows in expected.items()),
             20,

@@ -34,7 +34,7 @@ from tracemirrord.model import Lease, PartRecord, SessionKey, SessionState, is_s
 SCHEMA_VERSION = 1
 META_NAME = "meta.json"
 PART_METADATA_KEY = "tracemirror"
-META_PARTS_WINDOW = 32
+META_PARTS_WINDOW = 8
 # Session metadata beyond tracecraft's cwd/started_at, from each harness's (redacted) records.
 INFO_META_FIELDS = ("model", "git_branch", "title", "agent_version")
 _PART_NAME = re.compile(r"^part-(\d{5,})-([0-9a-f]{8})\.jsonl$")
