@@ -54,6 +54,7 @@ WOKEN_POLL_S = 5.0
 # every READ_GAP_S, as often as polling read it: more reads would not lower the lag (the flush
 # interval sets that) and would cost CPU for every busy session.
 IDLE_AFTER_S = 300.0
+CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this often while idle
 WATCHED_PARK_AFTER_S = IDLE_AFTER_S
 READ_GAP_S = 0.25
 
@@ -458,7 +459,15 @@ class SessionMirror:
             await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)
         self.status = "following" if now - probe.mtime < IDLE_AFTER_S else "idle"
-        return None if flush_all else self._interval(probe, now)
+        if flush_all:
+            return None
+        interval = self._interval(probe, now)
+        # a notified follower may wait long: not so long that meta.json or the checkpoint lag
+        if writer.meta_behind:
+            interval = min(interval, max(0.01, writer.meta_due_in()))
+        if writer.checkpoint_stale:
+            interval = min(interval, CHECKPOINT_RETRY_S)
+        return interval
 
     def _interval(self, probe: Probe, now: float) -> float:
         """Seconds to the next look; a source its harness wakes on every change is polled as a

@@ -228,7 +228,8 @@ class HarnessTask:
             if problem.path not in self._refused:
                 self._refused.add(problem.path)
                 log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
-        new = []
+        new: list[SessionMirror] = []
+        moved: list[str] = []
         for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
@@ -237,8 +238,11 @@ class HarnessTask:
                 new.append(follower)
             elif self._refs.get(ref.session_id) != ref:
                 follower.relocate(self._open(ref))
+                moved.append(ref.session_id)
             self._refs[ref.session_id] = ref
         self._map_paths(found)
+        for session_id in moved:
+            self.wake(session_id)  # look at the new path now (no notification may come from it)
         self.state = "running" if self.followers else "idle"
         first = not self._discovered_once
         self._discovered_once = True

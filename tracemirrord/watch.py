@@ -70,7 +70,7 @@ class WatchUnavailable(OSError):
 class Changes:
     """What the kernel reported since the last look."""
 
-    written: set[str] = field(default_factory=set)  # files modified or created (paths)
+    written: set[str] = field(default_factory=set)  # files written, created, moved or deleted (paths)
     entries: bool = False  # something created, deleted or moved in a watched directory: scan now
     overflow: bool = False  # events were lost: rescan and look at every file again
 
@@ -283,8 +283,7 @@ class TreeWatcher:
                 continue
             if mask & ENTRIES:
                 pending.entries = True
-            if mask & (WRITTEN | IN_CREATE | IN_MOVED_TO):
-                pending.written.add(path)
+            pending.written.add(path)  # its follower looks: more to read, or its file gone
 
     def close(self) -> None:
         if self._fd >= 0:
