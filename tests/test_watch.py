@@ -161,6 +161,17 @@ def test_daemon_follows_changes_and_new_sessions_by_notification(tmp_path: Path)
         wait_for(lambda: current(bucket, [first]), 20, "the first session's copy")
         assert harness_line(daemon.log(), "claude-code")["following"] == "notifications"
         assert harness_line(daemon.log(), "codex")["following"] == "notifications"
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        harnesses = {h["name"]: h for h in json.loads(shown.stdout)["harnesses"]}
+        assert harnesses["claude-code"]["following"] == "notifications"
+        assert harnesses["claude-code"]["polling_because"] is None
+        assert harnesses["hermes"]["following"] == "polling"
 
         append([first], 20, 40.0, first=3)  # half a second of writing, some lines in two writes
         written = time.monotonic()

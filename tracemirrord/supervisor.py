@@ -179,6 +179,8 @@ class HarnessTask:
             error=self.error,
             roots=[str(r) for r in self.roots],
             parked=sum(1 for f in self.followers.values() if f.parked),
+            following="notifications" if self.watcher is not None else "polling",
+            polling_because=self.watch_problem,
         )
 
     def session_statuses(self, now: float, *, parked: bool = True) -> list[SessionStatus]:
@@ -382,6 +384,7 @@ class HarnessTask:
     def _start_watching(self) -> None:
         """Cover the roots with notifications, or say why this harness polls."""
         self.watcher, self.watch_problem = None, None
+        self._last_found = None  # mark every follower watched or not on the next discovery
         if self.watch_mode == "poll":
             self.watch_problem = "watch = poll"
             return
@@ -396,7 +399,6 @@ class HarnessTask:
             log.warning("file-system notifications unavailable; polling", harness=self.name, reason=str(exc))
             return
         self._rescan_at = time.monotonic() + self.rescan_interval_s
-        self._last_found = None  # map every path (and mark followers watched) on the next discovery
 
     def _stop_watching(self, reason: str) -> None:
         """Notifications failed while running: every follower goes back to polling its own file."""
@@ -517,6 +519,7 @@ class HarnessTask:
         if not parked:
             return []
         changed = await anyio.to_thread.run_sync(lambda: [f for f in parked if f.changed_since_last_look()])
+        changed = [f for f in changed if f.parked]  # not those a wake-up started meanwhile
         for follower in changed:
             follower.parked = False
         return changed
