@@ -171,7 +171,7 @@ def test_daemon_follows_changes_and_new_sessions_by_notification(tmp_path: Path)
         harnesses = {h["name"]: h for h in json.loads(shown.stdout)["harnesses"]}
         assert harnesses["claude-code"]["following"] == "notifications"
         assert harnesses["claude-code"]["polling_because"] is None
-        assert harnesses["hermes"]["following"] == "polling"
+        assert harnesses["hermes"]["following"] == "notifications"  # its database watch is woken
 
         append([first], 20, 40.0, first=3)  # half a second of writing, some lines in two writes
         written = time.monotonic()

@@ -78,6 +78,8 @@ STABLE_RUN_S = 60.0
 PROGRESS_EVERY_S = 10.0
 DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the followers to drain
 RESCAN_CHUNK = 500  # running followers stat'ed between two yields to the event loop in a rescan
+NOTIFIED_WATCH_S = 5.0  # a harness's own watch looks at least this often when notified of changes
+WAKE_DEPTH = 2  # directories watched below a database harness's roots (hermes: profiles/<name>/)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -158,7 +160,10 @@ class HarnessTask:
         self.state = "idle"
         self.error: str | None = None
         self._refused: set[Path] = set()  # logged once each
-        self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id)
+        self.hooks = HarnessHooks(
+            CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id, pause=self.pause
+        )
+        self._changed = anyio.Event()  # something below the roots changed (notifications)
         harness.hooks = self.hooks
         self._last_found: Discovery | None = None
         self._refs: dict[str, SessionRef] = {}
@@ -257,7 +262,7 @@ class HarnessTask:
         for ref in found.sessions:
             follower = self.followers[ref.session_id]
             path = str(ref.path)
-            watcher = self.watcher
+            watcher = self.watcher if self.harness.kind == "jsonl" else None  # one file, one session
             covered = watcher is not None and (
                 watcher.covers(path) or self._watch_directory(watcher, os.path.dirname(path))
             )
@@ -388,12 +393,10 @@ class HarnessTask:
         if self.watch_mode == "poll":
             self.watch_problem = "watch = poll"
             return
-        if self.harness.kind != "jsonl":
-            # one database (or a store of many files) per session: its own watch, or polling
-            self.watch_problem = f"{self.harness.kind} sources are not followed by notifications"
-            return
+        # a database harness's own watch looks after a change below its roots (hooks.pause)
+        depth = getattr(self.harness, "max_depth", 4) if self.harness.kind == "jsonl" else WAKE_DEPTH
         try:
-            self.watcher = open_watcher(self.roots, getattr(self.harness, "max_depth", 4))
+            self.watcher = open_watcher(self.roots, depth)
         except (WatchUnavailable, OSError) as exc:
             self.watch_problem = str(exc)
             log.warning("file-system notifications unavailable; polling", harness=self.name, reason=str(exc))
@@ -441,6 +444,7 @@ class HarnessTask:
             watcher.close()
 
     def _apply(self, changes: Changes) -> None:
+        self._changed.set()
         for path in changes.written:
             session_id = self._paths.get(path)
             if session_id is not None:
@@ -450,6 +454,23 @@ class HarnessTask:
             self._rescan_now = True
         if changes.entries or changes.overflow:
             self._kick.set()
+
+    async def pause(self, seconds: float, stopping: anyio.Event) -> None:
+        """``HarnessHooks.pause`` for the harness's own watch (hermes, opencode: a stat of each
+        database per look). With notifications the next look waits for a change below the roots,
+        or NOTIFIED_WATCH_S as a fallback, and never comes sooner than ``seconds`` after this one."""
+        if self.watcher is None:
+            with anyio.move_on_after(seconds):
+                await stopping.wait()
+            return
+        started = time.monotonic()
+        with anyio.move_on_after(max(seconds, NOTIFIED_WATCH_S)):
+            await self._changed.wait()
+        self._changed = anyio.Event()
+        rest = started + seconds - time.monotonic()
+        if rest > 0 and not stopping.is_set():
+            with anyio.move_on_after(rest):
+                await stopping.wait()
 
     async def rescan_due(self) -> list[SessionMirror]:
         """The safety net under notifications: every rescan interval (at once after an overflow),
@@ -498,6 +519,7 @@ class HarnessTask:
     async def _relay_stop(self, stopping: anyio.Event) -> None:
         await stopping.wait()
         self._kick.set()
+        self._changed.set()
 
     def nudge_all(self) -> None:
         for follower in self.followers.values():
