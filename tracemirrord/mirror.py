@@ -366,7 +366,10 @@ class SessionMirror:
         """A notified source read less than READ_GAP_S ago waits out the rest of that gap."""
         if not self.watched:
             return
-        gap = self._stepped_at + READ_GAP_S - time.monotonic()
+        now = time.monotonic()
+        gap = self._stepped_at + READ_GAP_S - now
+        if self._batch.since is not None:  # never past the batch's flush: that sets the lag
+            gap = min(gap, self._batch.since + self.ctx.flush_interval_s - now)
         if gap > 0 and not stopping.is_set():
             with anyio.move_on_after(gap):
                 await stopping.wait()

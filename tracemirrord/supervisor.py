@@ -78,6 +78,7 @@ STABLE_RUN_S = 60.0
 PROGRESS_EVERY_S = 10.0
 DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the followers to drain
 RESCAN_CHUNK = 500  # running followers stat'ed between two yields to the event loop in a rescan
+NOTIFY_BATCH_S = 0.2  # after handling notifications, wait this long before reading more
 NOTIFIED_WATCH_S = 5.0  # a harness's own watch looks at least this often when notified of changes
 WAKE_DEPTH = 2  # directories watched below a database harness's roots (hermes: profiles/<name>/)
 
@@ -437,6 +438,9 @@ class HarnessTask:
                     try:
                         while True:
                             self._apply(await watcher.changes())
+                            # let a busy file's events gather (the kernel merges repeats): its
+                            # follower reads at most every READ_GAP_S anyway
+                            await anyio.sleep(NOTIFY_BATCH_S)
                     except OSError as exc:
                         self._stop_watching(f"reading notifications failed: {exc}")
         finally:
