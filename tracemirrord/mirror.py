@@ -181,6 +181,11 @@ class SessionMirror:
         self._last_probe = probe
         self.parked = True
 
+    @property
+    def nudged(self) -> bool:
+        """Was it woken (a notification) since its last look? Then it must not start parked."""
+        return self._wake.is_set()
+
     def remember(self, state: SessionState) -> None:
         """Keep what status shows of ``state`` (a parked follower keeps no state of its own)."""
         if self.summary is None:

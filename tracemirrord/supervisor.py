@@ -324,7 +324,9 @@ class HarnessTask:
         started = []
         behind_bytes = 0
         for follower, state, park, behind in await anyio.to_thread.run_sync(triage):
-            if park is not None:
+            if park is not None and follower.nudged:
+                started.append(follower)  # written to while the triage ran: it loads its own state
+            elif park is not None:
                 follower.park_at(park)
             else:
                 follower.use_cached(state)  # no checkpoint read of its own
