@@ -303,6 +303,8 @@ class Settings(BaseSettings):
     max_line_bytes: int = 64 * 2**20
     upload_concurrency: int = 4
     scan_interval: float = 2.0
+    watch: Literal["auto", "poll"] = "auto"
+    rescan_interval: float = 60.0
     heartbeat_interval: float = 60.0
     lease_ttl: float = 120.0
     metrics_addr: str | None = None
@@ -379,7 +381,14 @@ class Settings(BaseSettings):
         parse_metrics_addr(value)
         return value
 
-    @field_validator("flush_interval", "meta_interval", "scan_interval", "heartbeat_interval", mode="before")
+    @field_validator(
+        "flush_interval",
+        "meta_interval",
+        "scan_interval",
+        "rescan_interval",
+        "heartbeat_interval",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: Any) -> float:
         seconds = parse_duration_s(value)

@@ -55,16 +55,34 @@ PARKED_POLL_S = 600.0
 # A source whose harness watches it and calls ``wake`` on every change (``Source.woken`` true) needs
 # no fast polling of its own: this is only the fallback.
 WOKEN_POLL_S = 5.0
+# A source covered by file-system notifications (``SessionMirror.watched``) has no polling of its
+# own: its harness task wakes it when the file changes (starting it again if parked), and stats it
+# every ``rescan_interval`` in case a notification was missed. So it can park, and drop its state,
+# once idle for WATCHED_PARK_AFTER_S: its one timer. A file written line by line is read at most
+# every READ_GAP_S, as often as polling read it: more reads would not lower the lag (the flush
+# interval sets that) and would cost CPU for every busy session.
+IDLE_AFTER_S = 300.0
+CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this often while idle
+WATCHED_PARK_AFTER_S = IDLE_AFTER_S
+READ_GAP_S = 0.25
 
 
 def poll_interval_s(mtime: float, now: float) -> float:
     """How often to look at a source: often while it is being written, rarely once it is old."""
     age = now - mtime
-    if age < 300:
+    if age < IDLE_AFTER_S:
         return 0.25
     if age < PARK_AFTER_S:
         return 1.0
     return PARKED_POLL_S
+
+
+def watched_wait_s(mtime: float, now: float) -> float:
+    """A notified source waits for a wake-up, or until it is old enough to park (PARKED_POLL_S)."""
+    age = now - mtime
+    if age >= WATCHED_PARK_AFTER_S:
+        return PARKED_POLL_S
+    return min(WATCHED_PARK_AFTER_S, WATCHED_PARK_AFTER_S - age) + 1.0
 
 
 @dataclass
@@ -157,6 +175,8 @@ class SessionMirror:
         self._flush_done = 0
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._bucket_replaced = False
+        self.watched = False  # file-system notifications cover the source (set by the harness task)
+        self._stepped_at = 0.0  # monotonic time of the last step (paces notified reads)
 
     # ---------- what the harness task uses ----------
 
@@ -168,6 +188,11 @@ class SessionMirror:
         """Start parked: the source is known to need nothing until its probe differs from ``probe``."""
         self._last_probe = probe
         self.parked = True
+
+    @property
+    def nudged(self) -> bool:
+        """Was it woken (a notification) since its last look? Then it must not start parked."""
+        return self._wake.is_set()
 
     def remember(self, state: SessionState) -> None:
         """Keep what status shows of ``state`` (a parked follower keeps no state of its own)."""
@@ -331,18 +356,40 @@ class SessionMirror:
                 if delay is None:
                     break
                 if delay >= PARKED_POLL_S and self.status != "error":
-                    park = True
-                    break
+                    # drain before deciding: a wake-up that comes meanwhile (a notification) must
+                    # find a running follower, not one about to park without having read it
+                    await self.drain()
+                    if not self._wake.is_set() and not self._batch:
+                        park = True
+                        break
+                    self._wake = anyio.Event()
+                    continue
                 if delay > 0 and not stopping.is_set():
+                    woken = False
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
+                        woken = True
                     self._wake = anyio.Event()
+                    if woken:
+                        await self._pace(stopping)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
             if park and not self._batch:
                 self._drop_state()
                 self.parked = True
+
+    async def _pace(self, stopping: anyio.Event) -> None:
+        """A notified source read less than READ_GAP_S ago waits out the rest of that gap."""
+        if not self.watched:
+            return
+        now = time.monotonic()
+        gap = self._stepped_at + READ_GAP_S - now
+        if self._batch.since is not None:  # never past the batch's flush: that sets the lag
+            gap = min(gap, self._batch.since + self.ctx.flush_interval_s - now)
+        if gap > 0 and not stopping.is_set():
+            with anyio.move_on_after(gap):
+                await stopping.wait()
 
     def _drop_state(self) -> None:
         """Forget everything but the last probe; the next read reloads the checkpoint and rolls forward."""
@@ -379,6 +426,7 @@ class SessionMirror:
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
+        self._stepped_at = time.monotonic()
         if self._bucket_replaced:
             self._bucket_replaced = False
             self._batch.clear()
@@ -430,11 +478,22 @@ class SessionMirror:
         if writer.checkpoint_stale and writer.state is not None:
             await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)
-        self.status = "following" if now - probe.mtime < 300 else "idle"
-        return None if flush_all else self._interval(probe, now)
+        self.status = "following" if now - probe.mtime < IDLE_AFTER_S else "idle"
+        if flush_all:
+            return None
+        interval = self._interval(probe, now)
+        # a notified follower may wait long: not so long that meta.json or the checkpoint lag
+        if writer.meta_behind:
+            interval = min(interval, max(0.01, writer.meta_due_in()))
+        if writer.checkpoint_stale:
+            interval = min(interval, CHECKPOINT_RETRY_S)
+        return interval
 
     def _interval(self, probe: Probe, now: float) -> float:
-        """Seconds to the next look; a source its harness wakes on every change is polled as a fallback."""
+        """Seconds to the next look; a source its harness wakes on every change is polled as a
+        fallback, one covered by notifications waits to be woken (or to park)."""
+        if self.watched:
+            return watched_wait_s(probe.mtime, now)
         interval = poll_interval_s(probe.mtime, now)
         if interval < PARKED_POLL_S and getattr(self.source, "woken", False):
             return max(interval, WOKEN_POLL_S)

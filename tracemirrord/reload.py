@@ -1,11 +1,12 @@
 """What a SIGHUP may change while the daemon runs, and what needs a restart.
 
-Live: the harnesses and their roots, flush and meta intervals, part size, scan interval, upload
-concurrency, the heartbeat interval, redaction on/off and its rules, the backfill window and the log level. A
-change to anything else (the bucket, project, agent id, state dir, socket, S3 settings, metrics
-address, line limit, log format, anonymizer, lease TTL, single-writer mode) would move or rename
-what is already mirrored or bound, change what other daemons were promised, or undo the start-up
-probe of the store, so a reload that touches it is refused as a whole and the running
+Live: the harnesses and their roots, flush and meta intervals, part size, scan and rescan intervals,
+upload concurrency, the heartbeat interval, redaction on/off and its rules, the backfill window and
+the log level. A change to anything else (the bucket, project, agent id, state dir, socket, S3
+settings, metrics address, line limit, log format, anonymizer, lease TTL, single-writer mode,
+notifications or polling) would move or rename what is already mirrored or bound, change what
+other daemons were promised, undo the start-up probe of the store, or change how each harness
+watches its files, so a reload that touches it is refused as a whole and the running
 configuration stays.
 """
 
@@ -32,6 +33,7 @@ RESTART_ONLY = (
     "anonymize",
     "lease_ttl",
     "single_writer",
+    "watch",
 )
 
 
@@ -43,6 +45,8 @@ def live_settings(settings: Settings) -> dict[str, Any]:
         "part_max_bytes": settings.part_max_bytes,
         "meta_interval_s": settings.meta_interval,
         "scan_interval_s": settings.scan_interval,
+        "watch": settings.watch,
+        "rescan_interval_s": settings.rescan_interval,
         "heartbeat_interval_s": settings.heartbeat_interval,
         "upload_concurrency": settings.upload_concurrency,
         "backfill": settings.backfill,
@@ -71,6 +75,8 @@ def apply_live_settings(ctx: MirrorContext, old: Settings, new: Settings) -> lis
         changes.append(f"meta interval {old.meta_interval:g}s -> {new.meta_interval:g}s")
     if new.scan_interval != old.scan_interval:
         changes.append(f"scan interval {old.scan_interval:g}s -> {new.scan_interval:g}s")
+    if new.rescan_interval != old.rescan_interval:
+        changes.append(f"rescan interval {old.rescan_interval:g}s -> {new.rescan_interval:g}s")
     if new.heartbeat_interval != old.heartbeat_interval:
         changes.append(f"heartbeat interval {old.heartbeat_interval:g}s -> {new.heartbeat_interval:g}s")
     if new.upload_concurrency != old.upload_concurrency:

@@ -76,6 +76,7 @@ from tracemirrord.source import START, Probe, Source
 from tracemirrord.store.base import StoreError, store_epoch
 from tracemirrord.store.guard import GuardedStore
 from tracemirrord.store.probe import ConditionalWritesIgnored
+from tracemirrord.watch import Changes, TreeWatcher, WatchUnavailable, open_watcher
 
 log = structlog.get_logger("tracemirrord")
 
@@ -86,6 +87,10 @@ STABLE_RUN_S = 60.0
 PROGRESS_EVERY_S = 10.0
 BAR_EVERY_S = 0.25  # redraws of the --once progress bar on a terminal
 DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the followers to drain
+RESCAN_CHUNK = 500  # running followers stat'ed between two yields to the event loop in a rescan
+NOTIFY_BATCH_S = 0.2  # after handling notifications, wait this long before reading more
+NOTIFIED_WATCH_S = 5.0  # a harness's own watch looks at least this often when notified of changes
+WAKE_DEPTH = 2  # directories watched below a database harness's roots (hermes: profiles/<name>/)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -144,16 +149,36 @@ class CheckpointCursors:
 class HarnessTask:
     """Discovers one harness's sessions and runs a follower for each."""
 
-    def __init__(self, harness: Harness, roots: list[Path], ctx: MirrorContext, scan_interval_s: float):
+    def __init__(
+        self,
+        harness: Harness,
+        roots: list[Path],
+        ctx: MirrorContext,
+        scan_interval_s: float,
+        *,
+        watch: str = "auto",
+        rescan_interval_s: float = 60.0,
+    ):
         self.harness = harness
         self.roots = roots
         self.ctx = ctx
         self.scan_interval_s = scan_interval_s
+        self.watch_mode = watch  # "auto": notifications where they can be had; "poll": never
+        self.rescan_interval_s = rescan_interval_s
+        self.watcher: TreeWatcher | None = None
+        self.watch_problem: str | None = None  # why this harness polls (None while notified)
+        self._paths: dict[str, str] = {}  # source path -> session id, for notifications
+        self._rescan_at = 0.0  # monotonic time of the next rescan of every followed file
+        self._rescan_now = False  # events were lost: rescan at once
+        self._watch_scope: anyio.CancelScope | None = None  # the notifications task's
         self.followers: dict[str, SessionMirror] = {}
         self.state = "idle"
         self.error: str | None = None
         self._refused: set[Path] = set()  # logged once each
-        self.hooks = HarnessHooks(CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id)
+        self.hooks = HarnessHooks(
+            CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id, pause=self.pause
+        )
+        self._changed = anyio.Event()  # something below the roots changed (notifications)
         harness.hooks = self.hooks
         self._last_found: Discovery | None = None
         self._refs: dict[str, SessionRef] = {}
@@ -174,6 +199,8 @@ class HarnessTask:
             error=self.error,
             roots=[str(r) for r in self.roots],
             parked=sum(1 for f in self.followers.values() if f.parked),
+            following="notifications" if self.watcher is not None else "polling",
+            polling_because=self.watch_problem,
         )
 
     def session_statuses(self, now: float, *, parked: bool = True) -> list[SessionStatus]:
@@ -223,7 +250,8 @@ class HarnessTask:
             if problem.path not in self._refused:
                 self._refused.add(problem.path)
                 log.error("session refused", harness=self.name, path=str(problem.path), error=str(problem))
-        new = []
+        new: list[SessionMirror] = []
+        moved: list[str] = []
         for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
@@ -232,11 +260,38 @@ class HarnessTask:
                 new.append(follower)
             elif self._refs.get(ref.session_id) != ref:
                 follower.relocate(self._open(ref))
+                moved.append(ref.session_id)
             self._refs[ref.session_id] = ref
+        self._map_paths(found)
+        for session_id in moved:
+            self.wake(session_id)  # look at the new path now (no notification may come from it)
         self.state = "running" if self.followers else "idle"
         first = not self._discovered_once
         self._discovered_once = True
         return await self._triage(new, first=first)
+
+    def _map_paths(self, found: Discovery) -> None:
+        """Which session each notified path belongs to; a follower whose file raises notifications
+        is marked ``watched`` (no polling of its own)."""
+        self._paths = {}
+        for ref in found.sessions:
+            follower = self.followers[ref.session_id]
+            path = str(ref.path)
+            watcher = self.watcher if self.harness.kind == "jsonl" else None  # one file, one session
+            covered = watcher is not None and (
+                watcher.covers(path) or self._watch_directory(watcher, os.path.dirname(path))
+            )
+            if covered:
+                self._paths[path] = ref.session_id
+            follower.watched = covered
+
+    def _watch_directory(self, watcher: TreeWatcher, directory: str) -> bool:
+        """Watch the directory of a session outside the roots (Claude Code's prompt history)."""
+        try:
+            return watcher.add_directory(directory)
+        except WatchUnavailable as exc:
+            self._stop_watching(str(exc))
+            return False
 
     async def _triage(self, new: list[SessionMirror], *, first: bool = False) -> list[SessionMirror]:
         """Park new followers of old, fully mirrored (or out-of-window) sources without starting them.
@@ -261,7 +316,8 @@ class HarnessTask:
                 state = None if raw is None else parse_cached(raw, follower.key)
                 probe = follower.source.probe()
                 park = None
-                if probe is not None and now - probe.mtime >= PARK_AFTER_S:
+                # a file notifications cover is woken when it changes: park it at any age
+                if probe is not None and (follower.watched or now - probe.mtime >= PARK_AFTER_S):
                     if raw is None:
                         if cutoff is not None and probe.mtime < cutoff:
                             park = probe  # outside the backfill window until it changes
@@ -282,7 +338,9 @@ class HarnessTask:
         started = []
         behind_bytes = 0
         for follower, state, park, behind in await anyio.to_thread.run_sync(triage):
-            if park is not None:
+            if park is not None and follower.nudged:
+                started.append(follower)  # written to while the triage ran: it loads its own state
+            elif park is not None:
                 follower.park_at(park)
             else:
                 follower.use_cached(state)  # no checkpoint read of its own
@@ -299,20 +357,33 @@ class HarnessTask:
 
     async def run(self, stopping: anyio.Event) -> None:
         """Follow every session until ``stopping``; followers drain before this returns."""
-        log.info("harness started", harness=self.name, roots=[str(r) for r in self.roots])
+        self._start_watching()
+        log.info(
+            "harness started",
+            harness=self.name,
+            roots=[str(r) for r in self.roots],
+            following="notifications" if self.watcher is not None else "polling",
+            polling_because=self.watch_problem,
+        )
         try:
             async with anyio.create_task_group() as followers:
                 followers.start_soon(self._relay_stop, stopping)
                 followers.start_soon(self.harness.watch, self.roots, self.hooks, stopping)
+                if self.watcher is not None:
+                    followers.start_soon(self._notifications, stopping)
                 scans = 0
                 while not stopping.is_set():
                     for follower in await self.bucket_replaced():
                         followers.start_soon(follower.run, stopping)
+                    self._refresh_watches()
                     for follower in await self.discover():
                         followers.start_soon(follower.run, stopping)
                     self.first_scan_done.set()
                     await self.mirror_attachments()
-                    if scans % IDLE_SWEEP_EVERY == 0:
+                    if self.watcher is not None:
+                        for follower in await self.rescan_due():
+                            followers.start_soon(follower.run, stopping)
+                    elif scans % IDLE_SWEEP_EVERY == 0:
                         for follower in await self.sweep_parked(cold=scans % COLD_SWEEP_EVERY == 0):
                             followers.start_soon(follower.run, stopping)
                     scans += 1
@@ -326,6 +397,119 @@ class HarnessTask:
                 self.nudge_all()
         finally:
             self.nudge_all()
+            if self.watcher is not None:
+                self.watcher.close()
+                self.watcher = None
+
+    # ---------- notifications ----------
+
+    def _start_watching(self) -> None:
+        """Cover the roots with notifications, or say why this harness polls."""
+        self.watcher, self.watch_problem = None, None
+        self._last_found = None  # mark every follower watched or not on the next discovery
+        if self.watch_mode == "poll":
+            self.watch_problem = "watch = poll"
+            return
+        # a database harness's own watch looks after a change below its roots (hooks.pause)
+        depth = getattr(self.harness, "max_depth", 4) if self.harness.kind == "jsonl" else WAKE_DEPTH
+        try:
+            self.watcher = open_watcher(self.roots, depth)
+        except (WatchUnavailable, OSError) as exc:
+            self.watch_problem = str(exc)
+            log.warning("file-system notifications unavailable; polling", harness=self.name, reason=str(exc))
+            return
+        self._rescan_at = time.monotonic() + self.rescan_interval_s
+
+    def _stop_watching(self, reason: str) -> None:
+        """Notifications failed while running: every follower goes back to polling its own file."""
+        log.warning("file-system notifications stopped; polling", harness=self.name, reason=reason)
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()  # the notifications task closes the watcher on its way out
+        self.watcher, self.watch_problem, self._paths = None, reason, {}
+        for follower in self.followers.values():
+            follower.watched = False
+            follower.nudge()
+        self._kick.set()
+
+    def _refresh_watches(self) -> None:
+        """Watch roots that appeared since the last scan (and every directory again after an overflow)."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        try:
+            if watcher.refresh(full=self._rescan_now):
+                self._last_found = None  # new watches: map the paths again
+        except WatchUnavailable as exc:
+            self._stop_watching(str(exc))
+
+    async def _notifications(self, stopping: anyio.Event) -> None:
+        """Turn notifications into wake-ups: a written session file wakes its follower; a new,
+        moved or deleted entry makes the task scan now; lost events make it rescan everything."""
+        watcher = self.watcher
+        assert watcher is not None
+        try:
+            with anyio.CancelScope() as self._watch_scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_cancel_when, stopping, group.cancel_scope)
+                    try:
+                        while True:
+                            self._apply(await watcher.changes())
+                            # let a busy file's events gather (the kernel merges repeats): its
+                            # follower reads at most every READ_GAP_S anyway
+                            await anyio.sleep(NOTIFY_BATCH_S)
+                    except OSError as exc:
+                        self._stop_watching(f"reading notifications failed: {exc}")
+        finally:
+            self._watch_scope = None
+            watcher.close()
+
+    def _apply(self, changes: Changes) -> None:
+        self._changed.set()
+        for path in changes.written:
+            session_id = self._paths.get(path)
+            if session_id is not None:
+                self.wake(session_id)
+        if changes.overflow:
+            log.info("notification queue overflowed; rescanning every file", harness=self.name)
+            self._rescan_now = True
+        if changes.entries or changes.overflow:
+            self._kick.set()
+
+    async def pause(self, seconds: float, stopping: anyio.Event) -> None:
+        """``HarnessHooks.pause`` for the harness's own watch (hermes, opencode: a stat of each
+        database per look). With notifications the next look waits for a change below the roots,
+        or NOTIFIED_WATCH_S as a fallback, and never comes sooner than ``seconds`` after this one."""
+        if self.watcher is None:
+            with anyio.move_on_after(seconds):
+                await stopping.wait()
+            return
+        started = time.monotonic()
+        with anyio.move_on_after(max(seconds, NOTIFIED_WATCH_S)):
+            await self._changed.wait()
+        self._changed = anyio.Event()
+        rest = started + seconds - time.monotonic()
+        if rest > 0 and not stopping.is_set():
+            with anyio.move_on_after(rest):
+                await stopping.wait()
+
+    async def rescan_due(self) -> list[SessionMirror]:
+        """The safety net under notifications: every rescan interval (at once after an overflow),
+        stat every followed file; wake those that changed since their follower last looked.
+
+        Returns the parked followers to start again (running ones are nudged)."""
+        now = time.monotonic()
+        if not self._rescan_now and now < self._rescan_at:
+            return []
+        self._rescan_now = False
+        self._rescan_at = now + self.rescan_interval_s
+        woken = await self.sweep_parked(cold=True)
+        running = [f for f in self.followers.values() if not f.parked and not f.finished]
+        for start in range(0, len(running), RESCAN_CHUNK):
+            for follower in running[start : start + RESCAN_CHUNK]:
+                if follower.changed_since_last_look():
+                    follower.nudge()
+            await anyio.lowlevel.checkpoint()
+        return woken
 
     async def bucket_replaced(self) -> list[SessionMirror]:
         """When the bucket was deleted or replaced while running (store epoch), every session is
@@ -355,6 +539,7 @@ class HarnessTask:
     async def _relay_stop(self, stopping: anyio.Event) -> None:
         await stopping.wait()
         self._kick.set()
+        self._changed.set()
 
     def nudge_all(self) -> None:
         for follower in self.followers.values():
@@ -376,6 +561,7 @@ class HarnessTask:
         if not parked:
             return []
         changed = await anyio.to_thread.run_sync(lambda: [f for f in parked if f.changed_since_last_look()])
+        changed = [f for f in changed if f.parked]  # not those a wake-up started meanwhile
         for follower in changed:
             follower.parked = False
         return changed
@@ -486,7 +672,14 @@ class Daemon:
     def _new_task(self, name: str) -> HarnessTask:
         """A harness task for ``name`` (config accepts registered names only)."""
         roots = harness_roots(name, self.settings, self.env)
-        return HarnessTask(REGISTRY[name](), roots, self.ctx, self.settings.scan_interval)
+        return HarnessTask(
+            REGISTRY[name](),
+            roots,
+            self.ctx,
+            self.settings.scan_interval,
+            watch=self.settings.watch,
+            rescan_interval_s=self.settings.rescan_interval,
+        )
 
     # ---------- start and stop ----------
 
@@ -901,6 +1094,7 @@ class Daemon:
         self.identity.redaction = new.redact
         for task in self.tasks:
             task.scan_interval_s = new.scan_interval
+            task.rescan_interval_s = new.rescan_interval
         wanted = {name: harness_roots(name, new, self.env) for name in new.harnesses}
         for task in list(self.tasks):
             if task.name not in wanted:
@@ -922,6 +1116,11 @@ class Daemon:
             if f"harness {name} roots changed" not in changes:
                 changes.append(f"harness {name} started")
         return ReloadResult(applied=True, changes=changes)
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _relay(source: anyio.Event, target: anyio.Event) -> None:

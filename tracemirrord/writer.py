@@ -181,10 +181,13 @@ class SessionWriter:
         )
 
     def meta_due(self) -> bool:
-        return (
-            self._meta_written_at is None
-            or time.monotonic() - self._meta_written_at >= self.ctx.meta_interval_s
-        )
+        return self.meta_due_in() <= 0
+
+    def meta_due_in(self) -> float:
+        """Seconds until meta.json may be written again (0: now)."""
+        if self._meta_written_at is None:
+            return 0.0
+        return max(0.0, self._meta_written_at + self.ctx.meta_interval_s - time.monotonic())
 
     async def roll_forward(self) -> None:
         """Make ``state`` what the bucket says (rollforward.py), then claim the lease."""

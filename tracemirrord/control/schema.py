@@ -90,6 +90,8 @@ class HarnessStatus:
     error: str | None = None
     roots: list[str] = field(default_factory=list)
     parked: int = 0  # sessions idle long enough to cost no task (still counted in ``sessions``)
+    following: str = "polling"  # "notifications" (inotify) or "polling" (watch.py)
+    polling_because: str | None = None  # why notifications are not used
 
 
 @dataclass

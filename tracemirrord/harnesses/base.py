@@ -20,7 +20,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -70,6 +70,12 @@ class SharedCursors(Protocol):
     async def save(self, source: str, value: str) -> None: ...
 
 
+async def sleep_unless(seconds: float, stopping: anyio.Event) -> None:
+    """Wait ``seconds`` or until ``stopping``: a watch loop's pace without notifications."""
+    with anyio.move_on_after(seconds):
+        await stopping.wait()
+
+
 @dataclass
 class HarnessHooks:
     """What the harness task hands a harness's ``watch``: shared cursors, and a way to wake a session.
@@ -82,6 +88,9 @@ class HarnessHooks:
     cursors: SharedCursors
     wake: Callable[[str], None]
     agent_id: str = ""  # this daemon's agent id (names per-machine sessions such as a prompt log)
+    # ``await pause(seconds, stopping)`` between two looks of a watch loop: at least ``seconds``;
+    # where file-system notifications cover the roots, longer, until something below them changes
+    pause: Callable[[float, anyio.Event], Awaitable[None]] = sleep_unless
 
 
 class Harness:

@@ -220,8 +220,7 @@ class Hermes(Harness):
                             await hooks.cursors.save(str(path), str(durable))
                             saved[path] = durable
                         last_save = time.monotonic()
-                with anyio.move_on_after(pace.interval(bool(self.readers))):
-                    await stopping.wait()
+                await hooks.pause(pace.interval(bool(self.readers)), stopping)
         finally:
             self.watching = False
 

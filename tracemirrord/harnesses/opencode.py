@@ -201,8 +201,7 @@ class Opencode(Harness):
                         for sid in changed:
                             hooks.wake(sid)
                 took = time.monotonic() - started
-                with anyio.move_on_after(max(pace.interval(bool(self._dbs)), took / WATCH_MAX_SHARE)):
-                    await stopping.wait()
+                await hooks.pause(max(pace.interval(bool(self._dbs)), took / WATCH_MAX_SHARE), stopping)
         finally:
             for db in self._dbs.values():
                 db.watching = False
