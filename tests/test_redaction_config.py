@@ -132,23 +132,22 @@ def test_tracemirrorctl_redact_uses_the_config_file(clean_env: Path) -> None:
 
 
 def test_log_lines_pass_the_configured_rules(clean_env: Path) -> None:
-    """An error text holding a token of the user's own rule is redacted in the log, even with
-    redaction of uploads switched off (logs stay secret-free)."""
-    import io
-
+    """An error text holding a token of the user's own rule is redacted in a rendered log line, even
+    with redaction of uploads switched off (logs stay secret-free). The renderer is called as
+    structlog calls it; structlog itself is not reconfigured (that would leak into other tests)."""
     import structlog
 
+    from tracemirrord import logs
     from tracemirrord.config import log_redactor
-    from tracemirrord.logs import configure_logging, secret_free
 
     settings = load_settings(config_file(clean_env, "redact = false\n" + CONFIG))
     assert not settings.redact
-    stream = io.StringIO()
+    before = logs._log_redactor()
+    logs.set_log_redactor(log_redactor(settings))
     try:
-        configure_logging("info", "json", stream, redactor=log_redactor(settings))
-        structlog.get_logger().warning("store error", error=f"403 for token {ACME}")
-        assert secret_free(f"token {ACME}") == "token [REDACTED:acme-deploy-token]"
+        render = logs._SecretFreeRenderer(structlog.processors.JSONRenderer())
+        line = render(None, "warning", {"event": "store error", "error": f"403 for token {ACME}"})
+        assert logs.secret_free(f"token {ACME}") == "token [REDACTED:acme-deploy-token]"
     finally:
-        configure_logging("info", "json", redactor=log_redactor(load_settings(config_file(clean_env, ""))))
-    event = json.loads(stream.getvalue())
-    assert event["error"] == "403 for token [REDACTED:acme-deploy-token]"
+        logs.set_log_redactor(before)
+    assert json.loads(line) == {"event": "store error", "error": "403 for token [REDACTED:acme-deploy-token]"}
