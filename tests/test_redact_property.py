@@ -17,6 +17,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_redact import strings
 from test_rules_catalog import CASES
 
 from tracemirrord.redact import WITHHELD_RULE, Redactor
@@ -93,21 +94,6 @@ def shape(value: Any) -> Any:
             return "str"
         return ("json", shape(inner)) if isinstance(inner, dict | list) else "str"
     return type(value).__name__
-
-
-def strings(value: Any) -> list[str]:
-    """Every string in a JSON value, keys included, and those of JSON text inside strings."""
-    if isinstance(value, dict):
-        return [s for key, item in value.items() for s in [key, *strings(item)]]
-    if isinstance(value, list):
-        return [s for item in value for s in strings(item)]
-    if isinstance(value, str):
-        try:
-            inner = json.loads(value)
-        except ValueError:
-            return [value]
-        return [value, *strings(inner)] if isinstance(inner, dict | list) else [value]
-    return []
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

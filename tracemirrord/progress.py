@@ -11,16 +11,9 @@ from __future__ import annotations
 import shutil
 from typing import TextIO
 
+from tracemirrord.ctl.status import human_size as _size
+
 __all__ = ["ProgressBar", "render_progress"]
-
-_UNITS = ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
-
-
-def _size(n: float) -> str:
-    for factor, unit in _UNITS:
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _duration(seconds: float) -> str:

@@ -96,15 +96,16 @@ def render_status(status: Status, now: float | None = None) -> str:
         share = f" ({100 * b.bytes_done / b.bytes_total:.0f}%)" if b.bytes_total else ""
         out.append(
             f"  backfill   {b.sessions_done}/{b.sessions_total} sessions, "
-            f"{_size(b.bytes_done)} of {_size(b.bytes_total)}{share}"
+            f"{human_size(b.bytes_done)} of {human_size(b.bytes_total)}{share}"
         )
     elif b.finished_at:
         out.append(
-            f"  backfill   done: {_n(b.sessions_total, 'session')}, {_size(b.bytes_total)} ({b.finished_at})"
+            f"  backfill   done: {_n(b.sessions_total, 'session')}, "
+            f"{human_size(b.bytes_total)} ({b.finished_at})"
         )
     t = status.totals
     out.append(
-        f"  totals     {_n(t.sessions, 'session')}, {_n(t.parts, 'part')}, {_size(t.bytes_uploaded)} "
+        f"  totals     {_n(t.sessions, 'session')}, {_n(t.parts, 'part')}, {human_size(t.bytes_uploaded)} "
         "in the bucket, "
         f"{_n(t.redactions, 'redaction')}"
     )
@@ -154,7 +155,7 @@ def _session_header() -> str:
 
 
 def _session_row(s: SessionStatus, now: float) -> str:
-    behind = _size(s.behind_bytes) if s.cursor_unit == "bytes" else f"{s.behind_bytes} {s.cursor_unit}"
+    behind = human_size(s.behind_bytes) if s.cursor_unit == "bytes" else f"{s.behind_bytes} {s.cursor_unit}"
     lag = "-" if s.lag_s is None else f"{s.lag_s:.1f}s"
     row = (
         f"  {s.harness:<12} {_clip(s.session_id, 38):<38} {s.state:<10} {behind:>9} {lag:>7} "
@@ -173,7 +174,8 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes as a person reads them: ``0 B``, ``84.6 KiB``, ``1.2 GiB`` (status and the --once bar)."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
