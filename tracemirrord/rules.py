@@ -222,7 +222,8 @@ def configured_rules(
     """
     base = DEFAULT_RULES if defaults is None else tuple(defaults)
     names = {rule.name for rule in base}
-    unknown = sorted(set(disable) - names)
+    off = set(disable)
+    unknown = sorted(off - names)
     if unknown:
         raise ValueError(f"cannot disable unknown rule {', '.join(unknown)}")
     for rule in extra:
@@ -230,7 +231,7 @@ def configured_rules(
             raise ValueError(f"rule {rule.name!r} is a default rule: give yours another name, or disable it")
     for entry in allowlist:
         _compile(entry, "allowlist entry")
-    kept = [rule for rule in base if rule.name not in set(disable)] + list(extra)
+    kept = [rule for rule in base if rule.name not in off] + list(extra)
     if not allowlist:
         return tuple(kept)
     return tuple(replace(rule, allowlist=(*rule.allowlist, *allowlist)) for rule in kept)
