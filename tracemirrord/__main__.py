@@ -31,7 +31,9 @@ from tracemirrord.config import (
     log_redactor,
 )
 from tracemirrord.harnesses import REGISTRY
+from tracemirrord.harnesses.base import Discovery, Harness
 from tracemirrord.logs import configure_logging, secret_free
+from tracemirrord.privacy import filter_counts, filter_summary
 from tracemirrord.store.base import StoreError
 from tracemirrord.store.guard import unusable_message
 from tracemirrord.store.probe import ProbeReport
@@ -47,6 +49,9 @@ configuration (environment over TOML file over defaults; see docs/configuration.
   TRACEMIRROR_HARNESSES       comma list (default: all of them; see "harnesses" below)
   TRACEMIRROR_REDACT          redact secrets before upload (default: true)
   TRACEMIRROR_BACKFILL        all | none | an age such as 7d (default: all)
+  TRACEMIRROR_EXCLUDE         comma list of globs on a session's cwd or path never to mirror, e.g.
+                              ~/clients/acme,*/private (docs/privacy-filters.md)
+  TRACEMIRROR_INCLUDE         comma list of globs: when set, only sessions matching one are mirrored
   TRACEMIRROR_STATE_DIR       local checkpoint (default: $XDG_STATE_HOME/tracemirror)
   TRACEMIRROR_SOCKET          control socket for tracemirrorctl (default: $XDG_RUNTIME_DIR/tracemirror/
                               ctl.sock, else ctl.sock in the state dir)
@@ -112,8 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def print_check(settings: Settings, daemon: Daemon) -> None:
+def print_check(settings: Settings, daemon: Daemon) -> list[tuple[Harness, Discovery]]:
+    """What would be mirrored where; returns each listed harness and what it found."""
     out = sys.stdout
+    listed: list[tuple[Harness, Discovery]] = []
     print(f"tracemirrord {__version__}", file=out)
     print(f"bucket:      {daemon.store.url}", file=out)
     print(f"project:     {settings.project}", file=out)
@@ -142,8 +149,9 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
         if not found:
             print(f"  {name:<12} {'missing (will be picked up when it appears)':<44} {where}", file=out)
             continue
+        harness = REGISTRY[name]()
         try:
-            discovery = REGISTRY[name]().discover_blocking(found)
+            discovery = harness.discover_blocking(found)
         except Exception as exc:  # a harness that cannot even be listed is reported, not fatal
             error = secret_free(f"ERROR: {type(exc).__name__}: {exc}")
             print(f"  {name:<12} {error:<44} {where}", file=out)
@@ -151,12 +159,32 @@ def print_check(settings: Settings, daemon: Daemon) -> None:
         print(f"  {name:<12} {f'{len(discovery.sessions)} sessions':<44} {where}", file=out)
         for problem in discovery.refused:
             print(f"  {'':<12} not followed: {secret_free(str(problem))}", file=out)
+        listed.append((harness, discovery))
+    if daemon.session_filter.active:
+        patterns = [p.label for p in (*daemon.session_filter.include, *daemon.session_filter.exclude)]
+        print(f"privacy filter: {'; '.join(patterns)}", file=out)
+    return listed
+
+
+async def print_filter_check(
+    settings: Settings, daemon: Daemon, listed: list[tuple[Harness, Discovery]]
+) -> None:
+    """Per harness, how many sessions the privacy filter leaves out and by which pattern."""
+    for harness, discovery in listed:
+        counts = await filter_counts(
+            daemon.session_filter,
+            discovery.sessions,
+            lambda ref, h=harness: h.open_source(ref, max_line_bytes=settings.max_line_bytes),
+        )
+        print(f"  {harness.name:<12} {filter_summary(counts)}", file=sys.stdout)
 
 
 async def _check(settings: Settings) -> int:
     daemon = Daemon(settings)
     try:
-        print_check(settings, daemon)
+        listed = print_check(settings, daemon)
+        if daemon.session_filter.active:
+            await print_filter_check(settings, daemon, listed)
         try:
             await daemon.store.check()
             report = await daemon.guard.probe()

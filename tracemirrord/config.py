@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from tracemirrord.model import is_safe_segment
+from tracemirrord.privacy import compile_pattern
 from tracemirrord.rules import Rule, configured_rules, parse_rules
 from tracemirrord.store import ObjectStore, S3Options, open_store, parse_bucket_url
 
@@ -292,6 +293,9 @@ class Settings(BaseSettings):
     agent_id: str = Field(default_factory=default_agent_id)
     harnesses: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(known_harnesses()))
     roots: dict[str, Annotated[Path, AfterValidator(check_local_path)]] = Field(default_factory=dict)
+    # privacy filter (privacy.py): globs matched against each session's source path and cwd
+    include: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
     redact: bool = True
     anonymize: bool = False
     backfill: str = "all"
@@ -353,6 +357,18 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown harness {', '.join(unknown)} (known: {', '.join(known)})")
         return names
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: Any) -> list[str]:
+        """A comma list in the environment, a list in the file; each pattern must compile."""
+        patterns = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+        if not all(isinstance(p, str) for p in patterns):
+            raise ValueError("each pattern must be a string")
+        patterns = list(dict.fromkeys(p for p in patterns if p))
+        for pattern in patterns:
+            compile_pattern("exclude", pattern, Path.home())  # ValueError names the pattern
+        return patterns
 
     @field_validator("roots")
     @classmethod

@@ -4,10 +4,10 @@ Live: the harnesses and their roots, flush and meta intervals, part size, scan a
 upload concurrency, the heartbeat interval, redaction on/off and its rules, the backfill window and
 the log level. A change to anything else (the bucket, project, agent id, state dir, socket, S3
 settings, metrics address, line limit, log format, anonymizer, lease TTL, single-writer mode,
-notifications or polling) would move or rename what is already mirrored or bound, change what
-other daemons were promised, undo the start-up probe of the store, or change how each harness
-watches its files, so a reload that touches it is refused as a whole and the running
-configuration stays.
+notifications or polling, the privacy filter) would move or rename what is already mirrored or
+bound, change what other daemons were promised, undo the start-up probe of the store, change how
+each harness watches its files, or undo a session's verdict (each is decided once), so a reload
+that touches it is refused as a whole and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ RESTART_ONLY = (
     "lease_ttl",
     "single_writer",
     "watch",
+    "include",
+    "exclude",
 )
 
 

@@ -64,10 +64,11 @@ from tracemirrord.control.telemetry import (
     summary_line,
 )
 from tracemirrord.harnesses import REGISTRY
-from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
+from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
+from tracemirrord.privacy import UNDECIDED, SessionFilter, Verdict, find_cwd
 from tracemirrord.progress import ProgressBar
 from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
@@ -90,6 +91,7 @@ DRAIN_WAIT_S = 30.0  # the last heartbeat waits this long at most for the follow
 RESCAN_CHUNK = 500  # running followers stat'ed between two yields to the event loop in a rescan
 NOTIFY_BATCH_S = 0.2  # after handling notifications, wait this long before reading more
 NOTIFIED_WATCH_S = 5.0  # a harness's own watch looks at least this often when notified of changes
+UNDECIDED_LOOK_S = 5.0  # an undecided session (privacy filter) is looked at again at least this often
 WAKE_DEPTH = 2  # directories watched below a database harness's roots (hermes: profiles/<name>/)
 
 
@@ -158,6 +160,7 @@ class HarnessTask:
         *,
         watch: str = "auto",
         rescan_interval_s: float = 60.0,
+        session_filter: SessionFilter | None = None,
     ):
         self.harness = harness
         self.roots = roots
@@ -189,6 +192,14 @@ class HarnessTask:
         self.stopping = anyio.Event()  # this harness alone (removed by a reload)
         self._discovered_once = False
         self._epoch = store_epoch(ctx.store)
+        self.filter = session_filter or SessionFilter()
+        self.admitted: set[str] = set()  # session ids the filter let through (decided once each)
+        self.excluded: dict[str, str] = {}  # session id -> the label of what left it out
+        self._undecided: dict[str, SessionRef] = {}  # waiting for their first records to name a cwd
+        self._look_again: set[str] = set()  # undecided sessions written to since their last look
+        self._undecided_at = 0.0  # monotonic time of the last look at every undecided session
+        # the last attachment list filtered: (the discovery's list, admitted count, the filtered list)
+        self._attachments_of: tuple[list[Attachment], int, list[Attachment]] | None = None
 
     def harness_status(self) -> HarnessStatus:
         return HarnessStatus(
@@ -201,6 +212,8 @@ class HarnessTask:
             parked=sum(1 for f in self.followers.values() if f.parked),
             following="notifications" if self.watcher is not None else "polling",
             polling_because=self.watch_problem,
+            excluded=len(self.excluded),
+            filtered=self.filter_counts() if self.filter.active else {},
         )
 
     def session_statuses(self, now: float, *, parked: bool = True) -> list[SessionStatus]:
@@ -225,6 +238,8 @@ class HarnessTask:
         """A harness saw this session change: read it now (start it again if it was parked)."""
         follower = self.followers.get(session_id)
         if follower is None:
+            if session_id in self._undecided:
+                self._look_again.add(session_id)  # its first records may name its cwd now
             self._kick.set()  # a new session: discover now
         elif follower.parked:
             follower.parked = False
@@ -237,15 +252,30 @@ class HarnessTask:
         return self.harness.open_source(ref, max_line_bytes=self.ctx.max_line_bytes)
 
     async def discover(self) -> list[SessionMirror]:
-        """Scan the roots; create followers for new sessions, move followers of moved ones."""
+        """Scan the roots; create followers for new sessions, move followers of moved ones.
+
+        A session seen for the first time goes through the privacy filter (privacy.py) first: an
+        excluded one never gets a follower, an undecided one waits for its cwd.
+        """
         if not any(root.exists() for root in self.roots):
             self.state, self.error = "missing", None
             return []
         found = await self.harness.discover(self.roots)
         self.error = None  # it recovered (or never failed)
-        if found is self._last_found:
-            return []  # nothing changed: nothing new, nothing moved
-        self._last_found = found
+        new: list[SessionMirror] = []
+        if found is not self._last_found:
+            self._last_found = found
+            new = self._take(found)
+        new += await self._decide_undecided()
+        self.state = "running" if self.followers else "idle"
+        if not new and self._discovered_once:
+            return []
+        first = not self._discovered_once
+        self._discovered_once = True
+        return await self._triage(new, first=first)
+
+    def _take(self, found: Discovery) -> list[SessionMirror]:
+        """Followers for the sessions of ``found`` that are new and admitted; move the moved ones."""
         for problem in found.refused:
             if problem.path not in self._refused:
                 self._refused.add(problem.path)
@@ -255,6 +285,8 @@ class HarnessTask:
         for ref in found.sessions:
             follower = self.followers.get(ref.session_id)
             if follower is None or follower.finished:
+                if ref.session_id not in self.admitted and not self._admit_by_path(ref):
+                    continue  # excluded, or waiting for its cwd
                 follower = SessionMirror(SessionKey(self.name, ref.session_id), self._open(ref), self.ctx)
                 self.followers[ref.session_id] = follower
                 new.append(follower)
@@ -265,18 +297,93 @@ class HarnessTask:
         self._map_paths(found)
         for session_id in moved:
             self.wake(session_id)  # look at the new path now (no notification may come from it)
-        self.state = "running" if self.followers else "idle"
-        first = not self._discovered_once
-        self._discovered_once = True
-        return await self._triage(new, first=first)
+        return new
+
+    # ---------- the privacy filter ----------
+
+    def _admit_by_path(self, ref: SessionRef) -> bool:
+        """Whether ``ref`` may be followed now: admitted by its path alone (or no filter), else
+        excluded for good, or left undecided until its cwd is looked up (_decide_undecided)."""
+        if ref.session_id in self.excluded:
+            return False
+        verdict = self.filter.by_path(str(ref.path), many_projects=ref.many_projects)
+        if verdict is None:
+            if ref.session_id not in self._undecided:
+                self._look_again.add(ref.session_id)
+            self._undecided[ref.session_id] = ref
+            return False
+        return self._settle(ref, verdict)
+
+    def _settle(self, ref: SessionRef, verdict: Verdict) -> bool:
+        self._undecided.pop(ref.session_id, None)
+        self._look_again.discard(ref.session_id)
+        if verdict.mirror:
+            self.admitted.add(ref.session_id)
+            return True
+        self.excluded[ref.session_id] = verdict.because or ""
+        log.info(
+            "session excluded by the privacy filter",
+            harness=self.name,
+            session_id=ref.session_id,
+            path=str(ref.path),
+            by=verdict.because,
+        )
+        return False
+
+    async def _decide_undecided(self) -> list[SessionMirror]:
+        """Look up the cwd of the sessions waiting for one: those written to since the last look,
+        and every one of them once per UNDECIDED_LOOK_S (so one left alone is decided by SETTLE_S)."""
+        if not self._undecided:
+            return []
+        now = time.monotonic()
+        if now - self._undecided_at >= UNDECIDED_LOOK_S:
+            self._undecided_at = now
+            self._look_again.update(self._undecided)
+        looks = [self._undecided[i] for i in self._look_again if i in self._undecided]
+        self._look_again = set()
+        new = []
+        for ref in looks:
+            source = self._open(ref)
+            try:
+                known, cwd = await find_cwd(source, time.time())
+            except Exception as exc:  # unreadable for now: it waits, and says why once
+                if ref.path not in self._refused:
+                    self._refused.add(ref.path)
+                    where = str(ref.path)
+                    log.warning("session cwd not readable yet", harness=self.name, path=where, error=str(exc))
+                continue
+            if not known:
+                continue
+            if self._settle(ref, self.filter.decide(str(ref.path), cwd, many_projects=ref.many_projects)):
+                follower = SessionMirror(SessionKey(self.name, ref.session_id), source, self.ctx)
+                self.followers[ref.session_id] = follower
+                self._refs[ref.session_id] = ref
+                new.append(follower)
+        if new and self._last_found is not None:
+            self._map_paths(self._last_found)
+        return new
+
+    def filter_counts(self) -> dict[str, int]:
+        """Sessions left out so far, per pattern (and "undecided" while some wait for a cwd)."""
+        counts = dict.fromkeys(self.filter.labels(), 0)
+        for because in self.excluded.values():
+            counts[because] = counts.get(because, 0) + 1
+        if self._undecided:
+            counts[UNDECIDED] = len(self._undecided)
+        return counts
 
     def _map_paths(self, found: Discovery) -> None:
         """Which session each notified path belongs to; a follower whose file raises notifications
         is marked ``watched`` (no polling of its own)."""
         self._paths = {}
         for ref in found.sessions:
-            follower = self.followers[ref.session_id]
+            follower = self.followers.get(ref.session_id)
             path = str(ref.path)
+            if follower is None:  # excluded (no notifications wanted) or undecided (wake to decide)
+                watcher = self.watcher
+                if ref.session_id in self._undecided and watcher is not None and watcher.covers(path):
+                    self._paths[path] = ref.session_id
+                continue
             watcher = self.watcher if self.harness.kind == "jsonl" else None  # one file, one session
             covered = watcher is not None and (
                 watcher.covers(path) or self._watch_directory(watcher, os.path.dirname(path))
@@ -533,8 +640,18 @@ class HarnessTask:
     async def mirror_attachments(self) -> None:
         """Upload the files that belong to sessions but are no transcript (once each; cheap when done)."""
         found = self._last_found
-        if found is not None and found.attachments:
-            await self.attachments.mirror(self.name, found.attachments)
+        if found is None or not found.attachments:
+            return
+        items = found.attachments
+        if self.filter.active:  # only those of admitted sessions
+            held = self._attachments_of
+            if held is not None and held[0] is items and held[1] == len(self.admitted):
+                items = held[2]  # the same list object as last time: the mirror's fast path
+            else:
+                admitted = [a for a in items if a.session_id in self.admitted]
+                self._attachments_of = (items, len(self.admitted), admitted)
+                items = admitted
+        await self.attachments.mirror(self.name, items)
 
     async def _relay_stop(self, stopping: anyio.Event) -> None:
         await stopping.wait()
@@ -651,6 +768,8 @@ class Daemon:
             backfill_cutoff=None if max_age is None else time.time() - max_age,
             lease_ttl_s=settings.lease_ttl,
         )
+        home = Path(self.env["HOME"]) if self.env.get("HOME") else Path.home()
+        self.session_filter = SessionFilter(settings.include, settings.exclude, home=home)
         self.tasks = [self._new_task(name) for name in settings.harnesses]
         self.notifier = Notifier(self.env)
         self._lock_fd: int | None = None
@@ -679,6 +798,7 @@ class Daemon:
             self.settings.scan_interval,
             watch=self.settings.watch,
             rescan_interval_s=self.settings.rescan_interval,
+            session_filter=self.session_filter,
         )
 
     # ---------- start and stop ----------

@@ -155,12 +155,19 @@ def _harnesses(status: Status) -> Iterator[Metric]:
         "Sessions idle long enough to cost no task (also counted in tracemirror_harness_sessions).",
         labels=("harness",),
     )
+    filtered = GaugeMetricFamily(
+        PREFIX + "harness_sessions_filtered",
+        'Sessions the privacy filter left out, per pattern ("undecided": waiting for a cwd).',
+        labels=("harness", "pattern"),
+    )
     for harness in status.harnesses:
         for name in _with_extra(HARNESS_STATES, (harness.state,)):
             state.add_metric((harness.name, name), 1 if name == harness.state else 0)
         sessions.add_metric((harness.name,), harness.sessions)
         parked.add_metric((harness.name,), harness.parked)
-    yield from (state, sessions, parked)
+        for pattern, count in harness.filtered.items():
+            filtered.add_metric((harness.name, pattern), count)
+    yield from (state, sessions, parked, filtered)
 
 
 def _sessions(status: Status) -> Iterator[Metric]:

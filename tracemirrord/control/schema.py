@@ -92,6 +92,8 @@ class HarnessStatus:
     parked: int = 0  # sessions idle long enough to cost no task (still counted in ``sessions``)
     following: str = "polling"  # "notifications" (inotify) or "polling" (watch.py)
     polling_because: str | None = None  # why notifications are not used
+    excluded: int = 0  # sessions the privacy filter left out (never followed, never uploaded)
+    filtered: dict[str, int] = field(default_factory=dict)  # per pattern (and "undecided"), when set
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tracemirrord.control.schema import (
 )
 from tracemirrord.ctl.client import Client
 from tracemirrord.ctl.common import CtlError, Verb, config_path
+from tracemirrord.privacy import filter_summary
 
 SHOWN_SESSIONS = 15
 MAX_FLUSH_WAIT_S = 300.0  # the daemon's own bound (control/api.py)
@@ -115,6 +116,8 @@ def render_status(status: Status, now: float | None = None) -> str:
         parked = f" ({h.parked} parked)" if h.parked else ""
         word = "session " if h.sessions == 1 else "sessions"
         out.append(f"  {h.name:<12} {h.state:<8} {h.sessions:>5} {word}{parked}  {h.root}{detail}")
+        if h.filtered:
+            out.append(f"  {'':<12} privacy filter: {filter_summary(h.filtered)}")
     shown = _busiest(status.sessions)
     active = sum(1 for s in status.sessions if s.state == "following")
     out.append(f"sessions: {status.totals.sessions} ({active} active)")

@@ -47,6 +47,8 @@ class SessionRef:
     session_id: str
     path: Path
     root: Path | None = field(default=None, compare=False)  # where ``path`` was found: same session
+    # one source with many projects' work (Claude Code's prompt history): no single cwd to filter on
+    many_projects: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

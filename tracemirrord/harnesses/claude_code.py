@@ -111,7 +111,7 @@ class ClaudeCode(JsonlHarness):
         for root in roots:
             path = root.parent / HISTORY_NAME
             if stat_file(path) is not None:
-                return SessionRef(self.history_id, path, root.parent)
+                return SessionRef(self.history_id, path, root.parent, many_projects=True)
         return None
 
     def _attachments(self, roots: list[Path], cache: DirCache) -> list[Attachment]:
