@@ -26,10 +26,11 @@ from sessions import make_session, record
 from test_redact_e2e import every_object
 
 from tracemirrord.config import ConfigError, load_settings
+from tracemirrord.ctl.status import filter_summary
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import SessionRef
 from tracemirrord.model import SessionKey
-from tracemirrord.privacy import SessionFilter, Verdict, compile_pattern, filter_summary, find_cwd
+from tracemirrord.privacy import SessionFilter, Verdict, compile_pattern, find_cwd
 
 HOME = Path("/home/me")
 

@@ -30,10 +30,11 @@ from tracemirrord.config import (
     load_settings,
     log_redactor,
 )
+from tracemirrord.ctl.status import filter_summary
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness
 from tracemirrord.logs import configure_logging, secret_free
-from tracemirrord.privacy import filter_counts, filter_summary
+from tracemirrord.privacy import filter_counts
 from tracemirrord.store.base import StoreError
 from tracemirrord.store.guard import unusable_message
 from tracemirrord.store.probe import ProbeReport

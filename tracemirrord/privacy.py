@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tracemirrord.control.schema import UNDECIDED
 from tracemirrord.source import START, Discontinuity, Source
 
 if TYPE_CHECKING:
@@ -129,7 +130,6 @@ class Verdict:
 INCLUDED = Verdict(True, None)
 NOT_INCLUDED = "not included"  # include patterns are set and none matched
 MANY_PROJECTS = "many projects"  # a source with many projects' work, not named by an include
-UNDECIDED = "undecided"  # status: sessions waiting for their first records to name a cwd
 
 
 class SessionFilter:
@@ -233,12 +233,3 @@ async def filter_counts(
         if not verdict.mirror and verdict.because:
             counts[verdict.because] = counts.get(verdict.because, 0) + 1
     return counts
-
-
-def filter_summary(counts: dict[str, int]) -> str:
-    """``3 excluded (exclude ~/clients/*: 2, not included: 1)``, and those still undecided."""
-    undecided = counts.get(UNDECIDED, 0)
-    left_out = {label: n for label, n in counts.items() if label != UNDECIDED}
-    parts = ", ".join(f"{label}: {n}" for label, n in left_out.items())
-    text = f"{sum(left_out.values())} excluded ({parts})"
-    return text + (f", {undecided} undecided (waiting for a cwd)" if undecided else "")

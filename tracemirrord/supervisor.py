@@ -48,6 +48,7 @@ from tracemirrord.config import (
 )
 from tracemirrord.control.api import ControlApi
 from tracemirrord.control.schema import (
+    UNDECIDED,
     FlushResult,
     HarnessStatus,
     ReloadResult,
@@ -68,7 +69,7 @@ from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessH
 from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
-from tracemirrord.privacy import UNDECIDED, SessionFilter, Verdict, find_cwd
+from tracemirrord.privacy import SessionFilter, Verdict, find_cwd
 from tracemirrord.progress import ProgressBar
 from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes

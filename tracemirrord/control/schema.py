@@ -81,6 +81,9 @@ class CheckpointStatus:
     last_error: str | None = None
 
 
+UNDECIDED = "undecided"  # HarnessStatus.filtered: sessions waiting for their first records to name a cwd
+
+
 @dataclass
 class HarnessStatus:
     name: str

@@ -20,6 +20,7 @@ from tracemirrord.control.schema import (
     PATH_RELOAD,
     PATH_SESSIONS,
     PATH_STATUS,
+    UNDECIDED,
     FlushResult,
     ReloadResult,
     SessionStatus,
@@ -30,7 +31,6 @@ from tracemirrord.control.schema import (
 )
 from tracemirrord.ctl.client import Client
 from tracemirrord.ctl.common import CtlError, Verb, config_path
-from tracemirrord.privacy import filter_summary
 
 SHOWN_SESSIONS = 15
 MAX_FLUSH_WAIT_S = 300.0  # the daemon's own bound (control/api.py)
@@ -134,6 +134,15 @@ def render_status(status: Status, now: float | None = None) -> str:
         out.append("problems:")
         out.extend(f"  - {p}" for p in status.problems)
     return "\n".join(out) + "\n"
+
+
+def filter_summary(counts: dict[str, int]) -> str:
+    """``3 excluded (exclude ~/clients/*: 2, not included: 1)``, and those still undecided."""
+    undecided = counts.get(UNDECIDED, 0)
+    left_out = {label: n for label, n in counts.items() if label != UNDECIDED}
+    parts = ", ".join(f"{label}: {n}" for label, n in left_out.items())
+    text = f"{sum(left_out.values())} excluded ({parts})"
+    return text + (f", {undecided} undecided (waiting for a cwd)" if undecided else "")
 
 
 def _busiest(sessions: list[SessionStatus]) -> list[SessionStatus]:
