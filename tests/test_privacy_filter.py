@@ -278,6 +278,17 @@ def test_excluded_sessions_never_reach_the_bucket(
             "exclude -work-hidden-*": 0,
             "many projects": 0,
         }
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracemirrord.ctl", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert (
+            "privacy filter: 4 excluded (exclude /work/acme: 2, exclude -work-hidden-*: 1, many projects: 1)"
+            in shown
+        ), shown
         wait_for(
             lambda: any(k.endswith("/tool-results/toolu_02.txt") for k in every_object(bucket, s3_env)),
             30,
