@@ -311,3 +311,26 @@ def test_excluded_sessions_never_reach_the_bucket(
     for mark in marks:
         assert mark not in log
     assert "session excluded by the privacy filter" in log
+
+
+def test_once_leaves_out_excluded_and_undecided_sessions_and_says_so(tmp_path: Path) -> None:
+    bucket = f"file://{tmp_path / 'bucket'}"
+    env = daemon_env(
+        tmp_path, bucket, {"TRACEMIRROR_EXCLUDE": "~/clients", "TRACEMIRROR_HARNESSES": "claude-code"}
+    )
+    home = Path(env["HOME"])
+    out = _project(home, "-home-clients-x", "c0000000-0000-4000-8000-000000000001")
+    out.write_bytes(_claude_line("c1", 0, "CLIENT-WORK-1", str(home / "clients" / "x")))
+    undecided = _project(home, "-home-y", "c0000000-0000-4000-8000-000000000002")
+    undecided.write_bytes(b'{"type":"file-history-snapshot","note":"CLIENT-WORK-2"}\n')
+    kept = _project(home, "-home-z", "c0000000-0000-4000-8000-000000000003")
+    kept.write_bytes(_claude_line("c3", 0, "kept", str(home / "z")))
+    done = subprocess.run(
+        [sys.executable, "-m", "tracemirrord", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the privacy filter needs their cwd" in done.stderr
+    objects = every_object(bucket, {})
+    sessions = {k.split("/sessions/")[1].rsplit("/", 1)[0] for k in objects if "/sessions/" in k}
+    assert sessions == {f"claude-code/{kept.stem}"}
+    assert not any(b"CLIENT-WORK" in body for body in objects.values())

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from tracemirrord.harnesses.base import SessionRef
 
 HEAD_BYTES = 256 * 1024  # read at most this much of a transcript to learn its cwd
+FIRST_LOOK_BYTES = 8 * 1024  # and first this much (a start over ten thousand sessions reads each)
 SETTLE_S = 120.0  # a transcript left alone this long names its cwd in its head or never will
 
 
@@ -197,14 +198,17 @@ async def find_cwd(source: Source, now: float) -> tuple[bool, str | None]:
         return True, info.cwd
     if source.unit != "bytes":
         return True, None  # a database's or document's own index is all it says
-    records = await source.read(START, HEAD_BYTES)
-    if records is None or isinstance(records, Discontinuity):
-        return False, None  # gone, or changing under the read: look again later
-    if records.data:
-        cwd = source.describe(records.data.split(b"\n")[:-1]).cwd
-        if cwd:
-            return True, cwd
-    if records.source_bytes >= HEAD_BYTES:
+    for limit in (FIRST_LOOK_BYTES, HEAD_BYTES):  # most name it in their first line or two
+        records = await source.read(START, limit)
+        if records is None or isinstance(records, Discontinuity):
+            return False, None  # gone, or changing under the read: look again later
+        if records.data:
+            cwd = source.describe(records.data.split(b"\n")[:-1]).cwd
+            if cwd:
+                return True, cwd
+        if records.source_bytes < limit:
+            break  # that was every complete record there is
+    else:
         return True, None  # its head names no cwd, and the head is all we read
     probe = source.probe()
     if probe is not None and now - probe.mtime >= SETTLE_S:

@@ -700,6 +700,13 @@ class HarnessTask:
 
         async with anyio.create_task_group() as tg:
             pending = await self.discover()
+            if self._undecided:
+                log.warning(
+                    "sessions not mirrored by this run: the privacy filter needs their cwd, which "
+                    "their first records do not name yet",
+                    harness=self.name,
+                    sessions=len(self._undecided),
+                )
             progress.sessions += len(pending)
             for follower in pending:
                 tg.start_soon(sync, follower)
