@@ -194,6 +194,21 @@ def test_describe_reads_cwd_start_model_and_kind(tmp_path: Path) -> None:
     assert source.describe(sub).extra["kind"] == "subagent"
 
 
+def test_a_symlinked_project_root_is_not_read(tmp_path: Path) -> None:
+    """``.project_root`` as a link to another file: its text must not become the session's cwd."""
+    chats = chats_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("/home/dev/NOT-THE-PROJECT\n")
+    (chats.parent / ".project_root").symlink_to(elsewhere)
+    sid = str(uuid.uuid4())
+    path = chats / f"session-2026-03-01T10-00-{sid[:8]}.jsonl"
+    path.write_bytes(jsonl(header(sid), message(0)))
+    harness = GeminiCli()
+    (ref,) = harness.discover_blocking([tmp_path / ".gemini" / "tmp"]).sessions
+    source = harness.open_source(ref, max_line_bytes=MAX_LINE)
+    assert source.describe(path.read_bytes().splitlines()).cwd is None
+
+
 # ---------- the pre-v0.39 document ----------
 
 

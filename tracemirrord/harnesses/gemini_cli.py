@@ -138,12 +138,25 @@ def _project_root(path: Path) -> str | None:
     """The project path gemini-cli records in ``tmp/<project>/.project_root`` (v0.29+)."""
     for parent in path.parents:
         if parent.name == "chats":
-            try:
-                text = (parent.parent / ".project_root").read_text(errors="replace").strip()
-            except OSError:
-                return None
-            return text or None
+            return _read_small(parent.parent / ".project_root")
     return None
+
+
+def _read_small(path: Path, limit: int = 4096) -> str | None:
+    """A short regular file's text, never through a symlink (a link there could name any file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, limit).decode(errors="replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return text or None
 
 
 def describe_session(path: Path, lines: list[bytes]) -> SessionInfo:
