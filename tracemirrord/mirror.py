@@ -59,13 +59,14 @@ WOKEN_POLL_S = 5.0
 # A source covered by file-system notifications (``SessionMirror.watched``) has no polling of its
 # own: its harness task wakes it when the file changes (starting it again if parked), and stats it
 # every ``rescan_interval`` in case a notification was missed. So it can park, and drop its state,
-# once idle for WATCHED_PARK_AFTER_S: its one timer. A file written line by line is read at most
-# every READ_GAP_S, as often as polling read it: more reads would not lower the lag (the flush
-# interval sets that) and would cost CPU for every busy session.
+# once idle for WATCHED_PARK_AFTER_S: its one timer. A file written line by line is read on the
+# first notification after the follower caught up, which starts a batch, and then once more when
+# that batch is due (which reads what came meanwhile and puts it): notifications for a follower
+# holding a batch wake nothing (``notify``). So a busy file is read about twice per flush interval,
+# half as often as polling read it, with no more lag (a line written before the flush is in it).
 IDLE_AFTER_S = 300.0
 CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this often while idle
 WATCHED_PARK_AFTER_S = IDLE_AFTER_S
-READ_GAP_S = 0.25
 
 # uvloop keeps the event loop's clock in whole milliseconds and rounds a timer's delay to the nearest
 # one, so a timer may fire up to a millisecond before a deadline that is not a whole millisecond (or
@@ -192,7 +193,7 @@ class SessionMirror:
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._bucket_replaced = False
         self.watched = False  # file-system notifications cover the source (set by the harness task)
-        self._stepped_at = 0.0  # monotonic time of the last step (paces notified reads)
+        self._notified = False  # a notification came since the last step began (see ``notify``)
 
     # ---------- what the harness task uses ----------
 
@@ -296,6 +297,14 @@ class SessionMirror:
         """Wake the follower now (its source changed, or the daemon is stopping)."""
         self._wake.set()
 
+    def notify(self) -> None:
+        """A file-system notification: the source was written. A notified follower holding a batch
+        is not woken: it reads the source again when the batch is due, before putting it (the run
+        loop wakes it after a step that put the batch without having read past this write)."""
+        self._notified = True
+        if not (self.watched and self._batch):
+            self._wake.set()
+
     def untouched_for(self, seconds: float, now: float) -> bool:
         """Was the source, when last looked at, last modified more than ``seconds`` before ``now``?"""
         return self._last_probe is not None and now - self._last_probe.mtime > seconds
@@ -371,41 +380,27 @@ class SessionMirror:
                     delay = backoff.next()
                 if delay is None:
                     break
+                if self._notified and not self._batch:
+                    self._wake.set()  # written during the step, after its read: look again now
                 if delay >= PARKED_POLL_S and self.status != "error":
                     # drain before deciding: a wake-up that comes meanwhile (a notification) must
                     # find a running follower, not one about to park without having read it
                     await self.drain()
-                    if not self._wake.is_set() and not self._batch:
+                    if not self._wake.is_set() and not self._notified and not self._batch:
                         park = True
                         break
                     self._wake = anyio.Event()
                     continue
                 if delay > 0 and not stopping.is_set():
-                    woken = False
                     with anyio.move_on_after(timeout_s(delay)):
                         await self._wake.wait()
-                        woken = True
                     self._wake = anyio.Event()
-                    if woken:
-                        await self._pace(stopping)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
             if park and not self._batch:
                 self._drop_state()
                 self.parked = True
-
-    async def _pace(self, stopping: anyio.Event) -> None:
-        """A notified source read less than READ_GAP_S ago waits out the rest of that gap."""
-        if not self.watched:
-            return
-        now = time.monotonic()
-        gap = self._stepped_at + READ_GAP_S - now
-        if self._batch.since is not None:  # never past the batch's flush: that sets the lag
-            gap = min(gap, self._batch.since + self.ctx.flush_interval_s - now)
-        if gap > 0 and not stopping.is_set():
-            with anyio.move_on_after(timeout_s(gap)):
-                await stopping.wait()
 
     def _drop_state(self) -> None:
         """Forget everything but the last probe; the next read reloads the checkpoint and rolls forward."""
@@ -442,7 +437,7 @@ class SessionMirror:
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
-        self._stepped_at = time.monotonic()
+        self._notified = False  # this step's probe and read see every write notified so far
         if self._bucket_replaced:
             self._bucket_replaced = False
             self._batch.clear()

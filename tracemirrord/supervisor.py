@@ -221,8 +221,10 @@ class HarnessTask:
     def name(self) -> str:
         return self.harness.name
 
-    def wake(self, session_id: str) -> None:
-        """A harness saw this session change: read it now (start it again if it was parked)."""
+    def wake(self, session_id: str, *, written: bool = False) -> None:
+        """A harness saw this session change: read it now (start it again if it was parked).
+        ``written``: a notification that its file was written, which a follower holding a batch
+        leaves for the read before its flush (``SessionMirror.notify``)."""
         follower = self.followers.get(session_id)
         if follower is None:
             self._kick.set()  # a new session: discover now
@@ -230,6 +232,8 @@ class HarnessTask:
             follower.parked = False
             self._to_start.append(follower)
             self._kick.set()
+        elif written:
+            follower.notify()
         else:
             follower.nudge()
 
@@ -454,8 +458,8 @@ class HarnessTask:
                     try:
                         while True:
                             self._apply(await watcher.changes())
-                            # let a busy file's events gather (the kernel merges repeats): its
-                            # follower reads at most every READ_GAP_S anyway
+                            # let a busy file's events gather (the kernel merges repeats): a
+                            # follower holding a batch reads again only when it is due anyway
                             await anyio.sleep(NOTIFY_BATCH_S)
                     except OSError as exc:
                         self._stop_watching(f"reading notifications failed: {exc}")
@@ -468,7 +472,7 @@ class HarnessTask:
         for path in changes.written:
             session_id = self._paths.get(path)
             if session_id is not None:
-                self.wake(session_id)
+                self.wake(session_id, written=True)
         if changes.overflow:
             log.info("notification queue overflowed; rescanning every file", harness=self.name)
             self._rescan_now = True
