@@ -66,7 +66,7 @@ from tracemirrord.control.telemetry import (
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.lease import record_instance
-from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
+from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror, timeout_s
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.progress import ProgressBar
 from tracemirrord.redact import Redactor
@@ -484,16 +484,16 @@ class HarnessTask:
         database per look). With notifications the next look waits for a change below the roots,
         or NOTIFIED_WATCH_S as a fallback, and never comes sooner than ``seconds`` after this one."""
         if self.watcher is None:
-            with anyio.move_on_after(seconds):
+            with anyio.move_on_after(timeout_s(seconds)):
                 await stopping.wait()
             return
         started = time.monotonic()
-        with anyio.move_on_after(max(seconds, NOTIFIED_WATCH_S)):
+        with anyio.move_on_after(timeout_s(max(seconds, NOTIFIED_WATCH_S))):
             await self._changed.wait()
         self._changed = anyio.Event()
         rest = started + seconds - time.monotonic()
         if rest > 0 and not stopping.is_set():
-            with anyio.move_on_after(rest):
+            with anyio.move_on_after(timeout_s(rest)):
                 await stopping.wait()
 
     async def rescan_due(self) -> list[SessionMirror]:
