@@ -63,10 +63,13 @@ WOKEN_POLL_S = 5.0
 # first notification after the follower caught up, which starts a batch, and then once more when
 # that batch is due (which reads what came meanwhile and puts it): notifications for a follower
 # holding a batch wake nothing (``notify``). So a busy file is read about twice per flush interval,
-# half as often as polling read it, with no more lag (a line written before the flush is in it).
+# half as often as polling read it. A batch begun less than READ_GAP_S after the follower's previous
+# step (the one that put the last batch) counts its flush interval from READ_GAP_S after that step,
+# as polling's pace made it: parts are no more frequent than polling's, and no smaller.
 IDLE_AFTER_S = 300.0
 CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this often while idle
 WATCHED_PARK_AFTER_S = IDLE_AFTER_S
+READ_GAP_S = 0.25
 
 # uvloop keeps the event loop's clock in whole milliseconds and rounds a timer's delay to the nearest
 # one, so a timer may fire up to a millisecond before a deadline that is not a whole millisecond (or
@@ -125,7 +128,7 @@ class Batch:
 
     records: list[Records] = field(default_factory=list)
     source_bytes: int = 0
-    since: float | None = None  # monotonic time its first record was read
+    since: float | None = None  # monotonic time its flush interval counts from (its first read)
 
     def __bool__(self) -> bool:
         return bool(self.records)
@@ -134,11 +137,11 @@ class Batch:
     def end(self) -> Position | None:
         return self.records[-1].end if self.records else None
 
-    def add(self, records: Records) -> None:
+    def add(self, records: Records, since: float | None = None) -> None:
         self.records.append(records)
         self.source_bytes += records.source_bytes
         if self.since is None:
-            self.since = time.monotonic()
+            self.since = time.monotonic() if since is None else since
 
     def clear(self) -> None:
         self.records = []
@@ -194,6 +197,8 @@ class SessionMirror:
         self._bucket_replaced = False
         self.watched = False  # file-system notifications cover the source (set by the harness task)
         self._notified = False  # a notification came since the last step began (see ``notify``)
+        self._stepped_at = 0.0  # monotonic time the current (or last) step began
+        self._previous_step_at = 0.0  # and the one before it (see READ_GAP_S)
 
     # ---------- what the harness task uses ----------
 
@@ -438,6 +443,7 @@ class SessionMirror:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
         self._notified = False  # this step's probe and read see every write notified so far
+        self._previous_step_at, self._stepped_at = self._stepped_at, time.monotonic()
         if self._bucket_replaced:
             self._bucket_replaced = False
             self._batch.clear()
@@ -565,7 +571,10 @@ class SessionMirror:
             if result.empty:
                 self._more_to_read = False
                 return
-            self._batch.add(result)
+            since = None
+            if self.watched and not self._batch:  # see READ_GAP_S
+                since = max(time.monotonic(), self._previous_step_at + READ_GAP_S)
+            self._batch.add(result, since)
             self._more_to_read = self.source.behind(result.end) > 0
             return
 
