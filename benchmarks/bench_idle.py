@@ -9,6 +9,13 @@ CPU seconds and RSS over a window. The load average of the machine is printed be
 (other work on a shared machine shows in them).
 
     python benchmarks/bench_idle.py [--sessions 10000] [--age month|minute] [--settle 20] [--seconds 60]
+
+``--harness hermes``: one hermes ``state.db`` (WAL) holding ``--sessions`` sessions of 20 rows each
+(50 by default), its rows and files last written ``--age`` ago (``two-hours``, hermes's idle goal
+case, or ``minute``), mirrored once by the daemon itself, then measured like the rest (goal: an idle
+database under 0.1% of one core). Bounded: a few minutes at most, whatever the machine's load.
+
+    python benchmarks/bench_idle.py --harness hermes [--sessions 50] [--age two-hours|minute]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -25,10 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from hermes_writer import add_session, connect, create_db, insert, message
 from sessions import make_session, record
 from sysinfo import cpu_seconds, machine, status_kib
 
-AGES_S = {"month": 30 * 86400.0, "minute": 60.0}
+AGES_S = {"month": 30 * 86400.0, "two-hours": 7200.0, "minute": 60.0}
+AGO = {"month": "a month", "two-hours": "two hours", "minute": "a minute"}
+HERMES_ROWS = 20  # per session
 
 
 def lay_out(home: Path, sessions: int) -> list[Path]:
@@ -59,11 +70,47 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def lay_out_hermes(home: Path, sessions: int, age_s: float) -> tuple[Path, dict[str, int]]:
+    """A hermes state.db with ``sessions`` sessions of HERMES_ROWS rows, all written ``age_s`` ago;
+    returns the database and each session's last row id."""
+    db = home / ".hermes" / "state.db"
+    create_db(db)
+    conn = connect(db)
+    rng = random.Random(20261127)
+    last: dict[str, int] = {}
+    then = time.time() - age_s
+    try:
+        for n in range(sessions):
+            sid = f"20261127_0900{n // 60:02d}_{n:06x}"
+            add_session(conn, sid, started_at=then - 100)
+            for i in range(HERMES_ROWS):
+                values = message(sid, i, rng)
+                values["timestamp"] = then - HERMES_ROWS + i
+                last[sid] = insert(conn, values)["id"]
+    finally:
+        conn.close()
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            os.utime(path, (then, then))
+    return db, last
+
+
+def hermes_mirrored(bucket: Path, last: dict[str, int]) -> bool:
+    """Every session's last row is in its last part (the embedded bucket's files)."""
+    for sid, row in last.items():
+        prefix = bucket / "default" / "sessions" / "hermes" / sid
+        parts = sorted(prefix.glob("part-*.jsonl")) if prefix.exists() else []
+        if not parts or json.loads(parts[-1].read_bytes().splitlines()[-1])["id"] != row:
+            return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--harness", choices=("claude-code", "hermes"), default="claude-code")
+    parser.add_argument("--sessions", type=int, help="10,000 files; for hermes 50 sessions")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let start-up finish")
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     parser.add_argument(
@@ -71,6 +118,11 @@ def main() -> None:
     )
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the daemon")
     args = parser.parse_args()
+    hermes = args.harness == "hermes"
+    if args.sessions is None:
+        args.sessions = 50 if hermes else 10_000
+    if hermes and args.age == "month":
+        args.age = "two-hours"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         home = root / "home"
@@ -80,22 +132,36 @@ def main() -> None:
             XDG_DATA_HOME=str(root / "data"),
             XDG_STATE_HOME=str(root / "state"),
             XDG_CONFIG_HOME=str(root / "config"),
-            TRACEMIRROR_HARNESSES="claude-code",
+            TRACEMIRROR_HARNESSES=args.harness,
             TRACEMIRROR_LOG_FORMAT="json",
         )
         env.update(item.split("=", 1) for item in args.env)
         started = time.monotonic()
-        paths = lay_out(home, args.sessions)
+        if hermes:
+            # the daemon mirrors the database itself (its first look, then idle), as a user's would
+            bucket = root / "data" / "tracemirror" / "bucket"
+            env.update(HERMES_HOME=str(home / ".hermes"), TRACEMIRROR_BUCKET=f"file://{bucket}")
+            _, last = lay_out_hermes(home, args.sessions, AGES_S[args.age])
+        else:
+            paths = lay_out(home, args.sessions)
         print(f"laid out {args.sessions} sessions in {time.monotonic() - started:.1f}s", flush=True)
-        started = time.monotonic()
-        subprocess.run(
-            [sys.executable, "-m", "tracemirrord", "--once"], env=env, check=True, capture_output=True
-        )
-        print(f"first mirror (--once) took {time.monotonic() - started:.1f}s", flush=True)
-        age_files(paths, AGES_S[args.age])
+        if not hermes:
+            started = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "tracemirrord", "--once"], env=env, check=True, capture_output=True
+            )
+            print(f"first mirror (--once) took {time.monotonic() - started:.1f}s", flush=True)
+            age_files(paths, AGES_S[args.age])
         log = (root / "daemon.log").open("wb")
         daemon = subprocess.Popen([sys.executable, "-m", "tracemirrord"], env=env, stdout=log, stderr=log)
         try:
+            if hermes:
+                started = time.monotonic()
+                while not hermes_mirrored(bucket, last):
+                    if time.monotonic() - started > 120 or daemon.poll() is not None:
+                        raise SystemExit("the hermes database was not mirrored within 120 s")
+                    time.sleep(0.5)
+                print(f"first mirror (the daemon) took {time.monotonic() - started:.1f}s", flush=True)
             time.sleep(args.settle)
             load_before = load_average()
             cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
@@ -126,7 +192,8 @@ def main() -> None:
         info = machine()
         print(f"machine: {info}")
         print(
-            f"sessions: {args.sessions}, written a {args.age} ago, window: {t1 - t0:.0f}s after "
+            f"{args.harness} sessions: {args.sessions}, written {AGO[args.age]} ago, "
+            f"window: {t1 - t0:.0f}s after "
             f"{args.settle:.0f}s settle; load average before {load_before}, after {load_after}"
         )
         print(f"cpu: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of one core")

@@ -474,6 +474,16 @@ def find_exe(name: str) -> str | None:
 # ---------- the run ----------
 
 
+def daemon_env_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--daemon-env NAME=VALUE`` settings for tracemirrord (e.g. TRACEMIRROR_WATCH=poll, or a
+    PYTHONPATH naming another tree of the code to compare)."""
+    pairs = [item.partition("=") for item in args.daemon_env or []]
+    bad = [name for name, eq, _ in pairs if not eq or not name]
+    if bad:
+        raise SystemExit(f"--daemon-env wants NAME=VALUE, got {bad}")
+    return {name: value for name, _, value in pairs}
+
+
 def make_tools(
     args: argparse.Namespace, work: Path, moto: MotoServer, stack: contextlib.ExitStack, home: Path, sid: str
 ) -> tuple[list[Tool], dict[str, str]]:
@@ -496,6 +506,7 @@ def make_tools(
             for var in AGENT_VARIABLES:
                 env.pop(var, None)
             env.update(s3_subprocess_env(proxy.endpoint_url))
+            env.update(daemon_env_overrides(args))
             tools.append(Tracemirrord(name, bucket, proxy, work, home_env=env))
         elif name == "tracecraft":
             config = {
@@ -734,6 +745,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             window = {
                 "seconds": t1 - t0,
                 "writer_seconds": args.seconds,
+                "daemon_env": daemon_env_overrides(args),
                 "lines": len(window_lines),
                 "source_bytes": sum(row[2] for row in window_lines),
                 "busy_cores": busy_cores(ticks0, cpu_ticks(), t1 - t0),
@@ -965,7 +977,8 @@ def report(r: dict[str, Any]) -> str:
         f"{' '.join(f'{x:.2f}' for x in m['loadavg_start'])}, all processes in the window "
         f"{w['busy_cores']:.2f} busy cores of {m['nproc']}",
         f"window: {w['writer_seconds']:.0f} s of writing ({w['seconds']:.1f} s until every copy caught up), "
-        f"{w['lines']} lines, {w['source_bytes']} source bytes ({w['source_bytes_per_s'] / 1000:.2f} KB/s)",
+        f"{w['lines']} lines, {w['source_bytes']} source bytes ({w['source_bytes_per_s'] / 1000:.2f} KB/s)"
+        + (f"; tracemirrord's environment: {w['daemon_env']}" if w.get("daemon_env") else ""),
         "",
     ]
     figures, copies = [], []
@@ -1201,6 +1214,12 @@ def main() -> None:
         "--tracecraft-interval", type=float, help="tracecraft's --interval (default: its own, 5 s)"
     )
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma list (default: all three)")
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="set in tracemirrord's environment (repeatable), e.g. TRACEMIRROR_WATCH=poll",
+    )
     parser.add_argument(
         "--lines", choices=("tests", "realistic"), default="tests", help="line shape (bench_live)"
     )

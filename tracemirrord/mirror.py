@@ -12,6 +12,7 @@ adopts it); a crash loses nothing, and the first read after a start rolls forwar
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from tracemirrord.writer import (
     WriterConflict,
 )
 
-__all__ = ["MirrorContext", "SessionMirror", "StoreHealth", "poll_interval_s"]
+__all__ = ["MirrorContext", "SessionMirror", "StoreHealth", "poll_interval_s", "timeout_s"]
 
 log = structlog.get_logger("tracemirrord.mirror")
 
@@ -58,13 +59,26 @@ WOKEN_POLL_S = 5.0
 # A source covered by file-system notifications (``SessionMirror.watched``) has no polling of its
 # own: its harness task wakes it when the file changes (starting it again if parked), and stats it
 # every ``rescan_interval`` in case a notification was missed. So it can park, and drop its state,
-# once idle for WATCHED_PARK_AFTER_S: its one timer. A file written line by line is read at most
-# every READ_GAP_S, as often as polling read it: more reads would not lower the lag (the flush
-# interval sets that) and would cost CPU for every busy session.
+# once idle for WATCHED_PARK_AFTER_S: its one timer. A file written line by line is read on the
+# first notification after the follower caught up, which starts a batch, and then once more when
+# that batch is due (which reads what came meanwhile and puts it): notifications for a follower
+# holding a batch wake nothing (``notify``). So a busy file is read about twice per flush interval,
+# half as often as polling read it. A batch begun less than READ_GAP_S after the follower's previous
+# step (the one that put the last batch) counts its flush interval from READ_GAP_S after that step,
+# as polling's pace made it: parts are no more frequent than polling's, and no smaller.
 IDLE_AFTER_S = 300.0
 CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this often while idle
 WATCHED_PARK_AFTER_S = IDLE_AFTER_S
 READ_GAP_S = 0.25
+
+# uvloop keeps the event loop's clock in whole milliseconds and rounds a timer's delay to the nearest
+# one, so a timer may fire up to a millisecond before a deadline that is not a whole millisecond (or
+# is one, give or take the float's last bit). An anyio cancel scope whose timer fired early schedules
+# it again at once, and again, until the clock passes the deadline: a busy loop of up to a millisecond
+# (a few hundred turns of the event loop) at every timeout. Measured on one session at 10 lines/s:
+# 290 such turns a second, most of what notifications cost beyond polling. A deadline rounded up to
+# a whole millisecond and TIMER_MARGIN_S more is one the timer never fires before.
+TIMER_MARGIN_S = 0.0006
 
 
 def poll_interval_s(mtime: float, now: float) -> float:
@@ -83,6 +97,12 @@ def watched_wait_s(mtime: float, now: float) -> float:
     if age >= WATCHED_PARK_AFTER_S:
         return PARKED_POLL_S
     return min(WATCHED_PARK_AFTER_S, WATCHED_PARK_AFTER_S - age) + 1.0
+
+
+def timeout_s(seconds: float) -> float:
+    """``seconds`` for ``anyio.move_on_after``: rounded up so that its timer fires once (see
+    TIMER_MARGIN_S); at most 1.6 ms later than asked."""
+    return math.ceil(seconds * 1000) / 1000 + TIMER_MARGIN_S
 
 
 @dataclass
@@ -108,7 +128,7 @@ class Batch:
 
     records: list[Records] = field(default_factory=list)
     source_bytes: int = 0
-    since: float | None = None  # monotonic time its first record was read
+    since: float | None = None  # monotonic time its flush interval counts from (its first read)
 
     def __bool__(self) -> bool:
         return bool(self.records)
@@ -117,11 +137,11 @@ class Batch:
     def end(self) -> Position | None:
         return self.records[-1].end if self.records else None
 
-    def add(self, records: Records) -> None:
+    def add(self, records: Records, since: float | None = None) -> None:
         self.records.append(records)
         self.source_bytes += records.source_bytes
         if self.since is None:
-            self.since = time.monotonic()
+            self.since = time.monotonic() if since is None else since
 
     def clear(self) -> None:
         self.records = []
@@ -176,7 +196,9 @@ class SessionMirror:
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._bucket_replaced = False
         self.watched = False  # file-system notifications cover the source (set by the harness task)
-        self._stepped_at = 0.0  # monotonic time of the last step (paces notified reads)
+        self._notified = False  # a notification came since the last step began (see ``notify``)
+        self._stepped_at = 0.0  # monotonic time the current (or last) step began
+        self._previous_step_at = 0.0  # and the one before it (see READ_GAP_S)
 
     # ---------- what the harness task uses ----------
 
@@ -280,6 +302,14 @@ class SessionMirror:
         """Wake the follower now (its source changed, or the daemon is stopping)."""
         self._wake.set()
 
+    def notify(self) -> None:
+        """A file-system notification: the source was written. A notified follower holding a batch
+        is not woken: it reads the source again when the batch is due, before putting it (the run
+        loop wakes it after a step that put the batch without having read past this write)."""
+        self._notified = True
+        if not (self.watched and self._batch):
+            self._wake.set()
+
     def untouched_for(self, seconds: float, now: float) -> bool:
         """Was the source, when last looked at, last modified more than ``seconds`` before ``now``?"""
         return self._last_probe is not None and now - self._last_probe.mtime > seconds
@@ -355,41 +385,27 @@ class SessionMirror:
                     delay = backoff.next()
                 if delay is None:
                     break
+                if self._notified and not self._batch:
+                    self._wake.set()  # written during the step, after its read: look again now
                 if delay >= PARKED_POLL_S and self.status != "error":
                     # drain before deciding: a wake-up that comes meanwhile (a notification) must
                     # find a running follower, not one about to park without having read it
                     await self.drain()
-                    if not self._wake.is_set() and not self._batch:
+                    if not self._wake.is_set() and not self._notified and not self._batch:
                         park = True
                         break
                     self._wake = anyio.Event()
                     continue
                 if delay > 0 and not stopping.is_set():
-                    woken = False
-                    with anyio.move_on_after(delay):
+                    with anyio.move_on_after(timeout_s(delay)):
                         await self._wake.wait()
-                        woken = True
                     self._wake = anyio.Event()
-                    if woken:
-                        await self._pace(stopping)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
                 await self.drain()
             if park and not self._batch:
                 self._drop_state()
                 self.parked = True
-
-    async def _pace(self, stopping: anyio.Event) -> None:
-        """A notified source read less than READ_GAP_S ago waits out the rest of that gap."""
-        if not self.watched:
-            return
-        now = time.monotonic()
-        gap = self._stepped_at + READ_GAP_S - now
-        if self._batch.since is not None:  # never past the batch's flush: that sets the lag
-            gap = min(gap, self._batch.since + self.ctx.flush_interval_s - now)
-        if gap > 0 and not stopping.is_set():
-            with anyio.move_on_after(gap):
-                await stopping.wait()
 
     def _drop_state(self) -> None:
         """Forget everything but the last probe; the next read reloads the checkpoint and rolls forward."""
@@ -426,7 +442,8 @@ class SessionMirror:
     async def step(self, *, flush_all: bool = False) -> float | None:
         """One poll: read what is new, flush when due. Returns seconds to the next poll (None: done)."""
         now = time.time()
-        self._stepped_at = time.monotonic()
+        self._notified = False  # this step's probe and read see every write notified so far
+        self._previous_step_at, self._stepped_at = self._stepped_at, time.monotonic()
         if self._bucket_replaced:
             self._bucket_replaced = False
             self._batch.clear()
@@ -554,7 +571,10 @@ class SessionMirror:
             if result.empty:
                 self._more_to_read = False
                 return
-            self._batch.add(result)
+            since = None
+            if self.watched and not self._batch:  # see READ_GAP_S
+                since = max(time.monotonic(), self._previous_step_at + READ_GAP_S)
+            self._batch.add(result, since)
             self._more_to_read = self.source.behind(result.end) > 0
             return
 

@@ -67,7 +67,7 @@ from tracemirrord.control.telemetry import (
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.lease import record_instance
-from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
+from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror, timeout_s
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.privacy import SessionFilter, Verdict, find_cwd
 from tracemirrord.progress import ProgressBar
@@ -235,8 +235,10 @@ class HarnessTask:
     def name(self) -> str:
         return self.harness.name
 
-    def wake(self, session_id: str) -> None:
-        """A harness saw this session change: read it now (start it again if it was parked)."""
+    def wake(self, session_id: str, *, written: bool = False) -> None:
+        """A harness saw this session change: read it now (start it again if it was parked).
+        ``written``: a notification that its file was written, which a follower holding a batch
+        leaves for the read before its flush (``SessionMirror.notify``)."""
         follower = self.followers.get(session_id)
         if follower is None:
             if session_id in self._undecided:
@@ -246,6 +248,8 @@ class HarnessTask:
             follower.parked = False
             self._to_start.append(follower)
             self._kick.set()
+        elif written:
+            follower.notify()
         else:
             follower.nudge()
 
@@ -562,8 +566,8 @@ class HarnessTask:
                     try:
                         while True:
                             self._apply(await watcher.changes())
-                            # let a busy file's events gather (the kernel merges repeats): its
-                            # follower reads at most every READ_GAP_S anyway
+                            # let a busy file's events gather (the kernel merges repeats): a
+                            # follower holding a batch reads again only when it is due anyway
                             await anyio.sleep(NOTIFY_BATCH_S)
                     except OSError as exc:
                         self._stop_watching(f"reading notifications failed: {exc}")
@@ -576,7 +580,7 @@ class HarnessTask:
         for path in changes.written:
             session_id = self._paths.get(path)
             if session_id is not None:
-                self.wake(session_id)
+                self.wake(session_id, written=True)
         if changes.overflow:
             log.info("notification queue overflowed; rescanning every file", harness=self.name)
             self._rescan_now = True
@@ -588,16 +592,16 @@ class HarnessTask:
         database per look). With notifications the next look waits for a change below the roots,
         or NOTIFIED_WATCH_S as a fallback, and never comes sooner than ``seconds`` after this one."""
         if self.watcher is None:
-            with anyio.move_on_after(seconds):
+            with anyio.move_on_after(timeout_s(seconds)):
                 await stopping.wait()
             return
         started = time.monotonic()
-        with anyio.move_on_after(max(seconds, NOTIFIED_WATCH_S)):
+        with anyio.move_on_after(timeout_s(max(seconds, NOTIFIED_WATCH_S))):
             await self._changed.wait()
         self._changed = anyio.Event()
         rest = started + seconds - time.monotonic()
         if rest > 0 and not stopping.is_set():
-            with anyio.move_on_after(rest):
+            with anyio.move_on_after(timeout_s(rest)):
                 await stopping.wait()
 
     async def rescan_due(self) -> list[SessionMirror]:

@@ -55,6 +55,9 @@ ENTRIES = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 MASK = WRITTEN | ENTRIES | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 READ_SIZE = 256 * 1024
+# The largest event: its header and a name of NAME_MAX bytes with its NUL. A read that returned less
+# than READ_SIZE minus this took every event queued (the kernel fills the buffer with as many as fit).
+_MAX_EVENT = _EVENT.size + 256
 
 # File systems where another machine's (or the host's) writes raise no inotify event here.
 REMOTE_FS = frozenset(
@@ -248,6 +251,8 @@ class TreeWatcher:
             if not data:
                 return
             self._parse(data)
+            if len(data) <= READ_SIZE - _MAX_EVENT:
+                return  # the queue is empty: spare the read that would say so (EAGAIN)
 
     def _parse(self, data: bytes) -> None:
         pending = self._pending
