@@ -12,7 +12,6 @@ adopts it); a crash loses nothing, and the first read after a start rolls forwar
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tracemirrord.source import (
     UnknownFormat,
 )
 from tracemirrord.store.base import StoreError, StoreRejected
+from tracemirrord.timers import timeout_s
 from tracemirrord.writer import (
     MirrorContext,
     SessionWriter,
@@ -71,15 +71,6 @@ CHECKPOINT_RETRY_S = 5.0  # a checkpoint save that failed is tried again this of
 WATCHED_PARK_AFTER_S = IDLE_AFTER_S
 READ_GAP_S = 0.25
 
-# uvloop keeps the event loop's clock in whole milliseconds and rounds a timer's delay to the nearest
-# one, so a timer may fire up to a millisecond before a deadline that is not a whole millisecond (or
-# is one, give or take the float's last bit). An anyio cancel scope whose timer fired early schedules
-# it again at once, and again, until the clock passes the deadline: a busy loop of up to a millisecond
-# (a few hundred turns of the event loop) at every timeout. Measured on one session at 10 lines/s:
-# 290 such turns a second, most of what notifications cost beyond polling. A deadline rounded up to
-# a whole millisecond and TIMER_MARGIN_S more is one the timer never fires before.
-TIMER_MARGIN_S = 0.0006
-
 
 def poll_interval_s(mtime: float, now: float) -> float:
     """How often to look at a source: often while it is being written, rarely once it is old."""
@@ -97,12 +88,6 @@ def watched_wait_s(mtime: float, now: float) -> float:
     if age >= WATCHED_PARK_AFTER_S:
         return PARKED_POLL_S
     return min(WATCHED_PARK_AFTER_S, WATCHED_PARK_AFTER_S - age) + 1.0
-
-
-def timeout_s(seconds: float) -> float:
-    """``seconds`` for ``anyio.move_on_after``: rounded up so that its timer fires once (see
-    TIMER_MARGIN_S); at most 1.6 ms later than asked."""
-    return math.ceil(seconds * 1000) / 1000 + TIMER_MARGIN_S
 
 
 @dataclass
@@ -401,7 +386,7 @@ class SessionMirror:
                         await self._wake.wait()
                     self._wake = anyio.Event()
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT_S):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout_s(DRAIN_TIMEOUT_S)):
                 await self.drain()
             if park and not self._batch:
                 self._drop_state()

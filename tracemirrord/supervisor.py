@@ -67,7 +67,7 @@ from tracemirrord.control.telemetry import (
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessHooks, SessionRef
 from tracemirrord.lease import record_instance
-from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror, timeout_s
+from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
 from tracemirrord.privacy import SessionFilter, Verdict, find_cwd
 from tracemirrord.progress import ProgressBar
@@ -78,6 +78,7 @@ from tracemirrord.source import START, Probe, Source
 from tracemirrord.store.base import StoreError, store_epoch
 from tracemirrord.store.guard import GuardedStore
 from tracemirrord.store.probe import ConditionalWritesIgnored
+from tracemirrord.timers import timeout_s
 from tracemirrord.watch import Changes, TreeWatcher, WatchUnavailable, open_watcher
 
 log = structlog.get_logger("tracemirrord")
@@ -499,7 +500,7 @@ class HarnessTask:
                         for follower in await self.sweep_parked(cold=scans % COLD_SWEEP_EVERY == 0):
                             followers.start_soon(follower.run, stopping)
                     scans += 1
-                    with anyio.move_on_after(self.scan_interval_s):
+                    with anyio.move_on_after(timeout_s(self.scan_interval_s)):
                         await self._kick.wait()
                     self._kick = anyio.Event()
                     woken, self._to_start = self._to_start, []
@@ -1054,7 +1055,7 @@ class Daemon:
                     log.error("task failed during the stop; not restarted", task=name)
                     return
                 continue
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(timeout_s(delay)):
                 await stopping.wait()
 
     async def _supervise(self, task: HarnessTask, stopping: anyio.Event) -> None:
@@ -1081,7 +1082,7 @@ class Daemon:
                         error=task.error,
                         retry_in_s=round(delay, 1),
                     )
-                    with anyio.move_on_after(delay):
+                    with anyio.move_on_after(timeout_s(delay)):
                         await task.stopping.wait()
             relay.cancel_scope.cancel()
         with contextlib.suppress(Exception):
@@ -1102,7 +1103,7 @@ class Daemon:
             for f in task.followers.values()
             if not f.parked and not f.finished
         ]
-        with anyio.move_on_after(timeout_s):
+        with anyio.move_on_after(timeout_s):  # once: no rounding needed
             for _, event in waits:
                 await event.wait()
         pending = [f"{f.key}: {f.last_error or 'still flushing'}" for f, event in waits if not event.is_set()]
@@ -1151,10 +1152,10 @@ class Daemon:
                 delay = backoff.next()
             if final:
                 return
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(timeout_s(delay)):
                 await stopping.wait()
             if stopping.is_set():
-                with anyio.move_on_after(DRAIN_WAIT_S):
+                with anyio.move_on_after(timeout_s(DRAIN_WAIT_S)):
                     await drained.wait()
 
     async def _service_notify(self, stopping: anyio.Event) -> None:
@@ -1165,7 +1166,7 @@ class Daemon:
         log.info("ready", sessions=sum(len(t.followers) for t in self.tasks))
         interval = self.notifier.watchdog_interval_s or 10.0
         while not stopping.is_set():
-            with anyio.move_on_after(min(interval, 10.0)):
+            with anyio.move_on_after(timeout_s(min(interval, 10.0))):
                 await stopping.wait()
             if stopping.is_set():
                 return
@@ -1185,7 +1186,7 @@ class Daemon:
             await stopping.wait()
             scope.cancel()
 
-        with anyio.move_on_after(timeout_s):
+        with anyio.move_on_after(timeout_s):  # once: no rounding needed
             async with anyio.create_task_group() as race:
                 race.start_soon(scanned, race.cancel_scope)
                 race.start_soon(stopped, race.cancel_scope)

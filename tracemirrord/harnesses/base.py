@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from tracemirrord.model import is_safe_segment
 from tracemirrord.source import SessionInfo, Source
+from tracemirrord.timers import timeout_s
 
 SourceKind = Literal["jsonl", "sqlite", "document"]
 _DESCRIBE_LINE_LIMIT = 64 * 1024
@@ -74,7 +75,7 @@ class SharedCursors(Protocol):
 
 async def sleep_unless(seconds: float, stopping: anyio.Event) -> None:
     """Wait ``seconds`` or until ``stopping``: a watch loop's pace without notifications."""
-    with anyio.move_on_after(seconds):
+    with anyio.move_on_after(timeout_s(seconds)):
         await stopping.wait()
 
 

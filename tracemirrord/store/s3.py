@@ -58,6 +58,7 @@ from tracemirrord.store.base import (
 )
 from tracemirrord.store.local import normalize_metadata, validate_key, validate_prefix
 from tracemirrord.store.options import S3Options
+from tracemirrord.timers import timeout_s
 
 T = TypeVar("T")
 
@@ -439,7 +440,7 @@ class _TryTimedOut(Exception):
 
 async def _within(limit_s: float, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run one try, abandoning it (connection closed) after ``limit_s``."""
-    with anyio.move_on_after(limit_s):
+    with anyio.move_on_after(timeout_s(limit_s)):
         return await attempt()
     raise _TryTimedOut(limit_s)
 
