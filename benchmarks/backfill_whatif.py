@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backfill import OUT_DIR, ROOT, RUN_DIR, daemon_env, history, timed_once
+from bench_backfill import OUT_DIR, ROOT, RUN_DIR, daemon_env, history, set_quiet_wait, timed_once
 from sysinfo import machine, table
 
 NO_FSYNC = (
@@ -39,6 +39,18 @@ VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     "upload_concurrency=1": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "1"}, (), False),
     "part_max_bytes=16MiB": ({"TRACEMIRROR_PART_MAX_BYTES": "16MiB"}, (), False),
     "part_max_bytes=1MiB": ({"TRACEMIRROR_PART_MAX_BYTES": "1MiB"}, (), False),
+    # glibc's allocator: a fixed mmap threshold (big buffers go back to the system when freed,
+    # instead of the dynamic threshold moving them into the heap), and fewer per-thread arenas
+    "mmap_threshold=128KiB": ({"MALLOC_MMAP_THRESHOLD_": "131072"}, (), False),
+    "mmap_threshold=1MiB": ({"MALLOC_MMAP_THRESHOLD_": str(2**20)}, (), False),
+    "arena_max=1": ({"MALLOC_ARENA_MAX": "1"}, (), False),
+    "arena_max=2": ({"MALLOC_ARENA_MAX": "2"}, (), False),
+    "arena_max=2+mmap_threshold=1MiB": (
+        {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
+        (),
+        False,
+    ),
+    "upload_concurrency=2": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "2"}, (), False),
     "empty HOME": ({}, (), True),
 }
 
@@ -54,7 +66,9 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}"
     )
+    parser.add_argument("--quiet-wait", type=float, default=180.0, help="s to wait for a quiet machine")
     args = parser.parse_args()
+    set_quiet_wait(args.quiet_wait)
     args.regenerate = False
     home, specs = history(args)
     source_bytes = sum(s.bytes for s in specs)
