@@ -50,9 +50,21 @@ VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
         (),
         False,
     ),
+    # glibc's default number of arenas (8 per core): undoes writer.limit_malloc_arenas
+    "arena_max=16": ({"MALLOC_ARENA_MAX": "16"}, (), False),
     "upload_concurrency=2": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "2"}, (), False),
     "empty HOME": ({}, (), True),
 }
+
+
+def tree_shim(tree: str) -> tuple[str, ...]:
+    """Python arguments that run the daemon from another copy of the code (``git archive`` of a
+    commit), ahead of this checkout, for before/after runs interleaved in one invocation."""
+    return (
+        "-c",
+        f"import runpy, sys; sys.path.insert(0, {tree!r}); sys.argv = ['tracemirrord', *sys.argv[1:]]; "
+        "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
+    )
 
 
 def main() -> None:
@@ -67,8 +79,18 @@ def main() -> None:
         "--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}"
     )
     parser.add_argument("--quiet-wait", type=float, default=180.0, help="s to wait for a quiet machine")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a variant NAME running the daemon code under PATH (e.g. a git archive of the commit before)",
+    )
     args = parser.parse_args()
     set_quiet_wait(args.quiet_wait)
+    for spec in args.tree:
+        name, _, tree = spec.partition("=")
+        VARIANTS[name] = ({}, tree_shim(str(Path(tree).resolve())), False)
     args.regenerate = False
     home, specs = history(args)
     source_bytes = sum(s.bytes for s in specs)

@@ -459,7 +459,9 @@ class SessionMirror:
             seen_from = self._caught_up_at or self.ctx.telemetry.identity.started_at
             self.pending_since = max(min(probe.mtime, now), seen_from)
         if changed or self._more_to_read or flush_asked or (self._batch and (forced or self._flush_due())):
-            async with self.ctx.limiter:
+            reading = changed or self._more_to_read or flush_asked
+            budget = self.ctx.part_budget
+            async with budget.hold(self._in_flight(reading), self.ctx.part_budget_bytes), self.ctx.limiter:
                 if changed or self._more_to_read or flush_asked:
                     await self._read()
                     self._last_probe = probe
@@ -488,6 +490,17 @@ class SessionMirror:
         if writer.checkpoint_stale:
             interval = min(interval, CHECKPOINT_RETRY_S)
         return interval
+
+    def _in_flight(self, reading: bool) -> int:
+        """Bytes this step may hold at once (PartBudget): the batch, and what a read may add to
+        it: up to the part size, or what the file holds beyond the batch when that is less."""
+        held = self._batch.source_bytes
+        if not reading:
+            return held
+        room = max(0, self.ctx.part_max_bytes - held)
+        if self.source.unit == "bytes":
+            room = min(room, self.source.behind(self._batch.end or self.writer.position))
+        return held + room
 
     def _interval(self, probe: Probe, now: float) -> float:
         """Seconds to the next look; a source its harness wakes on every change is polled as a
