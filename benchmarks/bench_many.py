@@ -228,6 +228,8 @@ def measure(
     (``proxy`` notes when each part landed)."""
     bucket_dir = work / "bucket"
     env = default_env(work, bucket)
+    if args.upload_concurrency:
+        env["TRACEMIRROR_UPLOAD_CONCURRENCY"] = str(args.upload_concurrency)
     s3_env = s3_subprocess_env(moto.endpoint_url) if moto is not None else None
     if proxy is not None:
         env.update(s3_subprocess_env(proxy.endpoint_url))
@@ -344,8 +346,9 @@ def measure(
     if moto is None:
         metas = sum(1 for _ in bucket_dir.glob(f"{PROJECT}/sessions/{HARNESS}/*/meta.json"))
     else:
-        listed = moto.client().list_objects_v2(Bucket=bucket[5:], Prefix=f"{PROJECT}/sessions/")
-        metas = sum(1 for o in listed.get("Contents", []) if o["Key"].endswith("/meta.json"))
+        pages = moto.client().get_paginator("list_objects_v2")
+        listed = pages.paginate(Bucket=bucket[5:], Prefix=f"{PROJECT}/sessions/")
+        metas = sum(1 for page in listed for o in page.get("Contents", []) if o["Key"].endswith("/meta.json"))
     result.update(
         window={
             "seconds": window_s,
@@ -432,6 +435,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument(
         "--store", choices=("local", "s3"), default="local", help="the embedded bucket, or moto's S3 server"
+    )
+    parser.add_argument(
+        "--upload-concurrency", type=int, default=0, help="TRACEMIRROR_UPLOAD_CONCURRENCY (default: unset)"
     )
     parser.add_argument("--quiet-wait", type=float, default=180.0, help="s to wait for a quiet machine first")
     parser.add_argument("--role", choices=("writer", "reader"), help=argparse.SUPPRESS)

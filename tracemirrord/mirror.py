@@ -493,14 +493,14 @@ class SessionMirror:
 
     def _in_flight(self, reading: bool) -> int:
         """Bytes this step may hold at once (PartBudget): the batch, and what a read may add to
-        it: up to the part size, or what the file holds beyond the batch when that is less."""
+        it: up to the part size, or what the file holds beyond the batch when that is less. Row
+        and record sources (hermes, opencode) count only their batch: what they are behind is not
+        in bytes, and their readers bound their own buffers (hermes: 32 MiB)."""
         held = self._batch.source_bytes
-        if not reading:
+        if not reading or self.source.unit != "bytes":
             return held
         room = max(0, self.ctx.part_max_bytes - held)
-        if self.source.unit == "bytes":
-            room = min(room, self.source.behind(self._batch.end or self.writer.position))
-        return held + room
+        return held + min(room, self.source.behind(self._batch.end or self.writer.position))
 
     def _interval(self, probe: Probe, now: float) -> float:
         """Seconds to the next look; a source its harness wakes on every change is polled as a
