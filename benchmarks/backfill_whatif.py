@@ -29,6 +29,18 @@ NO_FSYNC = (
     "import os, runpy, sys; os.fsync = lambda fd: None; sys.argv = ['tracemirrord', *sys.argv[1:]]; "
     "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
 )
+
+
+def parts_in_flight_shim(parts: int) -> tuple[str, ...]:
+    """The daemon with ``writer.PARTS_IN_FLIGHT`` (the bytes-in-flight budget, in parts) changed."""
+    return (
+        "-c",
+        f"import runpy, sys; import tracemirrord.writer as w; w.PARTS_IN_FLIGHT = {parts}; "
+        "sys.argv = ['tracemirrord', *sys.argv[1:]]; "
+        "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
+    )
+
+
 # name -> (extra environment, python arguments instead of "-m tracemirrord", empty HOME?)
 VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     "default": ({}, (), False),
@@ -53,6 +65,13 @@ VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     # glibc's default number of arenas (8 per core): undoes writer.limit_malloc_arenas
     "arena_max=16": ({"MALLOC_ARENA_MAX": "16"}, (), False),
     "upload_concurrency=2": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "2"}, (), False),
+    "parts_in_flight=1": ({}, parts_in_flight_shim(1), False),
+    "parts_in_flight=4": ({}, parts_in_flight_shim(4), False),
+    "parts_in_flight=4+upload_concurrency=16": (
+        {"TRACEMIRROR_UPLOAD_CONCURRENCY": "16"},
+        parts_in_flight_shim(4),
+        False,
+    ),
     "empty HOME": ({}, (), True),
 }
 
