@@ -103,7 +103,7 @@ class PartBudget:
         """Hold ``size`` bytes of a budget of ``limit`` (taken from the settings each time)."""
         size = max(0, size)
         self.limit = limit
-        if self._waiters or (self.used and self.used + size > limit):
+        if size and (self._waiters or (self.used and self.used + size > limit)):  # 0 never waits
             entry = (size, anyio.Event())
             self._waiters.append(entry)
             try:
