@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backfill import OUT_DIR, ROOT, RUN_DIR, daemon_env, history, timed_once
+from bench_backfill import OUT_DIR, ROOT, RUN_DIR, daemon_env, history, set_quiet_wait, timed_once
 from sysinfo import machine, table
 
 NO_FSYNC = (
@@ -29,6 +29,18 @@ NO_FSYNC = (
     "import os, runpy, sys; os.fsync = lambda fd: None; sys.argv = ['tracemirrord', *sys.argv[1:]]; "
     "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
 )
+
+
+def parts_in_flight_shim(parts: int) -> tuple[str, ...]:
+    """The daemon with ``writer.PARTS_IN_FLIGHT`` (the bytes-in-flight budget, in parts) changed."""
+    return (
+        "-c",
+        f"import runpy, sys; import tracemirrord.writer as w; w.PARTS_IN_FLIGHT = {parts}; "
+        "sys.argv = ['tracemirrord', *sys.argv[1:]]; "
+        "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
+    )
+
+
 # name -> (extra environment, python arguments instead of "-m tracemirrord", empty HOME?)
 VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     "default": ({}, (), False),
@@ -39,8 +51,39 @@ VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...], bool]] = {
     "upload_concurrency=1": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "1"}, (), False),
     "part_max_bytes=16MiB": ({"TRACEMIRROR_PART_MAX_BYTES": "16MiB"}, (), False),
     "part_max_bytes=1MiB": ({"TRACEMIRROR_PART_MAX_BYTES": "1MiB"}, (), False),
+    # glibc's allocator: a fixed mmap threshold (big buffers go back to the system when freed,
+    # instead of the dynamic threshold moving them into the heap), and fewer per-thread arenas
+    "mmap_threshold=128KiB": ({"MALLOC_MMAP_THRESHOLD_": "131072"}, (), False),
+    "mmap_threshold=1MiB": ({"MALLOC_MMAP_THRESHOLD_": str(2**20)}, (), False),
+    "arena_max=1": ({"MALLOC_ARENA_MAX": "1"}, (), False),
+    "arena_max=2": ({"MALLOC_ARENA_MAX": "2"}, (), False),
+    "arena_max=2+mmap_threshold=1MiB": (
+        {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20)},
+        (),
+        False,
+    ),
+    # glibc's default number of arenas (8 per core): undoes writer.limit_malloc_arenas
+    "arena_max=16": ({"MALLOC_ARENA_MAX": "16"}, (), False),
+    "upload_concurrency=2": ({"TRACEMIRROR_UPLOAD_CONCURRENCY": "2"}, (), False),
+    "parts_in_flight=1": ({}, parts_in_flight_shim(1), False),
+    "parts_in_flight=4": ({}, parts_in_flight_shim(4), False),
+    "parts_in_flight=4+upload_concurrency=16": (
+        {"TRACEMIRROR_UPLOAD_CONCURRENCY": "16"},
+        parts_in_flight_shim(4),
+        False,
+    ),
     "empty HOME": ({}, (), True),
 }
+
+
+def tree_shim(tree: str) -> tuple[str, ...]:
+    """Python arguments that run the daemon from another copy of the code (``git archive`` of a
+    commit), ahead of this checkout, for before/after runs interleaved in one invocation."""
+    return (
+        "-c",
+        f"import runpy, sys; sys.path.insert(0, {tree!r}); sys.argv = ['tracemirrord', *sys.argv[1:]]; "
+        "runpy.run_module('tracemirrord', run_name='__main__', alter_sys=True)",
+    )
 
 
 def main() -> None:
@@ -54,7 +97,19 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}"
     )
+    parser.add_argument("--quiet-wait", type=float, default=180.0, help="s to wait for a quiet machine")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a variant NAME running the daemon code under PATH (e.g. a git archive of the commit before)",
+    )
     args = parser.parse_args()
+    set_quiet_wait(args.quiet_wait)
+    for spec in args.tree:
+        name, _, tree = spec.partition("=")
+        VARIANTS[name] = ({}, tree_shim(str(Path(tree).resolve())), False)
     args.regenerate = False
     home, specs = history(args)
     source_bytes = sum(s.bytes for s in specs)

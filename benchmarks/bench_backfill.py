@@ -17,7 +17,13 @@ timed. Then, for each mode (redaction on, the default; and ``TRACEMIRROR_REDACT=
    planted secrets must be gone (redaction on) and the copy byte-identical (redaction off).
 
     .venv/bin/python benchmarks/bench_backfill.py [--mb 300] [--sessions 200] [--modes redact,plain]
-        [--verify all|N] [--py-spy]
+        [--verify all|N] [--py-spy] [--store local|s3] [--latency-ms 20] [--concurrency 1,4,8,16]
+
+``--store s3`` mirrors into moto's S3 server instead (a fresh server process for each run, from
+``tests/s3server.py``), through the byte- and request-counting loopback proxy; ``--latency-ms``
+makes that proxy hold each request that long before forwarding it (its "latency" mode: a laptop's
+distance to a cloud region). ``--concurrency`` runs each mode at each ``upload_concurrency``
+(default: the daemon's default). moto, the proxy and the daemon share the machine's cores.
 
 ``--py-spy`` records a flame graph of the redaction-on run (needs ``pip install py-spy``) into
 ``benchmarks/out/``. Results print as Markdown tables and are saved to
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,12 +53,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests"))
 from corpus import Pools, SessionWriter  # noqa: E402
+from s3server import BytesCountingProxy, MotoServer, s3_subprocess_env  # noqa: E402
 from sysinfo import PeakRss, busy_cores, code_version, cpu_ticks, machine, table, wait_quiet  # noqa: E402
 
 from tracemirrord.model import SessionKey  # noqa: E402
 from tracemirrord.reassemble import reassemble  # noqa: E402
-from tracemirrord.store import LocalStore  # noqa: E402
+from tracemirrord.store import LocalStore, S3Options, open_store  # noqa: E402
+from tracemirrord.store.base import ObjectStore  # noqa: E402
 
 OUT_DIR = BENCH_DIR / "out"
 CACHE_DIR = OUT_DIR / "backfill-cache"
@@ -63,6 +73,9 @@ BIG_FILES_MB_AT_300 = ((50, "claude-code"), (40, "codex"), (30, "claude-code"), 
 LONG_LINES_MB = (2.5, 3.0, 4.0, 5.0, 6.0)
 SECRET_RATE = 1 / 2500  # per line
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+# How long a run waits for the machine to be quiet first (others' benchmarks share it; a long one
+# would hold every run for the full wait): ``--quiet-wait``.
+QUIET_WAIT_S = 180.0
 
 
 # ---------- the history ----------
@@ -183,7 +196,15 @@ def history(args: argparse.Namespace) -> tuple[Path, list[SessionSpec]]:
 # ---------- one timed run ----------
 
 
-def daemon_env(home: Path, run: Path, redact: bool) -> dict[str, str]:
+def set_quiet_wait(seconds: float) -> None:
+    """How long each timed run waits for the machine to be quiet (``wait_quiet``)."""
+    global QUIET_WAIT_S
+    QUIET_WAIT_S = seconds
+
+
+def daemon_env(
+    home: Path, run: Path, redact: bool, bucket: str | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """Default settings except the bucket, HOME and XDG dirs (and redaction for the second mode)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEMIRROR_", "AWS_", "XDG_"))}
     for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "PI_CODING_AGENT_DIR"):
@@ -193,9 +214,10 @@ def daemon_env(home: Path, run: Path, redact: bool) -> dict[str, str]:
         XDG_DATA_HOME=str(run / "data"),
         XDG_STATE_HOME=str(run / "state"),
         XDG_CONFIG_HOME=str(run / "config"),
-        TRACEMIRROR_BUCKET=f"file://{run / 'bucket'}",
+        TRACEMIRROR_BUCKET=bucket or f"file://{run / 'bucket'}",
         TRACEMIRROR_LOG_FORMAT="json",
     )
+    env.update(extra or {})
     if not redact:
         env["TRACEMIRROR_REDACT"] = "false"
     return env
@@ -213,7 +235,11 @@ _TIME_FIELDS = {
 
 
 def timed_once(
-    env: dict[str, str], log_path: Path, py_spy: Path | None = None, python_args: tuple[str, ...] = ()
+    env: dict[str, str],
+    log_path: Path,
+    py_spy: Path | None = None,
+    python_args: tuple[str, ...] = (),
+    sample: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``tracemirrord --once`` on a quiet machine; wall time, exit code, /usr/bin/time's figures.
 
@@ -238,7 +264,7 @@ def timed_once(
         ]
     if gnu_time.exists():
         command = [str(gnu_time), "-v", "-o", str(time_path), *command]
-    idle_before = wait_quiet()
+    idle_before = wait_quiet(max_wait_s=QUIET_WAIT_S)
     with open(log_path, "wb") as log:
         ticks = cpu_ticks()
         started = time.perf_counter()
@@ -246,6 +272,8 @@ def timed_once(
         peak = PeakRss(proc.pid)
         while proc.poll() is None:
             peak.sample()
+            if sample is not None:
+                sample()
             time.sleep(0.02)
         wall = time.perf_counter() - started
         machine_cores = busy_cores(ticks, cpu_ticks(), wall)
@@ -271,13 +299,17 @@ def timed_once(
 
 
 def verify(
-    bucket: Path, home: Path, specs: list[SessionSpec], sample: int | None, redact: bool
+    open_bucket: Callable[[], ObjectStore],
+    home: Path,
+    specs: list[SessionSpec],
+    sample: int | None,
+    redact: bool,
 ) -> dict[str, Any]:
     """Reassemble sessions from the bucket and hold them against their sources."""
     chosen = specs if sample is None else random.Random(1).sample(specs, min(sample, len(specs)))
 
     async def go() -> dict[str, Any]:
-        store = LocalStore(bucket)
+        store = open_bucket()
         problems: list[str] = []
         source_bytes = covered = mirrored_bytes = leaked = planted = lines_changed = 0
         redactions: dict[str, int] = {}
@@ -326,6 +358,80 @@ def verify(
         }
 
     return asyncio.run(go())
+
+
+class Target:
+    """Where one timed run mirrors to: a fresh embedded bucket, or a fresh moto S3 server (its own
+    process) behind the counting proxy, in "latency" mode when ``latency_ms`` is set."""
+
+    def __init__(self, store: str, latency_ms: float) -> None:
+        self.store = store
+        self.latency_ms = latency_ms
+        self.server: MotoServer | None = None
+        self.proxy: BytesCountingProxy | None = None
+        self.url = f"file://{RUN_DIR / 'bucket'}"
+        self.env: dict[str, str] = {}
+        self.peak_connections = 0
+
+    def __enter__(self) -> Target:
+        if self.store == "s3":
+            self.server = MotoServer(OUT_DIR / "backfill-moto.log").start()
+            mode = "latency" if self.latency_ms > 0 else "pass"
+            self.proxy = BytesCountingProxy(
+                self.server.endpoint_url, mode=mode, latency_s=self.latency_ms / 1000
+            ).start()
+            self.url = f"s3://{self.server.create_bucket()}"
+            self.env = s3_subprocess_env(self.proxy.endpoint_url)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def sample(self) -> None:
+        """Connections open through the proxy (two sockets each): the uploads running at once."""
+        if self.proxy is not None:
+            self.peak_connections = max(self.peak_connections, len(self.proxy._connections) // 2)
+
+    def open_bucket(self) -> ObjectStore:
+        """A client of the bucket; for S3 straight to the server, not through the proxy."""
+        if self.server is None:
+            return LocalStore(RUN_DIR / "bucket")
+        options = S3Options(
+            endpoint_url=self.server.endpoint_url,
+            region="us-east-1",
+            access_key_id="testing",
+            secret_access_key="testing",
+        )
+        return open_store(self.url, options)
+
+    def stats(self) -> dict[str, Any]:
+        if self.server is None:
+            return bucket_stats(RUN_DIR / "bucket")
+        assert self.proxy is not None
+        out: dict[str, Any] = {"parts": 0, "part_bytes": 0, "meta_json": 0, "meta_json_bytes": 0}
+        pages = self.server.client().get_paginator("list_objects_v2").paginate(Bucket=self.url[5:])
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/meta.json"):
+                    out["meta_json"] += 1
+                    out["meta_json_bytes"] += obj["Size"]
+                elif "/part-" in obj["Key"]:
+                    out["parts"] += 1
+                    out["part_bytes"] += obj["Size"]
+        methods: dict[str, int] = {}
+        for record in self.proxy.request_log:
+            methods[record.method] = methods.get(record.method, 0) + 1
+        out.update(
+            requests=self.proxy.requests,
+            requests_by_method=methods,
+            bytes_up=self.proxy.bytes_up,
+            bytes_down=self.proxy.bytes_down,
+            peak_connections=self.peak_connections,
+        )
+        return out
 
 
 def bucket_stats(bucket: Path) -> dict[str, int]:
@@ -408,6 +514,16 @@ def report(r: dict[str, Any]) -> str:
         ),
         "",
     ]
+    if r["args"].get("store") == "s3":
+        out.append(
+            f"store: moto S3 server through the counting proxy, {r['args']['latency_ms']:g} ms per request"
+        )
+        for mode, run in r["runs"].items():
+            b = run["bucket"]
+            out.append(
+                f"{mode}: {b['requests']} requests {b['requests_by_method']}, "
+                f"{b['bytes_up'] / 1e6:.1f} MB up, at most {b['peak_connections']} connections at once"
+            )
     for mode, run in r["runs"].items():
         v = run["verify"]
         out.append(
@@ -453,7 +569,20 @@ def main() -> None:
     parser.add_argument("--regenerate", action="store_true", help="rebuild the cached history")
     parser.add_argument("--keep-bucket", action="store_true", help="leave the last run's bucket in place")
     parser.add_argument("--py-spy", action="store_true", help="record a py-spy flame graph of the redact run")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=QUIET_WAIT_S, help="s to wait for a quiet machine before each run"
+    )
+    parser.add_argument(
+        "--store", choices=("local", "s3"), default="local", help="the embedded bucket, or moto's S3 server"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="with --store s3: ms the proxy holds each request"
+    )
+    parser.add_argument(
+        "--concurrency", default="", help="comma list of upload_concurrency values (default: the default)"
+    )
     args = parser.parse_args()
+    set_quiet_wait(args.quiet_wait)
 
     home, specs = history(args)
     by_harness: dict[str, int] = {}
@@ -478,27 +607,43 @@ def main() -> None:
     sample = None if args.verify == "all" else int(args.verify)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    timings: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    for attempt in range(args.repeat):  # modes interleaved, so drift in the machine hits both alike
-        for mode in modes:
-            redact = mode == "redact"
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    # (run name, redaction on, upload_concurrency or None for the default)
+    runs = [
+        (mode if not levels else f"{mode} c={level}", mode == "redact", level)
+        for mode in modes
+        for level in (levels or [None])
+    ]
+    timings: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+    for attempt in range(args.repeat):  # runs interleaved, so drift in the machine hits all alike
+        for name, redact, level in runs:
             shutil.rmtree(RUN_DIR, ignore_errors=True)
             RUN_DIR.mkdir(parents=True)
-            spy = OUT_DIR / f"backfill-{stamp}-{mode}.svg" if args.py_spy and attempt == 0 else None
-            log = OUT_DIR / f"backfill-{mode}.log"
-            timing = timed_once(daemon_env(home, RUN_DIR, redact), log, spy)
-            timings[mode].append(timing)
-            print(
-                f"{mode} #{attempt + 1}: {source_bytes / 1e6 / timing['wall_s']:.1f} MB/s in "
-                f"{timing['wall_s']:.2f} s (exit {timing['exit_code']}, other load "
-                f"{timing.get('other_load_cores', float('nan')):.2f} cores)",
-                flush=True,
-            )
-            if attempt == args.repeat - 1:
-                run: dict[str, Any] = {"bucket": bucket_stats(RUN_DIR / "bucket")}
-                run["verify"] = verify(RUN_DIR / "bucket", home, specs, sample, redact)
-                result["runs"][mode] = run
-    for mode in modes:
+            spy = OUT_DIR / f"backfill-{stamp}-{name}.svg" if args.py_spy and attempt == 0 else None
+            log = OUT_DIR / f"backfill-{name.replace(' ', '-')}.log"
+            extra = {} if level is None else {"TRACEMIRROR_UPLOAD_CONCURRENCY": str(level)}
+            with Target(args.store, args.latency_ms) as target:
+                env = daemon_env(home, RUN_DIR, redact, target.url, {**target.env, **extra})
+                timing = timed_once(env, log, spy, sample=target.sample)
+                timing["store"] = target.stats() if args.store == "s3" else {}
+                timings[name].append(timing)
+                print(
+                    f"{name} #{attempt + 1}: {source_bytes / 1e6 / timing['wall_s']:.1f} MB/s in "
+                    f"{timing['wall_s']:.2f} s (exit {timing['exit_code']}, other load "
+                    f"{timing.get('other_load_cores', float('nan')):.2f} cores"
+                    + (
+                        f", {timing['store']['requests']} requests, at most "
+                        f"{timing['store']['peak_connections']} at once)"
+                        if args.store == "s3"
+                        else ")"
+                    ),
+                    flush=True,
+                )
+                if attempt == args.repeat - 1:
+                    run: dict[str, Any] = {"bucket": target.stats()}
+                    run["verify"] = verify(target.open_bucket, home, specs, sample, redact)
+                    result["runs"][name] = run
+    for mode in timings:
         ordered = sorted(timings[mode], key=lambda t: t["wall_s"])
         median = ordered[len(ordered) // 2]
         result["runs"][mode].update(

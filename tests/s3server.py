@@ -31,12 +31,22 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 ProxyMode = Literal[
-    "pass", "down", "slow", "error503", "error500", "error403", "reset", "blackhole", "strip_preconditions"
+    "pass",
+    "down",
+    "slow",
+    "latency",
+    "error503",
+    "error500",
+    "error403",
+    "reset",
+    "blackhole",
+    "strip_preconditions",
 ]
 PROXY_MODES: tuple[ProxyMode, ...] = (
     "pass",
     "down",
     "slow",
+    "latency",
     "error503",
     "error500",
     "error403",
@@ -45,7 +55,7 @@ PROXY_MODES: tuple[ProxyMode, ...] = (
     "strip_preconditions",
 )
 # Modes between which open connections may carry on: each forwards every byte as it came.
-_STREAM_MODES = frozenset({"pass", "slow"})
+_STREAM_MODES = frozenset({"pass", "slow", "latency"})
 # The headers an S3 server that ignores conditional writes acts as if it never received.
 PRECONDITION_HEADERS = (b"if-none-match", b"if-match")
 
@@ -292,6 +302,9 @@ class BytesCountingProxy:
     - ``pass``: forward everything;
     - ``down``: nothing listens: connections are refused;
     - ``slow``: forward, but every chunk waits ``slow_delay_s`` first (in both directions);
+    - ``latency``: forward, but each request waits ``latency_s`` once, when its head is complete,
+      before it goes on (a client's distance to a cloud region: one round trip more per request;
+      its body and the answer then flow at loopback speed);
     - ``error503``: answer every request ``503 ServiceUnavailable`` (S3 XML) without forwarding it;
     - ``error500``: the same with ``500 InternalError``;
     - ``error403``: the same with ``403`` and the S3 code in ``error403_code`` (``InvalidAccessKeyId``
@@ -307,11 +320,19 @@ class BytesCountingProxy:
     heads seen (in every mode but ``down``); ``request_log`` keeps each one's sizes.
     """
 
-    def __init__(self, upstream_url: str, *, mode: ProxyMode = "pass", slow_delay_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        mode: ProxyMode = "pass",
+        slow_delay_s: float = 1.0,
+        latency_s: float = 0.02,
+    ) -> None:
         parts = urlsplit(upstream_url)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._mode: ProxyMode = mode
         self.slow_delay_s = slow_delay_s
+        self.latency_s = latency_s
         self.error403_code = "InvalidAccessKeyId"
         self.port = 0
         self._lock = threading.Lock()
@@ -510,6 +531,8 @@ class BytesCountingProxy:
             return False
         if mode == "slow":
             time.sleep(self.slow_delay_s)
+        elif mode == "latency" and records:  # this connection's thread only: others go on
+            time.sleep(self.latency_s * len(records))
         upstream.sendall(data)
         return True
 

@@ -461,7 +461,9 @@ class SessionMirror:
             seen_from = self._caught_up_at or self.ctx.telemetry.identity.started_at
             self.pending_since = max(min(probe.mtime, now), seen_from)
         if changed or self._more_to_read or flush_asked or (self._batch and (forced or self._flush_due())):
-            async with self.ctx.limiter:
+            reading = changed or self._more_to_read or flush_asked
+            budget = self.ctx.part_budget
+            async with budget.hold(self._in_flight(reading), self.ctx.part_budget_bytes), self.ctx.limiter:
                 if changed or self._more_to_read or flush_asked:
                     await self._read()
                     self._last_probe = probe
@@ -490,6 +492,17 @@ class SessionMirror:
         if writer.checkpoint_stale:
             interval = min(interval, CHECKPOINT_RETRY_S)
         return interval
+
+    def _in_flight(self, reading: bool) -> int:
+        """Bytes this step may hold at once (PartBudget): the batch, and what a read may add to
+        it: up to the part size, or what the file holds beyond the batch when that is less. Row
+        and record sources (hermes, opencode) count only their batch: what they are behind is not
+        in bytes, and their readers bound their own buffers (hermes: 32 MiB)."""
+        held = self._batch.source_bytes
+        if not reading or self.source.unit != "bytes":
+            return held
+        room = max(0, self.ctx.part_max_bytes - held)
+        return held + min(room, self.source.behind(self._batch.end or self.writer.position))
 
     def _interval(self, probe: Probe, now: float) -> float:
         """Seconds to the next look; a source its harness wakes on every change is polled as a

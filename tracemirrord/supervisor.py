@@ -411,17 +411,20 @@ class HarnessTask:
 
         On a first start over months of history most sessions have nothing to do; checking them in
         one worker-thread batch against the checkpoint avoids a task, a state and a read for each.
-        Returns the followers that need a task now, each handed its cached state from that batch.
-        On the first discovery those are the catch-up after the start (Telemetry.backfill).
+        Returns the followers that need a task now, each handed its cached state from that batch,
+        newest source first (by mtime; one written to while the triage ran counts as newest): they
+        take the upload slots in that order, so a backfill over months of history puts today's and
+        the active sessions in the bucket before last quarter's. On the first discovery those are
+        the catch-up after the start (Telemetry.backfill).
         """
         if not new:
             return new
         cached = await self.ctx.checkpoint.load_all_raw(self.name)
         cutoff = self.ctx.backfill_cutoff
 
-        def triage() -> list[tuple[SessionMirror, SessionState | None, Probe | None, int]]:
-            """(follower, its cached state, the probe to park it at or None to start it now, and
-            what its source holds beyond the cached position)."""
+        def triage() -> list[tuple[SessionMirror, SessionState | None, Probe | None, int, float]]:
+            """(follower, its cached state, the probe to park it at or None to start it now, what
+            its source holds beyond the cached position, and its source's mtime)."""
             now = time.time()
             verdicts = []
             for follower in new:
@@ -437,36 +440,39 @@ class HarnessTask:
                     elif state is not None:
                         if follower.source.settled_at(state.position) == probe:
                             park = probe  # fully mirrored and untouched since
+                mtime = probe.mtime if probe is not None else float("-inf")  # a gone source: last
                 if park is not None:
                     # a parked follower keeps no state, only its summary for status (remembered
                     # here: the worker thread holds its last result, which must not hold states)
                     if state is not None:
                         follower.remember(state)
-                    verdicts.append((follower, None, park, 0))
+                    verdicts.append((follower, None, park, 0, mtime))
                 else:
                     position = state.position if state is not None else START
-                    verdicts.append((follower, state, None, follower.source.behind(position)))
+                    verdicts.append((follower, state, None, follower.source.behind(position), mtime))
             return verdicts
 
-        started = []
+        started: list[tuple[float, SessionMirror]] = []
         behind_bytes = 0
-        for follower, state, park, behind in await anyio.to_thread.run_sync(triage):
+        for follower, state, park, behind, mtime in await anyio.to_thread.run_sync(triage):
             if park is not None and follower.nudged:
-                started.append(follower)  # written to while the triage ran: it loads its own state
+                # written to while the triage ran (it loads its own state): the newest of all
+                started.append((float("inf"), follower))
             elif park is not None:
                 follower.park_at(park)
             else:
                 follower.use_cached(state)  # no checkpoint read of its own
                 if state is not None:
                     follower.remember(state)
-                started.append(follower)
+                started.append((mtime, follower))
                 if first:
                     follower.in_backfill = True
                     if follower.source.unit == "bytes":
                         behind_bytes += behind
         if first:
             self.ctx.telemetry.backfill_started(len(started), behind_bytes)
-        return started
+        started.sort(key=lambda entry: -entry[0])  # stable: equal mtimes keep the discovery order
+        return [follower for _, follower in started]
 
     async def run(self, stopping: anyio.Event) -> None:
         """Follow every session until ``stopping``; followers drain before this returns."""
@@ -690,7 +696,14 @@ class HarnessTask:
         return changed
 
     async def sync_once(self, progress: OnceProgress | None = None) -> list[str]:
-        """Mirror everything pending in every session once; returns one message per failure."""
+        """Mirror everything pending in every session once; returns one message per failure.
+
+        Sessions are taken newest first (``_triage``'s order) by a few workers, each mirroring its
+        session to the end before taking the next: with a task per session, a session of many
+        parts would go to the back of the upload queue after each part, and months-old sessions
+        would land before the rest of today's. Twice the upload slots: a session's meta.json
+        write (outside the slot) overlaps the next one's parts.
+        """
         failures: list[str] = []
         progress = progress or OnceProgress()
 
@@ -703,6 +716,10 @@ class HarnessTask:
             finally:
                 progress.done += 1
 
+        async def worker(queue: list[SessionMirror]) -> None:
+            while queue:
+                await sync(queue.pop())
+
         async with anyio.create_task_group() as tg:
             pending = await self.discover()
             if self._undecided:
@@ -713,8 +730,9 @@ class HarnessTask:
                     sessions=len(self._undecided),
                 )
             progress.sessions += len(pending)
-            for follower in pending:
-                tg.start_soon(sync, follower)
+            queue = pending[::-1]  # popped from the end: newest first
+            for _ in range(min(len(queue), 2 * int(self.ctx.limiter.total_tokens))):
+                tg.start_soon(worker, queue)
             tg.start_soon(self.mirror_attachments)
         return failures
 

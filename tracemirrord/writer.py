@@ -14,10 +14,15 @@ whatever its agent id.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import sys
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,6 +53,80 @@ _DESCRIBE_LINES = 8
 _DESCRIBE_PARTS = 4  # parts of a session that may fill in missing metadata
 _DESCRIBE_PART_BYTES = 64 * 1024  # ... and small (a live session's, not a backfill's)
 _DESCRIBED_FIELDS = 2  # info fields most sessions have (model, agent version): stop looking then
+
+
+# Bytes of parts in flight (read, redacted, uploading) across every session, in part sizes: two
+# parts keep both a redaction and an upload busy; more only adds memory (benchmarks/README.md).
+PARTS_IN_FLIGHT = 2
+# glibc gives each thread that allocates its own heap ("arena", up to 8 per core), and each keeps
+# the high-water mark of the multi-MB buffers its thread once held: with parts read, redacted and
+# written in worker threads that was about 40 MiB resident on a backfill. Two arenas hold it.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+_arenas_limited = False
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Bound glibc's per-thread heaps (once per process; a no-op elsewhere, e.g. macOS, musl).
+
+    Threads that allocated before this keep their heap; called when the followers' context is
+    built, before the first part is read. ``MALLOC_ARENA_MAX`` in the environment wins.
+    """
+    global _arenas_limited
+    if _arenas_limited or not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    _arenas_limited = True
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  # glibc only: musl's mallopt ignores this
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+class PartBudget:
+    """Bytes of parts in flight, shared by every session's writer: a byte-counting semaphore.
+
+    ``upload_concurrency`` bounds how many sessions read and upload at once, which for small
+    sessions is what keeps the store busy; this bounds their bytes, so four sessions with 4 MiB
+    parts do not hold four parts (and their copies: the read, the redacted body) at once. Taken in
+    order (FIFO: a backfill's newest sessions first); one request larger than the budget runs alone.
+    """
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.limit = 0
+        self._waiters: deque[tuple[int, anyio.Event]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int, limit: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of a budget of ``limit`` (taken from the settings each time)."""
+        size = max(0, size)
+        self.limit = limit
+        if size and (self._waiters or (self.used and self.used + size > limit)):  # 0 never waits
+            entry = (size, anyio.Event())
+            self._waiters.append(entry)
+            try:
+                await entry[1].wait()
+            except BaseException:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                else:
+                    self._release(size)  # granted as it was cancelled
+                raise
+        else:
+            self.used += size
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self.used -= size
+        while self._waiters and (self.used == 0 or self.used + self._waiters[0][0] <= self.limit):
+            granted, event = self._waiters.popleft()
+            self.used += granted
+            event.set()
 
 
 class WriterConflict(Exception):
@@ -102,6 +181,15 @@ class MirrorContext:
     lease_ttl_s: float = LEASE_TTL_S
     predecessors: frozenset[str] = frozenset()  # earlier instances on our state dir (lease.py)
     pid_scope: str = field(default_factory=pid_scope)
+    part_budget: PartBudget = field(default_factory=PartBudget)  # bytes of parts in flight
+
+    def __post_init__(self) -> None:
+        limit_malloc_arenas()  # the followers' big buffers are about to be made (see its comment)
+
+    @property
+    def part_budget_bytes(self) -> int:
+        """The budget of bytes in flight, from the part size (a reload may change it)."""
+        return PARTS_IN_FLIGHT * self.part_max_bytes
 
     @property
     def holder(self) -> Holder:

@@ -1,0 +1,125 @@
+"""A backfill takes the newest sessions first, so today's work is in the bucket before last quarter's.
+
+Real session files with set mtimes, the embedded bucket, one upload slot: the order in which the
+sessions' parts land (the daemon's own "part uploaded" log lines, in the order it wrote them) must
+be newest source first. The discovery order (names, directory order) deliberately differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from daemon import daemon_env
+from sessions import make_session, record
+
+from tracemirrord.checkpoint import Checkpointer
+from tracemirrord.harnesses import REGISTRY
+from tracemirrord.mirror import MirrorContext
+from tracemirrord.redact import Redactor
+from tracemirrord.store.local import LocalStore
+from tracemirrord.supervisor import HarnessTask
+
+DAY = 86400.0
+# session id -> age of its file in days; named so that no name order matches the age order
+AGES = {"sess-a": 10.0, "sess-b": 1.0, "sess-c": 30.0, "sess-d": 0.0, "sess-e": 5.0, "sess-f": 90.0}
+
+
+def write_sessions(home: Path, ages: dict[str, float], now: float, lines: int = 4) -> None:
+    """Claude Code sessions of a few lines (one part each), each last modified ``age`` days ago."""
+    rng = random.Random(7)
+    for session_id, age in ages.items():
+        s = make_session(home, "claude-code", session_id)
+        with s.path.open("ab") as f:
+            size = s.path.stat().st_size
+            f.write(b"".join(record("claude-code", session_id, size + i, rng) for i in range(lines)))
+        os.utime(s.path, (now - age * DAY, now - age * DAY))
+
+
+def parts_landed(log: str) -> list[tuple[str, int]]:
+    """(session, seq) of every part, in the order the daemon put them."""
+    out = []
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "part uploaded":
+            out.append((entry["session"], entry["seq"]))
+    return out
+
+
+def test_once_puts_the_newest_sessions_first(tmp_path: Path) -> None:
+    """``--once`` on a first start, then again after some sessions grew: newest source first."""
+    env = daemon_env(
+        tmp_path,
+        f"file://{tmp_path / 'bucket'}",
+        {"TRACEMIRROR_HARNESSES": "claude-code", "TRACEMIRROR_UPLOAD_CONCURRENCY": "1"},
+    )
+    home = Path(env["HOME"])
+    now = time.time()
+    write_sessions(home, AGES, now)
+    once = [sys.executable, "-m", "tracemirrord", "--once"]
+
+    run = subprocess.run(once, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert parts_landed(run.stderr + run.stdout) == [
+        ("sess-d", 0),
+        ("sess-b", 0),
+        ("sess-e", 0),
+        ("sess-a", 0),
+        ("sess-c", 0),
+        ("sess-f", 0),
+    ]
+
+    # Later: three old sessions grew (their mtimes set apart again) and one more old file showed
+    # up; the untouched ones need nothing. Those that need work still go newest first.
+    write_sessions(home, {"sess-f": 2.0, "sess-c": 0.2, "sess-a": 7.0, "sess-g": 40.0}, now)
+    run = subprocess.run(once, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert parts_landed(run.stderr + run.stdout) == [
+        ("sess-c", 1),
+        ("sess-f", 1),
+        ("sess-a", 1),
+        ("sess-g", 0),
+    ]
+
+
+@pytest.mark.anyio
+async def test_first_start_starts_the_newest_sessions_first(tmp_path: Path) -> None:
+    """The daemon's first discovery (not ``--once``) hands out its followers newest first too:
+    they take the upload slots in the order they are started."""
+    home = tmp_path / "home"
+    write_sessions(home, AGES, time.time())
+    checkpoint = Checkpointer(tmp_path / "state" / "checkpoint.sqlite3", bucket="b", project="p")
+    await checkpoint.open()
+    store = LocalStore(tmp_path / "bucket")
+    ctx = MirrorContext(
+        store=store,
+        checkpoint=checkpoint,
+        redactor=Redactor(),
+        project="p",
+        agent_id="tester@host",
+        instance="i",
+        host="h",
+        flush_interval_s=1.0,
+        part_max_bytes=4 << 20,
+        meta_interval_s=30.0,
+        max_line_bytes=1 << 20,
+        limiter=anyio.CapacityLimiter(1),
+    )
+    harness = REGISTRY["claude-code"]()
+    task = HarnessTask(harness, harness.default_roots({}, home), ctx, scan_interval_s=1.0)
+    try:
+        started = await task.discover()
+    finally:
+        await checkpoint.close()
+        await store.close()
+    assert [f.key.session_id for f in started] == ["sess-d", "sess-b", "sess-e", "sess-a", "sess-c", "sess-f"]
