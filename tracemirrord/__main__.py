@@ -39,6 +39,7 @@ from tracemirrord.store.base import StoreError
 from tracemirrord.store.guard import unusable_message
 from tracemirrord.store.probe import ProbeReport
 from tracemirrord.supervisor import Daemon, DaemonConfigError, DaemonError, describe_failure, harness_roots
+from tracemirrord.writer import limit_malloc_arenas
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check:
             return anyio.run(_check, settings, backend_options=_backend_options())
+        limit_malloc_arenas()  # before any worker thread allocates (see its comment)
         return anyio.run(_run, settings, args.once, args.config, backend_options=_backend_options())
     except DaemonConfigError as exc:
         print(f"tracemirrord: {exc}", file=sys.stderr)

@@ -69,8 +69,8 @@ _arenas_limited = False
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Bound glibc's per-thread heaps (once per process; a no-op elsewhere, e.g. macOS, musl).
 
-    Threads that allocated before this keep their heap; called when the followers' context is
-    built, before the first part is read. ``MALLOC_ARENA_MAX`` in the environment wins.
+    Threads that allocated before this keep their heap; called by ``tracemirrord``'s main before
+    the event loop starts. ``MALLOC_ARENA_MAX`` in the environment wins.
     """
     global _arenas_limited
     if _arenas_limited or not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
@@ -182,9 +182,6 @@ class MirrorContext:
     predecessors: frozenset[str] = frozenset()  # earlier instances on our state dir (lease.py)
     pid_scope: str = field(default_factory=pid_scope)
     part_budget: PartBudget = field(default_factory=PartBudget)  # bytes of parts in flight
-
-    def __post_init__(self) -> None:
-        limit_malloc_arenas()  # the followers' big buffers are about to be made (see its comment)
 
     @property
     def part_budget_bytes(self) -> int:
