@@ -123,3 +123,38 @@ async def test_first_start_starts_the_newest_sessions_first(tmp_path: Path) -> N
         await checkpoint.close()
         await store.close()
     assert [f.key.session_id for f in started] == ["sess-d", "sess-b", "sess-e", "sess-a", "sess-c", "sess-f"]
+
+
+def test_once_goes_newest_first_across_agents(tmp_path: Path) -> None:
+    """Claude Code and Codex sessions whose ages interleave: ``--once`` takes them in one order,
+    newest source first over both agents (not one agent after the other)."""
+    env = daemon_env(
+        tmp_path,
+        f"file://{tmp_path / 'bucket'}",
+        {"TRACEMIRROR_HARNESSES": "claude-code,codex", "TRACEMIRROR_UPLOAD_CONCURRENCY": "1"},
+    )
+    home = Path(env["HOME"])
+    now = time.time()
+    ages = {  # session id -> (harness, age in days)
+        "0a000000-0000-4000-8000-00000000000a": ("claude-code", 0.0),
+        "0b000000-0000-4000-8000-00000000000b": ("codex", 5.0),
+        "0c000000-0000-4000-8000-00000000000c": ("claude-code", 20.0),
+        "0d000000-0000-4000-8000-00000000000d": ("codex", 1.0),
+        "0e000000-0000-4000-8000-00000000000e": ("claude-code", 40.0),
+    }
+    rng = random.Random(3)
+    for session_id, (harness, age) in ages.items():
+        s = make_session(home, harness, session_id)
+        s.path.write_bytes(b"".join(record(harness, session_id, i, rng) for i in range(3)))
+        os.utime(s.path, (now - age * DAY, now - age * DAY))
+    run = subprocess.run(
+        [sys.executable, "-m", "tracemirrord", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert [session for session, _ in parts_landed(run.stderr + run.stdout)] == [
+        "0a000000-0000-4000-8000-00000000000a",
+        "0d000000-0000-4000-8000-00000000000d",
+        "0b000000-0000-4000-8000-00000000000b",
+        "0c000000-0000-4000-8000-00000000000c",
+        "0e000000-0000-4000-8000-00000000000e",
+    ]

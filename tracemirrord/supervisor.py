@@ -194,6 +194,7 @@ class HarnessTask:
         self.stopping = anyio.Event()  # this harness alone (removed by a reload)
         self._discovered_once = False
         self._epoch = store_epoch(ctx.store)
+        self.newest: dict[str, float] = {}  # the last triage's followers -> source mtime (order)
         self.filter = session_filter or SessionFilter()
         self.admitted: set[str] = set()  # session ids the filter let through (decided once each)
         self.excluded: dict[str, str] = {}  # session id -> the label of what left it out
@@ -472,6 +473,7 @@ class HarnessTask:
         if first:
             self.ctx.telemetry.backfill_started(len(started), behind_bytes)
         started.sort(key=lambda entry: -entry[0])  # stable: equal mtimes keep the discovery order
+        self.newest = {follower.key.session_id: mtime for mtime, follower in started}
         return [follower for _, follower in started]
 
     async def run(self, stopping: anyio.Event) -> None:
@@ -695,46 +697,62 @@ class HarnessTask:
             follower.parked = False
         return changed
 
+    async def pending_once(self) -> list[tuple[float, SessionMirror]]:
+        """``--once``: discover, and the followers with something to mirror, each with its source's
+        mtime (the order they are taken in, newest first, across every harness)."""
+        pending = await self.discover()
+        if self._undecided:
+            log.warning(
+                "sessions not mirrored by this run: the privacy filter needs their cwd, which "
+                "their first records do not name yet",
+                harness=self.name,
+                sessions=len(self._undecided),
+            )
+        return [(self.newest.get(f.key.session_id, float("-inf")), f) for f in pending]
+
     async def sync_once(self, progress: OnceProgress | None = None) -> list[str]:
-        """Mirror everything pending in every session once; returns one message per failure.
+        """Mirror everything pending in every session of this harness once (one failure message
+        each); ``Daemon.run_once`` does the same across harnesses."""
+        return await sync_newest_first([self], self.ctx.limiter, progress or OnceProgress())
 
-        Sessions are taken newest first (``_triage``'s order) by a few workers, each mirroring its
-        session to the end before taking the next: with a task per session, a session of many
-        parts would go to the back of the upload queue after each part, and months-old sessions
-        would land before the rest of today's. Twice the upload slots: a session's meta.json
-        write (outside the slot) overlaps the next one's parts.
-        """
-        failures: list[str] = []
-        progress = progress or OnceProgress()
 
-        async def sync(follower: SessionMirror) -> None:
-            try:
-                await follower.sync_once()
-            except Exception as exc:
-                failures.append(f"{follower.key}: {type(exc).__name__}: {exc}")
-                log.error("session not mirrored", session=str(follower.key), error=str(exc))
-            finally:
-                progress.done += 1
+async def sync_newest_first(
+    tasks: list[HarnessTask], limiter: anyio.CapacityLimiter, progress: OnceProgress
+) -> list[str]:
+    """``--once``: mirror every pending session of ``tasks``, newest source first across all of them.
 
-        async def worker(queue: list[SessionMirror]) -> None:
-            while queue:
-                await sync(queue.pop())
+    A few workers each mirror a session to the end before taking the next: with a task per session,
+    a session of many parts would go to the back of the upload queue after each part, and months-old
+    sessions would land before the rest of today's. Twice the upload slots: a session's meta.json
+    write (outside the slot) overlaps the next one's parts. Returns one message per failure.
+    """
+    failures: list[str] = []
+    pending: list[tuple[float, SessionMirror]] = []
+    for task in tasks:
+        pending += await task.pending_once()
+    pending.sort(key=lambda entry: entry[0])  # stable; popped from the end: newest first
+    queue = [follower for _, follower in pending]
+    progress.sessions += len(queue)
 
-        async with anyio.create_task_group() as tg:
-            pending = await self.discover()
-            if self._undecided:
-                log.warning(
-                    "sessions not mirrored by this run: the privacy filter needs their cwd, which "
-                    "their first records do not name yet",
-                    harness=self.name,
-                    sessions=len(self._undecided),
-                )
-            progress.sessions += len(pending)
-            queue = pending[::-1]  # popped from the end: newest first
-            for _ in range(min(len(queue), 2 * int(self.ctx.limiter.total_tokens))):
-                tg.start_soon(worker, queue)
-            tg.start_soon(self.mirror_attachments)
-        return failures
+    async def sync(follower: SessionMirror) -> None:
+        try:
+            await follower.sync_once()
+        except Exception as exc:
+            failures.append(f"{follower.key}: {type(exc).__name__}: {exc}")
+            log.error("session not mirrored", session=str(follower.key), error=str(exc))
+        finally:
+            progress.done += 1
+
+    async def worker() -> None:
+        while queue:
+            await sync(queue.pop())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(len(queue), 2 * int(limiter.total_tokens))):
+            tg.start_soon(worker)
+        for task in tasks:
+            tg.start_soon(task.mirror_attachments)
+    return failures
 
 
 def harness_roots(name: str, settings: Settings, env: Mapping[str, str]) -> list[Path]:
@@ -973,8 +991,7 @@ class Daemon:
         progress = OnceProgress()
         async with anyio.create_task_group() as reporter:
             reporter.start_soon(self._report_progress, progress)
-            for task in self.tasks:
-                failures += await task.sync_once(progress)
+            failures += await sync_newest_first(self.tasks, self.ctx.limiter, progress)
             reporter.cancel_scope.cancel()
         sessions = sum(len(t.followers) for t in self.tasks)
         if failures:
