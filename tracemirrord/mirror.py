@@ -527,6 +527,8 @@ class SessionMirror:
         if writer.state is None:
             return
         try:
+            if self._batch and self._notified:
+                await self._read_notified()
             if self._batch:
                 await self._flush()
             if writer.unreleased:
@@ -535,6 +537,20 @@ class SessionMirror:
             self.log.warning("could not flush on the way out; the source keeps the records", error=str(exc))
 
     # ---------- reading ----------
+
+    async def _read_notified(self) -> None:
+        """Before a last flush: read what was written since the batch was read, which a notified
+        follower holding a batch has not looked at (``notify``). A failed read keeps the batch as
+        it is (the source keeps the rest for the next start)."""
+        self._notified = False
+        in_flight = self._in_flight(True)
+        try:
+            async with self.ctx.part_budget.hold(in_flight, self.ctx.part_budget_bytes), self.ctx.limiter:
+                await self._read()
+        except (StoreError, LeaseHeld, WriterConflict):
+            raise
+        except Exception as exc:
+            self.log.warning("could not read the last writes on the way out", error=str(exc))
 
     async def _read(self) -> None:
         """Read complete records after what is held (or after the cursor) into the pending batch."""
