@@ -150,20 +150,23 @@ def test_the_cwd_comes_from_the_first_records_and_waits_while_they_name_none(tmp
     assert anyio.run(find_cwd, _claude_source(left, tmp_path), time.time()) == (True, None)  # left alone
 
 
-def _status(env: dict[str, str]) -> dict:  # type: ignore[type-arg]
+def _ctl_status(env: dict[str, str], *args: str) -> str:
+    """``tracemirrorctl status`` (as its own process) against the test's daemon: its output."""
     done = subprocess.run(
-        [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+        [sys.executable, "-m", "tracemirrord.ctl", "status", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return done.stdout
 
 
 def _filtered(env: dict[str, str], harness: str) -> dict[str, int]:
-    return next(h for h in _status(env)["harnesses"] if h["name"] == harness)["filtered"]
+    return next(h for h in json.loads(_ctl_status(env, "--json"))["harnesses"] if h["name"] == harness)[
+        "filtered"
+    ]
 
 
 def _claude_line(session_id: str, i: int, text: str, cwd: str | None) -> bytes:
@@ -278,13 +281,7 @@ def test_excluded_sessions_never_reach_the_bucket(
             "exclude -work-hidden-*": 0,
             "many projects": 0,
         }
-        shown = subprocess.run(
-            [sys.executable, "-m", "tracemirrord.ctl", "status"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        shown = _ctl_status(env)
         assert (
             "privacy filter: 4 excluded (exclude /work/acme: 2, exclude -work-hidden-*: 1, many projects: 1)"
             in shown
