@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
+import structlog
 
 from tracemirrord.store.base import (
     NotFound,
@@ -57,6 +58,8 @@ from tracemirrord.store.base import (
     StoreRejected,
     StoreUnavailable,
 )
+
+log = structlog.get_logger("tracemirrord.store")
 
 HIDDEN_DIR = ".tracemirror"
 """Top-level directory of the bucket that holds sidecars and locks; never listed, never a key."""
@@ -251,10 +254,14 @@ class LocalStore:
             _makedirs(self._root)
             _makedirs(self._meta_root)
             self._root_changed(os.stat(self._root))
-            raise StoreUnavailable(
+            message = (
                 f"local bucket {self._root} was deleted while running; recreated it empty, "
                 "sessions are mirrored again from their start"
-            ) from None
+            )
+            # logged here: whichever call meets it (a part, the heartbeat, the guard's probe), the
+            # failure it raises may be one of an outage already reported, and this must be seen
+            log.warning(message)
+            raise StoreUnavailable(message) from None
         if self._root_id is None:
             self._root_id = (st.st_dev, st.st_ino)
         elif (st.st_dev, st.st_ino) != self._root_id:
