@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 ProxyMode = Literal[
@@ -42,18 +42,7 @@ ProxyMode = Literal[
     "blackhole",
     "strip_preconditions",
 ]
-PROXY_MODES: tuple[ProxyMode, ...] = (
-    "pass",
-    "down",
-    "slow",
-    "latency",
-    "error503",
-    "error500",
-    "error403",
-    "reset",
-    "blackhole",
-    "strip_preconditions",
-)
+PROXY_MODES: tuple[ProxyMode, ...] = get_args(ProxyMode)
 # Modes between which open connections may carry on: each forwards every byte as it came.
 _STREAM_MODES = frozenset({"pass", "slow", "latency"})
 # The headers an S3 server that ignores conditional writes acts as if it never received.

@@ -12,8 +12,10 @@ adopts it); a crash loses nothing, and the first read after a start rolls forwar
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -488,9 +490,8 @@ class SessionMirror:
             self.pending_since = max(min(probe.mtime, now), seen_from)
         if changed or self._more_to_read or flush_asked or (self._batch and (forced or self._flush_due())):
             reading = changed or self._more_to_read or flush_asked
-            budget = self.ctx.part_budget
-            async with budget.hold(self._in_flight(reading), self.ctx.part_budget_bytes), self.ctx.limiter:
-                if changed or self._more_to_read or flush_asked:
+            async with self._slot(reading):
+                if reading:
                     await self._read()
                     self._last_probe = probe
                     if changed and not self._batch:
@@ -518,6 +519,14 @@ class SessionMirror:
         if writer.checkpoint_stale:
             interval = min(interval, CHECKPOINT_RETRY_S)
         return interval
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, reading: bool) -> AsyncIterator[None]:
+        """What a step that reads or puts holds: its bytes of the part budget, then an upload slot
+        (every follower takes them in that order, so none waits on the other's)."""
+        async with self.ctx.part_budget.hold(self._in_flight(reading), self.ctx.part_budget_bytes):
+            async with self.ctx.limiter:
+                yield
 
     def _in_flight(self, reading: bool) -> int:
         """Bytes this step may hold at once (PartBudget): the batch, and what a read may add to
@@ -569,9 +578,8 @@ class SessionMirror:
         follower holding a batch has not looked at (``notify``). A failed read keeps the batch as
         it is (the source keeps the rest for the next start)."""
         self._notified = False
-        in_flight = self._in_flight(True)
         try:
-            async with self.ctx.part_budget.hold(in_flight, self.ctx.part_budget_bytes), self.ctx.limiter:
+            async with self._slot(reading=True):
                 await self._read()
         except (StoreError, LeaseHeld, WriterConflict):
             raise

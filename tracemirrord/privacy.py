@@ -156,6 +156,16 @@ class SessionFilter:
             labels.append(MANY_PROJECTS)
         return labels
 
+    def tally(self, left_out: Iterable[str], undecided: int) -> dict[str, int]:
+        """Sessions left out per label (every label shown, 0 or not), and ``"undecided"`` when
+        some wait for a cwd: what status, the metrics and ``--check`` show."""
+        counts = dict.fromkeys(self.labels(), 0)
+        for because in left_out:
+            counts[because] = counts.get(because, 0) + 1
+        if undecided:
+            counts[UNDECIDED] = undecided
+        return counts
+
     def by_path(self, path: str, *, many_projects: bool = False) -> Verdict | None:
         """The verdict the path alone gives, or None when the cwd is needed too."""
         if not self.active:
@@ -216,24 +226,34 @@ async def find_cwd(source: Source, now: float) -> tuple[bool, str | None]:
     return False, None
 
 
+async def decide_by_cwd(
+    session_filter: SessionFilter, ref: SessionRef, source: Source, now: float
+) -> Verdict | None:
+    """The verdict on a session its path alone did not decide, from its cwd (None: not known yet)."""
+    known, cwd = await find_cwd(source, now)
+    if not known:
+        return None
+    return session_filter.decide(str(ref.path), cwd, many_projects=ref.many_projects)
+
+
 async def filter_counts(
     session_filter: SessionFilter, refs: Iterable[SessionRef], open_source: Callable[[SessionRef], Source]
 ) -> dict[str, int]:
     """How many of ``refs`` each way of leaving a session out takes, as ``--check`` shows it
     (``"undecided"``: the first records do not name a cwd yet)."""
-    counts = dict.fromkeys(session_filter.labels(), 0)
+    left_out: list[str] = []
+    undecided = 0
     now = time.time()
     for ref in refs:
         verdict = session_filter.by_path(str(ref.path), many_projects=ref.many_projects)
         if verdict is None:
             try:
-                known, cwd = await find_cwd(open_source(ref), now)
+                verdict = await decide_by_cwd(session_filter, ref, open_source(ref), now)
             except Exception:  # unreadable now: the daemon would wait too
-                known, cwd = False, None
-            if not known:
-                counts[UNDECIDED] = counts.get(UNDECIDED, 0) + 1
+                verdict = None
+            if verdict is None:
+                undecided += 1
                 continue
-            verdict = session_filter.decide(str(ref.path), cwd, many_projects=ref.many_projects)
         if not verdict.mirror and verdict.because:
-            counts[verdict.because] = counts.get(verdict.because, 0) + 1
-    return counts
+            left_out.append(verdict.because)
+    return session_filter.tally(left_out, undecided)

@@ -48,7 +48,6 @@ from tracemirrord.config import (
 )
 from tracemirrord.control.api import ControlApi
 from tracemirrord.control.schema import (
-    UNDECIDED,
     FlushResult,
     HarnessStatus,
     ReloadResult,
@@ -69,7 +68,7 @@ from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessH
 from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
-from tracemirrord.privacy import SessionFilter, Verdict, find_cwd
+from tracemirrord.privacy import SessionFilter, Verdict, decide_by_cwd
 from tracemirrord.progress import ProgressBar
 from tracemirrord.redact import Redactor
 from tracemirrord.reload import apply_live_settings, live_settings, restart_only_changes
@@ -294,17 +293,23 @@ class HarnessTask:
             if follower is None or follower.finished:
                 if ref.session_id not in self.admitted and not self._admit_by_path(ref):
                     continue  # excluded, or waiting for its cwd
-                follower = SessionMirror(SessionKey(self.name, ref.session_id), self._open(ref), self.ctx)
-                self.followers[ref.session_id] = follower
-                new.append(follower)
-            elif self._refs.get(ref.session_id) != ref:
+                new.append(self._follow(ref, self._open(ref)))
+                continue
+            if self._refs.get(ref.session_id) != ref:
                 follower.relocate(self._open(ref))
                 moved.append(ref.session_id)
-            self._refs[ref.session_id] = ref
+                self._refs[ref.session_id] = ref
         self._map_paths(found)
         for session_id in moved:
             self.wake(session_id)  # look at the new path now (no notification may come from it)
         return new
+
+    def _follow(self, ref: SessionRef, source: Source) -> SessionMirror:
+        """A new follower for ``ref`` (not started: the triage decides)."""
+        follower = SessionMirror(SessionKey(self.name, ref.session_id), source, self.ctx)
+        self.followers[ref.session_id] = follower
+        self._refs[ref.session_id] = ref
+        return follower
 
     # ---------- the privacy filter ----------
 
@@ -352,32 +357,22 @@ class HarnessTask:
         for ref in looks:
             source = self._open(ref)
             try:
-                known, cwd = await find_cwd(source, time.time())
+                verdict = await decide_by_cwd(self.filter, ref, source, time.time())
             except Exception as exc:  # unreadable for now: it waits, and says why once
                 if ref.path not in self._refused:
                     self._refused.add(ref.path)
                     where = str(ref.path)
                     log.warning("session cwd not readable yet", harness=self.name, path=where, error=str(exc))
                 continue
-            if not known:
-                continue
-            if self._settle(ref, self.filter.decide(str(ref.path), cwd, many_projects=ref.many_projects)):
-                follower = SessionMirror(SessionKey(self.name, ref.session_id), source, self.ctx)
-                self.followers[ref.session_id] = follower
-                self._refs[ref.session_id] = ref
-                new.append(follower)
+            if verdict is not None and self._settle(ref, verdict):
+                new.append(self._follow(ref, source))
         if new and self._last_found is not None:
             self._map_paths(self._last_found)
         return new
 
     def filter_counts(self) -> dict[str, int]:
         """Sessions left out so far, per pattern (and "undecided" while some wait for a cwd)."""
-        counts = dict.fromkeys(self.filter.labels(), 0)
-        for because in self.excluded.values():
-            counts[because] = counts.get(because, 0) + 1
-        if self._undecided:
-            counts[UNDECIDED] = len(self._undecided)
-        return counts
+        return self.filter.tally(self.excluded.values(), len(self._undecided))
 
     def _map_paths(self, found: Discovery) -> None:
         """Which session each notified path belongs to; a follower whose file raises notifications
@@ -709,11 +704,6 @@ class HarnessTask:
                 sessions=len(self._undecided),
             )
         return [(self.newest.get(f.key.session_id, float("-inf")), f) for f in pending]
-
-    async def sync_once(self, progress: OnceProgress | None = None) -> list[str]:
-        """Mirror everything pending in every session of this harness once (one failure message
-        each); ``Daemon.run_once`` does the same across harnesses."""
-        return await sync_newest_first([self], self.ctx.limiter, progress or OnceProgress())
 
 
 async def sync_newest_first(
