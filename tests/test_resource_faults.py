@@ -306,5 +306,8 @@ def test_bucket_deleted_while_running(tmp_path: Path) -> None:
         wait_for(lambda: is_current(bucket, [busy, idle]), 30, "both sessions mirrored again")
         wait_for(lambda: status(env)[0] == 0, 20, "healthy again")
         assert daemon.stop() == 0
-        assert "was deleted while running; recreated it empty" in daemon.log()
+        log = daemon.log()
+        assert "was deleted while running; recreated it empty" in log
+        # each follower reads the bucket again once or twice; a loop on the conflict logged hundreds
+        assert log.count("another writer wrote this session") <= 6
     assert_exact(bucket, [busy, idle])

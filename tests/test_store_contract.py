@@ -7,6 +7,7 @@ follows the shared suite, each group under its own heading.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 from s3server import TEST_CREDENTIALS, TEST_REGION, BytesCountingProxy, MotoServer, ProxyMode, free_port
+from structlog.testing import capture_logs
 
 import tracemirrord.store.local as local_module
 import tracemirrord.store.s3 as s3_module
@@ -349,6 +351,33 @@ async def test_local_check_rejects_an_unusable_root(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "file")
     with pytest.raises(StoreRejected, match=str(tmp_path / "file")):
         await store.check()
+
+
+async def test_local_check_waits_for_a_lost_parent_and_reports_the_recreated_root(tmp_path: Path) -> None:
+    """The outage watch's probe (check) on a root seen before: while its parent is gone too, it
+    fails as an outage and builds nothing (an unmounted disk's mount point stays empty); with the
+    parent back, it recreates the root, logs that the bucket lost its objects, and moves the epoch."""
+    parent = tmp_path / "disk"
+    store = LocalStore(parent / "bucket")
+    await store.check()
+    await store.put("p/k", b"x")
+    epoch = store.epoch
+    shutil.rmtree(parent)
+    for _ in range(2):  # every probe while it is gone fails the same way
+        with pytest.raises(StoreUnavailable, match="nor its parent directory"):
+            await store.check()
+        assert not parent.exists()
+    parent.mkdir()
+    with capture_logs() as logs:
+        await store.check()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        f"local bucket {parent / 'bucket'} was deleted while running; recreated it empty, "
+        "sessions are mirrored again from their start"
+    ]
+    assert store.epoch == epoch + 1
+    with pytest.raises(NotFound):
+        await store.get("p/k")
+    assert store.epoch == epoch + 1  # seen once: the next call does not count it again
 
 
 RACER = textwrap.dedent(

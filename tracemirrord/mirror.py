@@ -50,6 +50,9 @@ log = structlog.get_logger("tracemirrord.mirror")
 MISSING_GRACE_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
 UNKNOWN_FORMAT_RETRY_S = 60.0
+# Writer conflicts one after another (no step succeeding between them) back off from this, capped
+CONFLICT_BACKOFF_S = 0.05
+CONFLICT_BACKOFF_CAP_S = 2.0
 
 # A source untouched for this long is parked: no task or timer of its own; the harness's idle sweep
 # probes it with all the other parked sources in one batch and starts it again when it changes.
@@ -358,6 +361,7 @@ class SessionMirror:
         source changes. Ten thousand old sessions then cost no task and no timer.
         """
         backoff = Backoff()
+        conflicts = Backoff(base_s=CONFLICT_BACKOFF_S, cap_s=CONFLICT_BACKOFF_CAP_S)
         park = False
         self.parked = False
         try:
@@ -365,6 +369,7 @@ class SessionMirror:
                 try:
                     delay = await self.step()
                     backoff.reset()
+                    conflicts.reset()
                     self.last_error = None
                 except LeaseHeld as exc:
                     self._fail("blocked", str(exc), kind="lease_held")
@@ -375,7 +380,10 @@ class SessionMirror:
                     self.log.warning("another writer wrote this session; rolling forward", detail=str(exc))
                     self.ctx.telemetry.failed("writer_conflict", f"{self.key}: {exc}")
                     self._forget_position()
-                    delay = 0.0
+                    # the first at once (the usual race, settled by reading the bucket again);
+                    # one after another, a cause that reading does not settle: back off, not spin
+                    delay = conflicts.next() if conflicts.attempt else 0.0
+                    conflicts.attempt = max(conflicts.attempt, 1)
                 except UnknownFormat as exc:
                     self._fail("error", f"unknown source format: {exc}", kind="unknown_format")
                     self._backfill_done()
@@ -505,7 +513,10 @@ class SessionMirror:
             due_in = self._batch.since + self.ctx.flush_interval_s - time.monotonic()
             return max(0.01, min(due_in, self._interval(probe, now)))
         if writer.meta_behind and (writer.meta_due() or flush_asked):
-            await writer.write_meta()
+            if writer.rolled_forward:
+                await writer.write_meta()
+            else:  # a conflict dropped what we knew of the bucket: read it again, then write
+                await writer.roll_forward()
         if writer.checkpoint_stale and writer.state is not None:
             await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)

@@ -219,7 +219,8 @@ class LocalStore:
         return await self._run(functools.partial(self._list_sync, prefix, start_after))
 
     async def check(self) -> None:
-        """Create the root if needed and prove it is writable (StoreRejected naming the path if not)."""
+        """Create the root if needed and prove it is writable (StoreRejected naming the path if not;
+        StoreUnavailable while a root seen before is gone with its parent)."""
         await anyio.to_thread.run_sync(self._check_sync)
 
     async def close(self) -> None:
@@ -235,11 +236,15 @@ class LocalStore:
         except OSError as exc:
             raise self._translate(exc) from exc
 
-    def _ensure_root(self) -> None:
+    def _ensure_root(self, *, fail_on_change: bool = True) -> None:
         """Fail (StoreUnavailable) once when the root was deleted or replaced since we last saw it.
 
         A deleted root whose parent is still there is recreated empty; one whose parent is gone too
-        (an unmounted disk) is reported on every call until it comes back.
+        (an unmounted disk) is reported on every call until it comes back, and nothing is created
+        in its place. Either change is logged here, where it is seen: whichever call meets it (a
+        part, the heartbeat, the outage watch's probe), the failure it raises may be one of an
+        outage already reported, and a bucket that lost its objects must be seen in the log.
+        ``fail_on_change=False`` (the probe) only records the change.
         """
         try:
             st = os.stat(self._root)
@@ -253,23 +258,28 @@ class LocalStore:
                 ) from None
             _makedirs(self._root)
             _makedirs(self._meta_root)
-            self._root_changed(os.stat(self._root))
-            message = (
+            self._changed(
+                os.stat(self._root),
                 f"local bucket {self._root} was deleted while running; recreated it empty, "
-                "sessions are mirrored again from their start"
+                "sessions are mirrored again from their start",
+                fail_on_change,
             )
-            # logged here: whichever call meets it (a part, the heartbeat, the guard's probe), the
-            # failure it raises may be one of an outage already reported, and this must be seen
-            log.warning(message)
-            raise StoreUnavailable(message) from None
+            return
         if self._root_id is None:
             self._root_id = (st.st_dev, st.st_ino)
         elif (st.st_dev, st.st_ino) != self._root_id:
-            self._root_changed(st)
-            raise StoreUnavailable(
+            self._changed(
+                st,
                 f"local bucket {self._root} was replaced while running; "
-                "sessions are read again from what it holds"
+                "sessions are read again from what it holds",
+                fail_on_change,
             )
+
+    def _changed(self, st: os.stat_result, message: str, fail: bool) -> None:
+        self._root_changed(st)
+        log.warning(message)
+        if fail:
+            raise StoreUnavailable(message)
 
     def _root_changed(self, st: os.stat_result) -> None:
         self._root_id = (st.st_dev, st.st_ino)
@@ -415,16 +425,15 @@ class LocalStore:
     # -- check ---------------------------------------------------------------------------------------
 
     def _check_sync(self) -> None:
+        # a root seen before goes through the same door as every call: a missing parent is waited
+        # for (makedirs would build it on the disk under a mount point), a recreated root is logged
+        self._ensure_root(fail_on_change=False)
         try:
             _makedirs(self._root)
             _makedirs(self._meta_root)
             probe = _write_temp(self._root / HIDDEN_DIR, b"check")
             probe.unlink()
-            st = os.stat(self._root)
-            if self._root_id is None:
-                self._root_id = (st.st_dev, st.st_ino)
-            elif (st.st_dev, st.st_ino) != self._root_id:
-                self._root_changed(st)
+            self._ensure_root(fail_on_change=False)  # seen for the first time, or changed meanwhile
         except OSError as exc:
             raise StoreRejected(
                 f"local bucket {self._root} is not a writable directory: {exc.strerror or exc}"
