@@ -484,6 +484,34 @@ async def test_s3_missing_bucket_is_rejected(s3_server: MotoServer, make_s3: Mak
         await store.put("k", b"x")
 
 
+async def test_s3_bucket_back_after_missing_moves_the_epoch_and_fails_one_call(
+    s3_server: MotoServer, make_s3: MakeS3
+) -> None:
+    """A bucket that went missing and came back may be empty: the first call after it is back fails
+    as an outage (nothing written on stale knowledge), and the epoch moves on once."""
+    name = "tm-comes-back"
+    client = s3_server.client()
+    client.create_bucket(Bucket=name)
+    store = make_s3(s3_server.endpoint_url, name, **FAST_RETRIES)
+    await store.put("p/k", b"x")
+    assert store.epoch == 0
+    client.delete_object(Bucket=name, Key="p/k")
+    client.delete_bucket(Bucket=name)
+    with pytest.raises(StoreRejected, match="does not exist"):
+        await store.put("p/k2", b"y")
+    with pytest.raises(StoreRejected, match="does not exist"):
+        await store.get("p/k")  # still missing: asked again, still refused
+    assert store.epoch == 0
+    client.create_bucket(Bucket=name)
+    with pytest.raises(StoreUnavailable, match="is back after it was missing"):
+        await store.put("p/k2", b"y")
+    assert store.epoch == 1
+    assert client.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0  # that put wrote nothing
+    await store.put("p/k2", b"y")
+    assert store.epoch == 1
+    assert (await store.get("p/k2")).body == b"y"
+
+
 async def test_s3_server_errors_are_retried_then_unavailable(
     s3_proxy: BytesCountingProxy, s3_bucket: str, make_s3: MakeS3
 ) -> None:

@@ -495,6 +495,36 @@ def test_a_deleted_bucket_is_named_and_mirroring_resumes_when_it_is_back(
     assert "Traceback" not in daemon.log()
 
 
+def test_a_bucket_deleted_and_created_again_empty_gets_every_session_again(
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    s3_proxy: BytesCountingProxy,
+) -> None:
+    """The bucket deleted and created again empty under a running daemon: nothing is written on what
+    was known of the old bucket (no part after a gap), and every session, the idle ones too, is
+    mirrored again from its start: the copy is exact."""
+    bucket = f"s3://{s3_bucket}/recreated"
+    env = exact_env(tmp_path, bucket, s3_env, s3_proxy)
+    files = sessions_with_history(Path(env["HOME"]), lines=5)
+    busy = files[:1]
+    client = s3_server.client()
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: mirrored_exactly(bucket, files, s3_env), 20, "the history in the bucket")
+        _empty_and_delete(client, s3_bucket)
+        writer = run_appender(busy, lines=6, rate=4, first=5)
+        _, doc = wait_for_status(env, lambda c, d: c == 1, 20, "status to report the missing bucket")
+        assert f"bucket '{s3_bucket}' does not exist" in doc["store"]["last_error"]
+        client.create_bucket(Bucket=s3_bucket)
+        assert writer.wait(30) == 0
+        wait_for(lambda: mirrored_exactly(bucket, files, s3_env), 40, "every session mirrored again")
+        assert daemon.stop() == 0, daemon.log()[-3000:]
+        log = daemon.log()
+    assert "bucket was missing and is back" in log
+    assert "Traceback" not in log
+
+
 def _empty_and_delete(client: Any, bucket: str) -> dict[str, tuple[bytes, dict[str, str]]]:
     """Delete every object and then the bucket (again while the daemon adds some); return what was
     there (body and user metadata)."""

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
@@ -115,6 +116,8 @@ DEFAULT_READ_TIMEOUT_S = 20.0
 MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 _URL_USERINFO = re.compile(r"//[^/@\s]*@")
 
+log = structlog.get_logger("tracemirrord.store.s3")
+
 
 # Connections kept to the endpoint. botocore's default of 10 silently capped a backfill at ten
 # requests in flight whatever upload_concurrency said (measured: c=8 and c=16 both peaked at 10).
@@ -132,6 +135,11 @@ class S3Store:
 
     HEAD answers carry no error code, so ``head`` in a missing bucket raises NotFound; ``check`` (and
     every other call) reports a missing bucket as StoreRejected.
+
+    A bucket found missing may come back empty (deleted and created again): what was read of it is
+    stale. So once a call met NoSuchBucket, the next one first asks whether the bucket is back; if it
+    is, ``epoch`` moves on (the daemon reads every session again from what the bucket holds) and that
+    call fails once as an outage, so nothing is written on what was known of the old bucket.
     """
 
     def __init__(
@@ -177,6 +185,9 @@ class S3Store:
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         self._client_lock = anyio.Lock()
+        self._epoch = 0
+        self._bucket_lost = False  # a call met NoSuchBucket: the next asks whether it is back
+        self._back_lock = anyio.Lock()
 
     @classmethod
     def from_options(cls, bucket: str, prefix: str = "", options: S3Options | None = None) -> S3Store:
@@ -195,6 +206,11 @@ class S3Store:
             connect_timeout_s=o.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S,
             read_timeout_s=o.read_timeout_s or DEFAULT_READ_TIMEOUT_S,
         )
+
+    @property
+    def epoch(self) -> int:
+        """Changes when the bucket was found missing and then back: what was read before is stale."""
+        return self._epoch
 
     @property
     def bucket(self) -> str:
@@ -301,10 +317,13 @@ class S3Store:
             client = await self._get_client()
             await client.list_objects_v2(**params)
 
+        lost = self._bucket_lost
         try:
-            await self._call("check", "", attempt)
+            await self._call("check", "", attempt, watching=True)
         except NotFound as exc:
             raise StoreRejected(f"{self.url}: bucket {self._bucket!r} does not exist") from exc
+        if lost:
+            self._found_back()
 
     async def close(self) -> None:
         """Close the client and its connections; a later call opens a new one."""
@@ -384,8 +403,21 @@ class S3Store:
 
     # -- retries and errors --------------------------------------------------------------------------
 
-    async def _call(self, op: str, key: str, attempt: Callable[[], Awaitable[T]], body_bytes: int = 0) -> T:
-        """Run ``attempt``, translating errors and retrying StoreUnavailable within the budget."""
+    async def _call(
+        self,
+        op: str,
+        key: str,
+        attempt: Callable[[], Awaitable[T]],
+        body_bytes: int = 0,
+        *,
+        watching: bool = False,
+    ) -> T:
+        """Run ``attempt``, translating errors and retrying StoreUnavailable within the budget.
+
+        After a NoSuchBucket, a call first asks whether the bucket is back (``watching``: the probe
+        itself, which only asks)."""
+        if self._bucket_lost and not watching:
+            await self._ask_if_back()
         deadline = time.monotonic() + self._retry_budget_s
         limit_s = self._attempt_limit_s(body_bytes)
         for n in range(self._retry_attempts):
@@ -400,6 +432,28 @@ class S3Store:
                     raise error from exc
                 await anyio.sleep(delay)
         raise AssertionError("unreachable: the last attempt raises")
+
+    async def _ask_if_back(self) -> None:
+        """The bucket was missing: if it is back, fail this call once (StoreUnavailable) after moving
+        the epoch on; calls that waited on the one asking fail the same way."""
+        epoch = self._epoch
+        async with self._back_lock:
+            if self._bucket_lost:
+                await self.check()  # StoreRejected while it is still missing
+            if self._epoch != epoch:
+                raise StoreUnavailable(
+                    f"{self.url}: bucket {self._bucket!r} is back after it was missing; "
+                    "what it holds is read again before anything is written"
+                )
+
+    def _found_back(self) -> None:
+        self._bucket_lost = False
+        self._epoch += 1
+        log.warning(
+            "bucket was missing and is back; sessions are read again from what it holds, "
+            "and mirrored again where it lost them",
+            bucket=self.url,
+        )
 
     def _attempt_limit_s(self, body_bytes: int) -> float:
         """How long one try may take in all: enough for a slow link, finite for a silent server."""
@@ -422,6 +476,7 @@ class S3Store:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         detail = f"{code} ({message})" if code and message != code else code or f"HTTP {status}"
         if code in _MISSING_BUCKET_CODES:
+            self._bucket_lost = True
             return StoreRejected(f"{what}: bucket {self._bucket!r} does not exist: {detail}")
         if status == 412 or code in _PRECONDITION_CODES:
             return PreconditionFailed(f"{what}: precondition failed: {detail}")
