@@ -65,6 +65,7 @@ from tracemirrord.control.telemetry import (
 )
 from tracemirrord.harnesses import REGISTRY
 from tracemirrord.harnesses.base import Attachment, Discovery, Harness, HarnessHooks, SessionRef
+from tracemirrord.heartbeat import HeartbeatWriter
 from tracemirrord.lease import record_instance
 from tracemirrord.mirror import PARK_AFTER_S, Backoff, MirrorContext, SessionMirror
 from tracemirrord.model import SessionKey, SessionState, utc_now_iso
@@ -1143,7 +1144,13 @@ class Daemon:
         """``agents/<agent-id>.json`` every heartbeat interval and at stop (once every follower has
         drained, so "stopped" is the last word); a failure is logged and retried sooner, and never
         stops the daemon."""
-        key = layout.agent_key(self.settings.project, self.settings.agent_id)
+        beats = HeartbeatWriter(
+            self.store,
+            layout.agent_key(self.settings.project, self.settings.agent_id),
+            self.settings.agent_id,
+            self.identity.instance,
+            self.ctx.predecessors,
+        )
         backoff = Backoff(base_s=2.0, cap_s=self.settings.heartbeat_interval)
         failing = False
         await self._first_discoveries(stopping, 10.0)  # the first heartbeat names what was found
@@ -1159,7 +1166,8 @@ class Daemon:
                     summary=f"tracemirrord {__version__}: {summary_line(status)}",
                     extra=heartbeat_fields(status, self.settings.heartbeat_interval),
                 )
-                await self.store.put(key, body, content_type="application/json")
+                await beats.write(body)
+                self.telemetry.agent_id_shared_with = beats.other.describe() if beats.other else None
                 self.ctx.health.ok()
                 self.telemetry.counters.heartbeats += 1
                 if failing:

@@ -102,6 +102,7 @@ class Telemetry:
         self.last_error: str | None = None
         self.checkpoint = CheckpointStatus()  # kept by the writers' saves (writer.save_checkpoint)
         self.conditional_writes: str | None = None  # the store probe's verdict (None: not probed yet)
+        self.agent_id_shared_with: str | None = None  # another live daemon beating under our id
 
     @classmethod
     def standalone(cls) -> Telemetry:
@@ -220,6 +221,11 @@ class Telemetry:
             status.warnings.append("redaction is OFF (TRACEMIRROR_REDACT): secrets are uploaded as they are")
         if status.single_writer:
             status.warnings.append(single_writer_warning(status.store.conditional_writes))
+        if self.agent_id_shared_with:
+            status.warnings.append(
+                f"another tracemirrord writes heartbeats under agent id {ident.agent_id} "
+                f"({self.agent_id_shared_with}): give each daemon its own TRACEMIRROR_AGENT_ID"
+            )
         status.health = "degraded" if status.problems else "healthy"
         return status
 
