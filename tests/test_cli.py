@@ -281,6 +281,26 @@ def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
 # ---------- --check ----------
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("tracemirrord", "--check"), ("tracemirrord.ctl", "status", "--bucket", "--json")],
+    ids=["tracemirrord --check", "tracemirrorctl status --bucket"],
+)
+def test_output_into_a_closed_pipe_is_no_failure(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`... | head -1`: a reader that closed the pipe before we wrote is not a failure, and says
+    nothing on stderr (no traceback, no "Exception ignored")."""
+    env = daemon_env(tmp_path, f"file://{tmp_path / 'bucket'}")
+    write_lines(make_session(Path(env["HOME"]), "claude-code"), 0, 3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the interpreter is even up: every write meets EPIPE
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert err == b""
+
+
 def test_check_on_the_embedded_default(tmp_path: Path) -> None:
     """--check without a bucket setting shows the embedded bucket, and each harness with root and sessions."""
     env = daemon_env(tmp_path, "unused")

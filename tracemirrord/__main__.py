@@ -226,6 +226,13 @@ async def _run(settings: Settings, once: bool, config_path: Path | None) -> int:
         await daemon.close()
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into the closed pipe is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _backend_options() -> dict[str, bool]:
     try:
         import uvloop  # noqa: F401
@@ -255,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tracemirrord: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `--check | head`: the reader had enough, which is not a failure
+        _quiet_stdout()
         return EXIT_OK
     except Exception as exc:  # a last net: the traceback only through the secret-free log renderer
         structlog.get_logger("tracemirrord").exception("tracemirrord failed")
