@@ -726,3 +726,55 @@ async def test_an_unchanged_database_is_discovered_again_without_a_worker_thread
     profile_db.unlink()
     assert await ids() == ["d1", "d2"]
     await harness.close()
+
+
+def main_thread_wakeups(pid: int) -> int:
+    """How often the process's main thread (the event loop) has blocked and been woken so far."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /proc are Linux only")
+def test_an_idle_daemon_wakes_rarely(tmp_path: Path) -> None:
+    """One idle database, its sessions mirrored and parked, notifications on, not under systemd:
+    the event loop wakes for the scan tick (2 s) and the database watch's fallback look (5 s) and
+    little else. It woke 2.3 times a second before: a worker-thread scan per tick (two wake-ups)
+    and a systemd-notify timer with nobody to notify (bench_idle.py: 0.05% -> 0.03% of a core)."""
+    env = hermes_env(tmp_path)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.update(TRACEMIRROR_SCAN_INTERVAL="2s", TRACEMIRROR_LOG_LEVEL="info")
+    db = Path(env["HERMES_HOME"]) / "state.db"
+    create_db(db)
+    then = time.time() - 7200  # every row and the file last written two hours ago: parked at once
+    conn = connect(db)
+    rng = random.Random(11)
+    for sid in ("s1", "s2"):
+        add_session(conn, sid, started_at=then - 100)
+        for i in range(3):
+            insert(conn, {**message(sid, i, rng), "timestamp": then + i})
+    conn.close()
+    os.utime(db, (then, then))
+
+    def parked() -> bool:
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        harnesses = json.loads(shown.stdout or b"{}").get("harnesses", [])
+        return [(h["sessions"], h["parked"]) for h in harnesses] == [(2, 2)]
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        assert daemon.proc is not None
+        wait_for(parked, 30, "both sessions mirrored and parked")
+        time.sleep(11)  # the worker threads of the first mirror retire (anyio: after 10 s idle)
+        before = main_thread_wakeups(daemon.proc.pid)
+        time.sleep(10)
+        woken = main_thread_wakeups(daemon.proc.pid) - before
+        assert woken <= 12, f"the idle event loop woke {woken} times in 10 s"
+        assert daemon.stop() == 0
