@@ -576,3 +576,205 @@ async def test_a_read_that_does_the_shared_read_wakes_the_other_sessions(tmp_pat
     assert isinstance(got, Records) and [json.loads(x) for x in got.data.splitlines()] == expected["s1"][-2:]
     assert woken == ["s2"]
     await harness.close()
+
+
+async def test_an_idle_database_is_watched_at_the_idle_pace_after_our_first_read(tmp_path: Path) -> None:
+    """hermes removes its ``-wal`` when its last connection closes; our read-only connection
+    creates an empty one (mtime: now). That file holds no rows: the database, last written two
+    hours ago, is watched once a second from the start, not every 0.1 s for five minutes."""
+    db, _ = make_db(tmp_path, ["s1", "s2"], 6)
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists()
+    then = time.time() - 7200
+    os.utime(db, (then, then))
+    harness = Hermes()
+    src = sources(harness, await harness.discover([db.parent]))["s1"]
+    await read_all(src, START)
+    assert wal.exists() and wal.stat().st_size == 0 and wal.stat().st_mtime > time.time() - 60
+    paces: list[float] = []
+    stopping = anyio.Event()
+
+    async def pause(seconds: float, stop: anyio.Event) -> None:
+        paces.append(seconds)
+        if len(paces) >= 5:
+            stop.set()
+        await anyio.sleep(0.01)
+
+    with anyio.fail_after(10):
+        await harness.watch([db.parent], HarnessHooks(Cursors(), lambda _: None, pause=pause), stopping)
+    assert paces == [1.0] * 5
+    conn = connect(db)  # a row written now (kept in the WAL while this connection is open) counts
+    try:
+        add_rows(conn, ["s1"], 1, {"s1": []}, seed=7)
+        assert wal.stat().st_size > 0
+        paces.clear()
+        stopping = anyio.Event()
+        with anyio.fail_after(10):
+            await harness.watch([db.parent], HarnessHooks(Cursors(), lambda _: None, pause=pause), stopping)
+        assert paces[-1] == 0.1
+    finally:
+        conn.close()
+    await harness.close()
+
+
+async def test_an_idle_database_under_notifications_is_not_scanned_every_tick(tmp_path: Path) -> None:
+    """With notifications, a scan tick with nothing reported below the roots since the last scan
+    is skipped (it would list the same sessions from the same stat); a session added later is
+    still followed within a second, woken through the database watch."""
+    from tracemirrord.checkpoint import Checkpointer
+    from tracemirrord.mirror import MirrorContext
+    from tracemirrord.redact import Redactor
+    from tracemirrord.store.local import LocalStore
+    from tracemirrord.supervisor import HarnessTask
+
+    db, _ = make_db(tmp_path / "home", ["s1", "s2"], 6)
+    then = time.time() - 7200
+    os.utime(db, (then, then))
+    checkpoint = Checkpointer(tmp_path / "state" / "checkpoint.sqlite3", bucket="b", project="p")
+    await checkpoint.open()
+    store = LocalStore(tmp_path / "bucket")
+    ctx = MirrorContext(
+        store=store,
+        checkpoint=checkpoint,
+        redactor=Redactor(enabled=False),
+        project="p",
+        agent_id="tester@host",
+        instance="i",
+        host="h",
+        flush_interval_s=0.2,
+        part_max_bytes=1 << 20,
+        meta_interval_s=30.0,
+        max_line_bytes=MAX_LINE,
+        limiter=anyio.CapacityLimiter(2),
+    )
+    harness = Hermes()
+    task = HarnessTask(harness, [db.parent], ctx, scan_interval_s=0.05)
+    scans = 0
+    discover = harness.discover
+
+    async def counted(roots: list[Path]) -> Any:
+        nonlocal scans
+        scans += 1
+        return await discover(roots)
+
+    harness.discover = counted  # type: ignore[method-assign]
+    stopping = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(task.run, stopping)
+            await until(lambda: set(task.followers) == {"s1", "s2"}, 10)
+            assert task.watcher is not None
+            await anyio.sleep(1.5)  # the first reads (their empty -wal and -shm) are notified once
+            scans = 0
+            await anyio.sleep(1.0)  # twenty scan ticks
+            assert scans <= 1, f"{scans} scans of an idle database in 1 s"
+            conn = connect(db)
+            add_session(conn, "s3")
+            insert(conn, message("s3", 0, random.Random(3)))
+            conn.close()
+            added = time.monotonic()
+            await until(lambda: "s3" in task.followers, 10)
+            assert time.monotonic() - added < 1.0
+            stopping.set()
+    finally:
+        await harness.close()
+        await checkpoint.close()
+        await store.close()
+
+
+async def test_an_unchanged_database_is_discovered_again_without_a_worker_thread(tmp_path: Path) -> None:
+    """A scan tick over unchanged databases (polling: every scan interval) is a few stats in the
+    event loop, no worker-thread scan; a new session, a new profile and a removed database are each
+    found by the next discovery."""
+    home = tmp_path / ".hermes"
+    db, _ = make_db(tmp_path, ["d1"], 2)
+    (home / "profiles").mkdir()
+    then = time.time() - 7200
+    for path in (db, home / "profiles"):
+        os.utime(path, (then, then))
+    harness = Hermes()
+    scans = 0
+    scan = harness.scan
+
+    def counted(roots: list[Path]) -> Any:
+        nonlocal scans
+        scans += 1
+        return scan(roots)
+
+    harness.scan = counted  # type: ignore[method-assign]
+
+    async def ids() -> list[str]:
+        return sorted(r.session_id for r in (await harness.discover([home])).sessions)
+
+    first = await harness.discover([home])
+    # the listing's connection made the empty -wal and -shm: one more scan sees that stat
+    assert await harness.discover([home]) is first
+    scans = 0
+    for _ in range(5):
+        assert await harness.discover([home]) is first
+    assert scans == 0
+    conn = connect(db)
+    add_session(conn, "d2")
+    conn.close()
+    assert await ids() == ["d1", "d2"]
+    profile_db = home / "profiles" / "work" / "state.db"
+    create_db(profile_db)
+    conn = connect(profile_db)
+    add_session(conn, "p1")
+    conn.close()
+    assert await ids() == ["d1", "d2", "work__p1"]
+    profile_db.unlink()
+    assert await ids() == ["d1", "d2"]
+    await harness.close()
+
+
+def main_thread_wakeups(pid: int) -> int:
+    """How often the process's main thread (the event loop) has blocked and been woken so far."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /proc are Linux only")
+def test_an_idle_daemon_wakes_rarely(tmp_path: Path) -> None:
+    """One idle database, its sessions mirrored and parked, notifications on, not under systemd:
+    the event loop wakes for the scan tick (2 s) and the database watch's fallback look (5 s) and
+    little else. It woke 2.3 times a second before: a worker-thread scan per tick (two wake-ups)
+    and a systemd-notify timer with nobody to notify (bench_idle.py: 0.05% -> 0.03% of a core)."""
+    env = hermes_env(tmp_path)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.update(TRACEMIRROR_SCAN_INTERVAL="2s", TRACEMIRROR_LOG_LEVEL="info")
+    db = Path(env["HERMES_HOME"]) / "state.db"
+    create_db(db)
+    then = time.time() - 7200  # every row and the file last written two hours ago: parked at once
+    conn = connect(db)
+    rng = random.Random(11)
+    for sid in ("s1", "s2"):
+        add_session(conn, sid, started_at=then - 100)
+        for i in range(3):
+            insert(conn, {**message(sid, i, rng), "timestamp": then + i})
+    conn.close()
+    os.utime(db, (then, then))
+
+    def parked() -> bool:
+        shown = subprocess.run(
+            [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        harnesses = json.loads(shown.stdout or b"{}").get("harnesses", [])
+        return [(h["sessions"], h["parked"]) for h in harnesses] == [(2, 2)]
+
+    with Daemon(env, tmp_path / "daemon.log") as daemon:
+        assert daemon.proc is not None
+        wait_for(parked, 30, "both sessions mirrored and parked")
+        time.sleep(11)  # the worker threads of the first mirror retire (anyio: after 10 s idle)
+        before = main_thread_wakeups(daemon.proc.pid)
+        time.sleep(10)
+        woken = main_thread_wakeups(daemon.proc.pid) - before
+        assert woken <= 12, f"the idle event loop woke {woken} times in 10 s"
+        assert daemon.stop() == 0

@@ -184,6 +184,7 @@ class HarnessTask:
             CheckpointCursors(ctx.checkpoint, harness.name), self.wake, ctx.agent_id, pause=self.pause
         )
         self._changed = anyio.Event()  # something below the roots changed (notifications)
+        self._scan_due = True  # notified (or a new session woken) since the last discovery
         harness.hooks = self.hooks
         self._last_found: Discovery | None = None
         self._refs: dict[str, SessionRef] = {}
@@ -245,6 +246,7 @@ class HarnessTask:
         if follower is None:
             if session_id in self._undecided:
                 self._look_again.add(session_id)  # its first records may name its cwd now
+            self._scan_due = True
             self._kick.set()  # a new session: discover now
         elif follower.parked:
             follower.parked = False
@@ -267,6 +269,7 @@ class HarnessTask:
         if not any(root.exists() for root in self.roots):
             self.state, self.error = "missing", None
             return []
+        self._scan_due = False  # a notification from now on is after this scan's look
         found = await self.harness.discover(self.roots)
         self.error = None  # it recovered (or never failed)
         new: list[SessionMirror] = []
@@ -493,8 +496,9 @@ class HarnessTask:
                     for follower in await self.bucket_replaced():
                         followers.start_soon(follower.run, stopping)
                     self._refresh_watches()
-                    for follower in await self.discover():
-                        followers.start_soon(follower.run, stopping)
+                    if self._discovery_due():
+                        for follower in await self.discover():
+                            followers.start_soon(follower.run, stopping)
                     self.first_scan_done.set()
                     await self.mirror_attachments()
                     if self.watcher is not None:
@@ -517,6 +521,18 @@ class HarnessTask:
             if self.watcher is not None:
                 self.watcher.close()
                 self.watcher = None
+
+    def _discovery_due(self) -> bool:
+        """Whether this tick scans the roots. Always while polling. Under notifications, for a harness
+        whose discovery they cover (``Harness.notified_discovery``), only when something below the
+        roots was reported (or a new session woken) since the last scan, a watch was added, the
+        rescan is due, or sessions wait for the privacy filter: an idle hermes database then costs
+        no worker-thread scan every scan interval, only its watch's stat."""
+        if self.watcher is None or not self.harness.notified_discovery or self._last_found is None:
+            return True
+        if self._scan_due or self._rescan_now or self._undecided:
+            return True
+        return time.monotonic() >= self._rescan_at
 
     # ---------- notifications ----------
 
@@ -582,6 +598,7 @@ class HarnessTask:
 
     def _apply(self, changes: Changes) -> None:
         self._changed.set()
+        self._scan_due = True
         for path in changes.written:
             session_id = self._paths.get(path)
             if session_id is not None:
@@ -1197,6 +1214,9 @@ class Daemon:
         await self._first_discoveries(stopping, 60.0)
         self.notifier.ready(summary_line(self.snapshot(parked=False)))
         log.info("ready", sessions=sum(len(t.followers) for t in self.tasks))
+        if not self.notifier.enabled:  # not under systemd: nothing to ping, no timer to wake for
+            await stopping.wait()
+            return
         interval = self.notifier.watchdog_interval_s or 10.0
         while not stopping.is_set():
             with anyio.move_on_after(timeout_s(min(interval, 10.0))):

@@ -105,6 +105,10 @@ class Harness:
     # Set by the harness task before the first discover (also under --once, where watch() does not
     # run): shared cursors and wake-ups.
     hooks: HarnessHooks | None = None
+    # True when every change its discovery can see raises a notification in the directories the
+    # harness task watches: then, under notifications, a scan tick with nothing notified since the
+    # last scan is skipped (it would find the same). False where discovery looks beyond them.
+    notified_discovery: ClassVar[bool] = False
 
     def default_roots(self, env: Mapping[str, str], home: Path) -> list[Path]:
         """Where this agent keeps sessions, from its own environment variables, else under home."""

@@ -56,6 +56,12 @@ class DbStat:
 
     @property
     def mtime(self) -> float:
+        """When rows were last written. An empty (or absent) ``-wal`` holds none, so its mtime is
+        left out: our own read-only connection creates an empty one when the agent's last
+        connection had removed it, and that must not make an idle database look just written
+        (the watch would poll it every 0.1 s for five minutes: WatchPace)."""
+        if self.wal_size <= 0:
+            return self.mtime_ns / 1e9
         return max(self.mtime_ns, self.wal_mtime_ns) / 1e9
 
 
