@@ -776,5 +776,6 @@ def test_an_idle_daemon_wakes_rarely(tmp_path: Path) -> None:
         before = main_thread_wakeups(daemon.proc.pid)
         time.sleep(10)
         woken = main_thread_wakeups(daemon.proc.pid) - before
-        assert woken <= 12, f"the idle event loop woke {woken} times in 10 s"
+        # about 8 (a 2 s scan tick, a 5 s fallback look); room for a heartbeat or a rescan
+        assert woken <= 16, f"the idle event loop woke {woken} times in 10 s"
         assert daemon.stop() == 0

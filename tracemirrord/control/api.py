@@ -50,7 +50,7 @@ class ControlApi:
         route = (request.method, request.path)
         if route == ("GET", PATH_STATUS):
             parked = request.query.get("parked", "1") not in ("0", "false", "no")
-            return Response.of_json(self._snapshot(parked=parked).to_json())
+            return Response.of_pieces(self._snapshot(parked=parked).json_chunks())
         if route == ("GET", PATH_SESSIONS):
             try:
                 chosen = select_sessions(self._snapshot().sessions, request.query)

@@ -64,10 +64,16 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    more: list[bytes] = field(default_factory=list)  # sent after ``body``, piece by piece
 
     @classmethod
     def of_json(cls, doc: Any, status: int = 200) -> Response:
         return cls(status, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+
+    @classmethod
+    def of_pieces(cls, pieces: list[bytes], status: int = 200) -> Response:
+        """A body already encoded in pieces (a large status document), never joined in memory."""
+        return cls(status, pieces[0] if pieces else b"", more=pieces[1:])
 
     @classmethod
     def error(cls, status: int, message: str) -> Response:
@@ -223,10 +229,12 @@ async def _send(stream: anyio.abc.SocketStream, response: Response) -> None:
     head = (
         f"HTTP/1.1 {response.status} {reason}\r\n"
         f"Content-Type: {response.content_type}\r\n"
-        f"Content-Length: {len(response.body)}\r\n"
+        f"Content-Length: {len(response.body) + sum(map(len, response.more))}\r\n"
         "Connection: close\r\n\r\n"
     )
     await stream.send(head.encode("latin-1") + response.body)
+    for piece in response.more:
+        await stream.send(piece)
 
 
 def unlink_socket(path: Path) -> None:
