@@ -146,3 +146,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_json(env: dict[str, str]) -> dict[str, Any]:
+    """``tracemirrorctl status --json`` of the daemon ``env`` names ({} when none answers)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return json.loads(shown.stdout or b"{}")

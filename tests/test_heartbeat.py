@@ -8,13 +8,11 @@ with one agent id on one bucket.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, daemon_env, wait_for
+from daemon import Daemon, daemon_env, status_json, wait_for
 from structlog.testing import capture_logs
 
 from tracemirrord.heartbeat import HeartbeatWriter, OtherDaemon, live_other
@@ -122,16 +120,6 @@ def _doc(instance: str, at: str, status: str = "running") -> bytes:
     ).encode()
 
 
-def _status(env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
-        env=env,
-        capture_output=True,
-        timeout=30,
-    )
-    return json.loads(done.stdout)
-
-
 def test_two_daemons_with_one_agent_id_say_so(tmp_path: Path) -> None:
     """Two daemons, own homes and state dirs, one bucket, one agent id: both name the other in their
     log and in status; once one stops, the other's status no longer says it."""
@@ -143,10 +131,10 @@ def test_two_daemons_with_one_agent_id_say_so(tmp_path: Path) -> None:
     with Daemon(envs[0], tmp_path / "a.log") as a, Daemon(envs[1], tmp_path / "b.log") as b:
         wait_for(lambda: "another tracemirrord writes heartbeats" in a.log(), 20, "daemon a to name b")
         wait_for(lambda: "another tracemirrord writes heartbeats" in b.log(), 20, "daemon b to name a")
-        wait_for(lambda: any(shared in w for w in _status(envs[0])["warnings"]), 20, "a's status")
+        wait_for(lambda: any(shared in w for w in status_json(envs[0])["warnings"]), 20, "a's status")
         assert b.stop() == 0
         wait_for(
-            lambda: not any(shared in w for w in _status(envs[0])["warnings"]), 20, "a's status to clear"
+            lambda: not any(shared in w for w in status_json(envs[0])["warnings"]), 20, "a's status to clear"
         )
         assert a.stop() == 0
         assert a.log().count("another tracemirrord writes heartbeats") == 1  # named once, not every beat

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from daemon import Daemon, daemon_env, read_back, wait_for
+from daemon import Daemon, daemon_env, read_back, status_json, wait_for
 from hermes_writer import add_session, connect, create_db, delete_session, insert, message
 
 from tracemirrord.harnesses.base import HarnessHooks, UnknownSource, UnsafeSessionId
@@ -759,14 +759,7 @@ def test_an_idle_daemon_wakes_rarely(tmp_path: Path) -> None:
     os.utime(db, (then, then))
 
     def parked() -> bool:
-        shown = subprocess.run(
-            [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=30,
-        )
-        harnesses = json.loads(shown.stdout or b"{}").get("harnesses", [])
+        harnesses = status_json(env).get("harnesses", [])
         return [(h["sessions"], h["parked"]) for h in harnesses] == [(2, 2)]
 
     with Daemon(env, tmp_path / "daemon.log") as daemon:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from daemon import Daemon, daemon_env, read_back, wait_for
+from daemon import Daemon, daemon_env, read_back, status_json, wait_for
 from sessions import SessionFile, complete_lines, make_session
 
 from tracemirrord.mirror import PARKED_POLL_S, watched_wait_s
@@ -161,14 +161,7 @@ def test_daemon_follows_changes_and_new_sessions_by_notification(tmp_path: Path)
         wait_for(lambda: current(bucket, [first]), 20, "the first session's copy")
         assert harness_line(daemon.log(), "claude-code")["following"] == "notifications"
         assert harness_line(daemon.log(), "codex")["following"] == "notifications"
-        shown = subprocess.run(
-            [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=30,
-        )
-        harnesses = {h["name"]: h for h in json.loads(shown.stdout)["harnesses"]}
+        harnesses = {h["name"]: h for h in status_json(env)["harnesses"]}
         assert harnesses["claude-code"]["following"] == "notifications"
         assert harnesses["claude-code"]["polling_because"] is None
         assert harnesses["hermes"]["following"] == "notifications"  # its database watch is woken
