@@ -276,15 +276,13 @@ class LocalStore:
             )
 
     def _changed(self, st: os.stat_result, message: str, fail: bool) -> None:
-        self._root_changed(st)
-        log.warning(message)
-        if fail:
-            raise StoreUnavailable(message)
-
-    def _root_changed(self, st: os.stat_result) -> None:
+        """The root is another directory now: a new epoch (what was read of it is stale), said once."""
         self._root_id = (st.st_dev, st.st_ino)
         self._epoch += 1
         self._swept.clear()
+        log.warning(message)
+        if fail:
+            raise StoreUnavailable(message)
 
     def _translate(self, exc: OSError) -> Exception:
         where = f"local bucket {self._root}"
