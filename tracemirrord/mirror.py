@@ -362,6 +362,7 @@ class SessionMirror:
         """
         backoff = Backoff()
         conflicts = Backoff(base_s=CONFLICT_BACKOFF_S, cap_s=CONFLICT_BACKOFF_CAP_S)
+        conflicted = False  # the last step ended in a writer conflict
         park = False
         self.parked = False
         try:
@@ -370,6 +371,7 @@ class SessionMirror:
                     delay = await self.step()
                     backoff.reset()
                     conflicts.reset()
+                    conflicted = False
                     self.last_error = None
                 except LeaseHeld as exc:
                     self._fail("blocked", str(exc), kind="lease_held")
@@ -382,8 +384,8 @@ class SessionMirror:
                     self._forget_position()
                     # the first at once (the usual race, settled by reading the bucket again);
                     # one after another, a cause that reading does not settle: back off, not spin
-                    delay = conflicts.next() if conflicts.attempt else 0.0
-                    conflicts.attempt = max(conflicts.attempt, 1)
+                    delay = conflicts.next() if conflicted else 0.0
+                    conflicted = True
                 except UnknownFormat as exc:
                     self._fail("error", f"unknown source format: {exc}", kind="unknown_format")
                     self._backfill_done()
@@ -513,10 +515,7 @@ class SessionMirror:
             due_in = self._batch.since + self.ctx.flush_interval_s - time.monotonic()
             return max(0.01, min(due_in, self._interval(probe, now)))
         if writer.meta_behind and (writer.meta_due() or flush_asked):
-            if writer.rolled_forward:
-                await writer.write_meta()
-            else:  # a conflict dropped what we knew of the bucket: read it again, then write
-                await writer.roll_forward()
+            await writer.write_meta_current()
         if writer.checkpoint_stale and writer.state is not None:
             await writer.save_checkpoint()  # a disk that was full, a lock that was held: try again
         self._caught_up(now)

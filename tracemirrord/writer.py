@@ -455,10 +455,15 @@ class SessionWriter:
             return  # nothing in the bucket yet: meta.json comes with the first part
         if not self.refresh_info():
             return
+        await self.write_meta_current()
+
+    async def write_meta_current(self) -> None:
+        """meta.json now; after a conflict dropped what we knew of the bucket, read it again first
+        (``roll_forward`` then writes meta.json itself, refreshed)."""
         if self.rolled_forward:
             await self.write_meta()
         else:
-            await self.roll_forward()  # reads the bucket first, then writes meta.json (refreshed)
+            await self.roll_forward()
 
     async def _resolve_taken_seq(self, object_key: str, part: PartRecord) -> None:
         """Our seq's key exists: either an earlier attempt of ours landed, or another writer's did."""
