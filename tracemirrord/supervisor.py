@@ -1224,8 +1224,7 @@ class Daemon:
             if stopping.is_set():
                 return
             self.notifier.watchdog()
-            if self.notifier.enabled:  # a snapshot of ten thousand sessions is not free
-                self.notifier.status(summary_line(self.snapshot(parked=False)))
+            self.notifier.status(summary_line(self.snapshot(parked=False)))
 
     async def _first_discoveries(self, stopping: anyio.Event, timeout_s: float) -> None:
         """Wait until every harness has discovered its sessions once (or stopping, or the timeout)."""
