@@ -15,16 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import anyio
 import pytest
 from daemon import daemon_env
+from mirror_context import local_context
 from sessions import make_session, record
 
-from tracemirrord.checkpoint import Checkpointer
 from tracemirrord.harnesses import REGISTRY
-from tracemirrord.mirror import MirrorContext
 from tracemirrord.redact import Redactor
-from tracemirrord.store.local import LocalStore
 from tracemirrord.supervisor import HarnessTask
 
 DAY = 86400.0
@@ -98,30 +95,17 @@ async def test_first_start_starts_the_newest_sessions_first(tmp_path: Path) -> N
     they take the upload slots in the order they are started."""
     home = tmp_path / "home"
     write_sessions(home, AGES, time.time())
-    checkpoint = Checkpointer(tmp_path / "state" / "checkpoint.sqlite3", bucket="b", project="p")
-    await checkpoint.open()
-    store = LocalStore(tmp_path / "bucket")
-    ctx = MirrorContext(
-        store=store,
-        checkpoint=checkpoint,
+    harness = REGISTRY["claude-code"]()
+    async with local_context(
+        tmp_path,
         redactor=Redactor(),
-        project="p",
-        agent_id="tester@host",
-        instance="i",
-        host="h",
         flush_interval_s=1.0,
         part_max_bytes=4 << 20,
-        meta_interval_s=30.0,
         max_line_bytes=1 << 20,
-        limiter=anyio.CapacityLimiter(1),
-    )
-    harness = REGISTRY["claude-code"]()
-    task = HarnessTask(harness, harness.default_roots({}, home), ctx, scan_interval_s=1.0)
-    try:
+        upload_slots=1,
+    ) as ctx:
+        task = HarnessTask(harness, harness.default_roots({}, home), ctx, scan_interval_s=1.0)
         started = await task.discover()
-    finally:
-        await checkpoint.close()
-        await store.close()
     assert [f.key.session_id for f in started] == ["sess-d", "sess-b", "sess-e", "sess-a", "sess-c", "sess-f"]
 
 

@@ -621,65 +621,53 @@ async def test_an_idle_database_under_notifications_is_not_scanned_every_tick(tm
     """With notifications, a scan tick with nothing reported below the roots since the last scan
     is skipped (it would list the same sessions from the same stat); a session added later is
     still followed within a second, woken through the database watch."""
-    from tracemirrord.checkpoint import Checkpointer
-    from tracemirrord.mirror import MirrorContext
+    from mirror_context import local_context
+
     from tracemirrord.redact import Redactor
-    from tracemirrord.store.local import LocalStore
     from tracemirrord.supervisor import HarnessTask
 
     db, _ = make_db(tmp_path / "home", ["s1", "s2"], 6)
     then = time.time() - 7200
     os.utime(db, (then, then))
-    checkpoint = Checkpointer(tmp_path / "state" / "checkpoint.sqlite3", bucket="b", project="p")
-    await checkpoint.open()
-    store = LocalStore(tmp_path / "bucket")
-    ctx = MirrorContext(
-        store=store,
-        checkpoint=checkpoint,
+    harness = Hermes()
+    async with local_context(
+        tmp_path,
         redactor=Redactor(enabled=False),
-        project="p",
-        agent_id="tester@host",
-        instance="i",
-        host="h",
         flush_interval_s=0.2,
         part_max_bytes=1 << 20,
-        meta_interval_s=30.0,
         max_line_bytes=MAX_LINE,
-        limiter=anyio.CapacityLimiter(2),
-    )
-    harness = Hermes()
-    task = HarnessTask(harness, [db.parent], ctx, scan_interval_s=0.05)
-    scans = 0
-    discover = harness.discover
+        upload_slots=2,
+    ) as ctx:
+        task = HarnessTask(harness, [db.parent], ctx, scan_interval_s=0.05)
+        scans = 0
+        discover = harness.discover
 
-    async def counted(roots: list[Path]) -> Any:
-        nonlocal scans
-        scans += 1
-        return await discover(roots)
+        async def counted(roots: list[Path]) -> Any:
+            nonlocal scans
+            scans += 1
+            return await discover(roots)
 
-    harness.discover = counted  # type: ignore[method-assign]
-    stopping = anyio.Event()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(task.run, stopping)
-            await until(lambda: set(task.followers) == {"s1", "s2"}, 10)
-            assert task.watcher is not None
-            await anyio.sleep(1.5)  # the first reads (their empty -wal and -shm) are notified once
-            scans = 0
-            await anyio.sleep(1.0)  # twenty scan ticks
-            assert scans <= 1, f"{scans} scans of an idle database in 1 s"
-            conn = connect(db)
-            add_session(conn, "s3")
-            insert(conn, message("s3", 0, random.Random(3)))
-            conn.close()
-            added = time.monotonic()
-            await until(lambda: "s3" in task.followers, 10)
-            assert time.monotonic() - added < 1.0
-            stopping.set()
-    finally:
-        await harness.close()
-        await checkpoint.close()
-        await store.close()
+        harness.discover = counted  # type: ignore[method-assign]
+        stopping = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(task.run, stopping)
+                await until(lambda: set(task.followers) == {"s1", "s2"}, 10)
+                assert task.watcher is not None
+                await anyio.sleep(1.5)  # the first reads (their empty -wal and -shm) are notified once
+                scans = 0
+                await anyio.sleep(1.0)  # twenty scan ticks
+                assert scans <= 1, f"{scans} scans of an idle database in 1 s"
+                conn = connect(db)
+                add_session(conn, "s3")
+                insert(conn, message("s3", 0, random.Random(3)))
+                conn.close()
+                added = time.monotonic()
+                await until(lambda: "s3" in task.followers, 10)
+                assert time.monotonic() - added < 1.0
+                stopping.set()
+        finally:
+            await harness.close()
 
 
 async def test_an_unchanged_database_is_discovered_again_without_a_worker_thread(tmp_path: Path) -> None:
