@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from daemon import status_json
 from hermes_writer import add_session, connect, create_db, insert, message
 from sessions import make_session, record
 from sysinfo import cpu_seconds, machine, status_kib
@@ -108,15 +109,10 @@ def hermes_mirrored(bucket: Path, last: dict[str, int]) -> bool:
 
 def parked(env: dict[str, str]) -> tuple[int, int]:
     """(sessions, parked sessions) as ``tracemirrorctl status --json`` reports them."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tracemirrord.ctl", "status", "--json"],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0 or not done.stdout:
+    doc = status_json(env)
+    if not doc:
         return 0, -1
-    harnesses = json.loads(done.stdout)["harnesses"]
+    harnesses = doc["harnesses"]
     return sum(h["sessions"] for h in harnesses), sum(h["parked"] for h in harnesses)
 
 
